@@ -1,0 +1,1 @@
+//! Builds throwaway PostgreSQL streaming-replication clusters for tests and `pgvigil demo`.

@@ -1,0 +1,13 @@
+//! pgvigil: a high-availability proxy for PostgreSQL streaming-replication clusters.
+//!
+//! Layout (see docs/architecture.md): `protocol` is the I/O-free wire codec and auth math,
+//! `proxy` holds client sessions, `pool` the backend connections, `monitor` watches the
+//! backends and publishes the cluster view, `cluster` builds local PostgreSQL clusters
+//! for tests and for `pgvigil demo`.
+
+pub mod cluster;
+pub mod config;
+pub mod monitor;
+pub mod pool;
+pub mod protocol;
+pub mod proxy;

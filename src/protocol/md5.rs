@@ -1,0 +1,1 @@
+//! PostgreSQL md5 password hashing.
