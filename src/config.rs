@@ -1,1 +1,583 @@
-//! Configuration.
+//! Configuration: one TOML file, unknown keys rejected with file:line, `validate()` naming the key.
+//!
+//! Every field's default is stated in its doc comment and in docs/configuration.md.
+//! Errors never quote the file's text: a line may hold a password.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::protocol::md5::is_md5_hash;
+use crate::protocol::scram::ScramVerifier;
+
+/// A configuration problem, phrased for an operator: names the file, line and key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+    /// Directory of the config file; relative paths in it resolve against this.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[proxy]`: the client-facing listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address clients connect to. Default "127.0.0.1:9999".
+    pub listen: String,
+    /// Client connections served at once; more get `FATAL 53300`. Default 1000.
+    pub max_clients: usize,
+    /// Time a client has to finish startup and authentication. Default "10s".
+    pub startup_timeout: DurationStr,
+    /// On SIGTERM, how long sessions may finish before `FATAL 57P01`. Default "30s".
+    pub shutdown_timeout: DurationStr,
+    /// Largest message a client may declare, checked before any allocation. Default "256MB".
+    pub max_message_size: ByteSize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9999".into(),
+            max_clients: 1000,
+            startup_timeout: DurationStr(Duration::from_secs(10)),
+            shutdown_timeout: DurationStr(Duration::from_secs(30)),
+            max_message_size: ByteSize(256 << 20),
+        }
+    }
+}
+
+/// `[pool]`: backend connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Server connections per (backend, user, database, startup parameters). Default 20.
+    pub size: usize,
+    /// Idle server connections older than this are closed. Default "10m".
+    pub idle_timeout: DurationStr,
+    /// How long a client waits for a server connection before an error. Default "5s".
+    pub checkout_timeout: DurationStr,
+    /// Time allowed to open and authenticate a server connection. Default "5s".
+    pub connect_timeout: DurationStr,
+    /// Query that resets a server connection before reuse. Default "DISCARD ALL".
+    pub reset_query: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            size: 20,
+            idle_timeout: DurationStr(Duration::from_secs(600)),
+            checkout_timeout: DurationStr(Duration::from_secs(5)),
+            connect_timeout: DurationStr(Duration::from_secs(5)),
+            reset_query: "DISCARD ALL".into(),
+        }
+    }
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    Trust,
+    Md5,
+    ScramSha256,
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthMethod::Trust => "trust",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::ScramSha256 => "scram-sha-256",
+        })
+    }
+}
+
+/// `[auth]`: client authentication and the users file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// trust | md5 | scram-sha-256. Default "scram-sha-256".
+    pub method: AuthMethod,
+    /// TOML file mapping user to password, md5 hash or SCRAM verifier. Default: none
+    /// (then only `trust` works, and backends must not ask for a password).
+    pub users_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { method: AuthMethod::ScramSha256, users_file: None }
+    }
+}
+
+/// `[health_check]`: how pgvigil checks backends and finds the primary.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    /// Time between checks of each backend. Default "1s".
+    pub interval: DurationStr,
+    /// Time one check may take. Default "2s".
+    pub timeout: DurationStr,
+    /// Role used for checks. Default "postgres".
+    pub user: String,
+    /// Its password; when unset, the users file's plaintext entry for `user`. Default: unset.
+    pub password: Option<String>,
+    /// Database the checks connect to. Default "postgres".
+    pub database: String,
+}
+
+impl fmt::Debug for HealthCheckConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthCheckConfig")
+            .field("interval", &self.interval)
+            .field("timeout", &self.timeout)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        Self {
+            interval: DurationStr(Duration::from_secs(1)),
+            timeout: DurationStr(Duration::from_secs(2)),
+            user: "postgres".into(),
+            password: None,
+            database: "postgres".into(),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Filter in `RUST_LOG` syntax; the `RUST_LOG` environment variable wins. Default "info".
+    pub level: String,
+    /// "text" or "json". Default "text".
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// `[[backends]]`: one PostgreSQL server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Unique name, used in logs and the admin interface. Required.
+    pub name: String,
+    /// Host name or IP address. Required.
+    pub host: String,
+    /// Port. Default 5432.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+/// A duration written as "500ms", "2s", "10m", "1h" (or "1d").
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DurationStr(pub Duration);
+
+impl DurationStr {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl fmt::Debug for DurationStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// Parses "250ms", "2s", "1.5s", "10m", "1h", "1d"; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. \"500ms\", \"2s\", \"10m\""))?;
+    let secs = match unit.trim() {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        other => return Err(format!("invalid duration unit {other:?} in {s:?}: use us, ms, s, m, h or d")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl<'de> Deserialize<'de> for DurationStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(DurationStr).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size written as "16MB", "512kB", "1GB" (1024-based, as PostgreSQL) or a byte count.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ByteSize(pub u64);
+
+/// Parses "16MB", "512kB", "1GB", "100B" or a bare byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected e.g. \"16MB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        "tb" => 1 << 40,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}: use B, kB, MB, GB or TB")),
+    };
+    value.checked_mul(mult).ok_or_else(|| format!("size {s:?} is out of range"))
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Formats a TOML error as "file:line:col: message" without quoting the file's text.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let location = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("{}:{line}:{col}", path.display())
+        }
+        None => path.display().to_string(),
+    };
+    ConfigError(format!("{location}: {}", e.message().trim_end()))
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        let mut config = Self::parse(path, &text)?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| toml_error(path, text, &e))
+    }
+
+    /// Checks what serde cannot: values that parse but make no sense, named by key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.proxy.listen.parse::<SocketAddr>().is_err() {
+            return err(format!("proxy.listen: {:?} is not an address:port such as \"127.0.0.1:9999\"", self.proxy.listen));
+        }
+        if self.proxy.max_clients == 0 {
+            return err("proxy.max_clients must be at least 1");
+        }
+        if self.proxy.startup_timeout.0.is_zero() {
+            return err("proxy.startup_timeout must be greater than 0");
+        }
+        if self.proxy.max_message_size.0 < 1024 || self.proxy.max_message_size.0 > (1 << 30) {
+            return err("proxy.max_message_size must be between 1kB and 1GB");
+        }
+        if self.pool.size == 0 {
+            return err("pool.size must be at least 1");
+        }
+        if self.pool.checkout_timeout.0.is_zero() {
+            return err("pool.checkout_timeout must be greater than 0");
+        }
+        if self.pool.connect_timeout.0.is_zero() {
+            return err("pool.connect_timeout must be greater than 0");
+        }
+        if self.health_check.interval.0.is_zero() || self.health_check.timeout.0.is_zero() {
+            return err("health_check.interval and health_check.timeout must be greater than 0");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return err(format!("log.format: {:?} is not \"text\" or \"json\"", self.log.format));
+        }
+        if self.backends.is_empty() {
+            return err("backends: at least one [[backends]] entry is required");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            if b.name.is_empty() || !b.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return err(format!("backends[{i}].name: {:?} must be non-empty letters, digits, '_' or '-'", b.name));
+            }
+            if !seen.insert(&b.name) {
+                return err(format!("backends[{i}].name: {:?} is used twice", b.name));
+            }
+            if b.host.is_empty() {
+                return err(format!("backends[{i}].host must not be empty"));
+            }
+            if b.port == 0 {
+                return err(format!("backends[{i}].port must not be 0"));
+            }
+        }
+        if self.auth.method != AuthMethod::Trust && self.auth.users_file.is_none() {
+            return err(format!("auth.users_file is required when auth.method is \"{}\"", self.auth.method));
+        }
+        if let Some(path) = self.users_file_path() {
+            let users = UsersFile::load(&path)?;
+            if self.auth.method == AuthMethod::Md5 {
+                for (user, secret) in &users.entries {
+                    if matches!(secret, UserSecret::Scram(_)) {
+                        return err(format!(
+                            "{}: user {user:?} has only a SCRAM verifier, which cannot answer auth.method = \"md5\"",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The listen address, already checked by `validate`.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.proxy.listen.parse().map_err(|_| ConfigError(format!("proxy.listen: {:?} is not an address", self.proxy.listen)))
+    }
+
+    /// The users file path, resolved against the config file's directory.
+    pub fn users_file_path(&self) -> Option<PathBuf> {
+        self.auth.users_file.as_ref().map(|p| if p.is_absolute() { p.clone() } else { self.base_dir.join(p) })
+    }
+
+    /// Loads the users file, or an empty one when none is configured.
+    pub fn load_users(&self) -> Result<UsersFile, ConfigError> {
+        match self.users_file_path() {
+            Some(p) => UsersFile::load(&p),
+            None => Ok(UsersFile::default()),
+        }
+    }
+
+    /// The health-check password: explicit, else the users file's plaintext entry.
+    pub fn health_check_password(&self, users: &UsersFile) -> Option<String> {
+        self.health_check.password.clone().or_else(|| match users.get(&self.health_check.user) {
+            Some(UserSecret::Plain(p)) => Some(p.clone()),
+            _ => None,
+        })
+    }
+}
+
+/// What the users file holds for one user.
+#[derive(Clone)]
+pub enum UserSecret {
+    /// A plaintext password.
+    Plain(String),
+    /// "md5" + md5(password || user), as in pg_authid.
+    Md5(String),
+    /// A SCRAM-SHA-256 verifier, as in pg_authid.
+    Scram(ScramVerifier),
+}
+
+impl fmt::Debug for UserSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UserSecret::Plain(_) => "Plain(<redacted>)",
+            UserSecret::Md5(_) => "Md5(<redacted>)",
+            UserSecret::Scram(_) => "Scram(<redacted>)",
+        })
+    }
+}
+
+/// The users file: `alice = "secret"`, `bob = "md5…"`, `carol = "SCRAM-SHA-256$4096:…"`.
+#[derive(Debug, Clone, Default)]
+pub struct UsersFile {
+    pub entries: BTreeMap<String, UserSecret>,
+}
+
+impl UsersFile {
+    /// Reads a users file; errors name file:line and never quote the secret.
+    pub fn load(path: &Path) -> Result<UsersFile, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read users file: {e}", path.display())))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses users-file text; `path` only names the source in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<UsersFile, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+        let mut entries = BTreeMap::new();
+        for (user, value) in table {
+            let line = text
+                .lines()
+                .position(|l| {
+                    let l = l.trim_start();
+                    l.starts_with(&format!("{user} ")) || l.starts_with(&format!("{user}=")) || l.starts_with(&format!("\"{user}\""))
+                })
+                .map_or(String::new(), |n| format!(":{}", n + 1));
+            let Some(secret) = value.as_str() else {
+                return err(format!("{}{line}: user {user:?}: the value must be a string", path.display()));
+            };
+            let parsed = if secret.starts_with("SCRAM-SHA-256$") {
+                match ScramVerifier::parse(secret) {
+                    Ok(v) => UserSecret::Scram(v),
+                    Err(_) => {
+                        return err(format!("{}{line}: user {user:?}: malformed SCRAM-SHA-256 verifier", path.display()))
+                    }
+                }
+            } else if is_md5_hash(secret) {
+                UserSecret::Md5(secret.to_string())
+            } else if secret.is_empty() {
+                return err(format!("{}{line}: user {user:?}: empty password", path.display()));
+            } else {
+                UserSecret::Plain(secret.to_string())
+            };
+            entries.insert(user, parsed);
+        }
+        Ok(UsersFile { entries })
+    }
+
+    pub fn get(&self, user: &str) -> Option<&UserSecret> {
+        self.entries.get(user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[[backends]]\nname = \"pg0\"\nhost = \"127.0.0.1\"\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c = Config::parse(Path::new("pgvigil.toml"), text)?;
+        c.validate_without_files()?;
+        Ok(c)
+    }
+
+    impl Config {
+        fn validate_without_files(&self) -> Result<(), ConfigError> {
+            let mut c = self.clone();
+            c.auth.users_file = None;
+            c.auth.method = AuthMethod::Trust;
+            c.validate()
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.proxy.listen, "127.0.0.1:9999");
+        assert_eq!(c.proxy.max_clients, 1000);
+        assert_eq!(c.pool.size, 20);
+        assert_eq!(c.pool.checkout_timeout.get(), Duration::from_secs(5));
+        assert_eq!(c.pool.idle_timeout.get(), Duration::from_secs(600));
+        assert_eq!(c.auth.method, AuthMethod::ScramSha256);
+        assert_eq!(c.backends[0].port, 5432);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let text = format!("{MINIMAL}\n[pool]\nsize = 5\nsizee = 6\n");
+        let e = Config::parse(Path::new("/etc/pgvigil.toml"), &text).unwrap_err().to_string();
+        assert!(e.starts_with("/etc/pgvigil.toml:7:1:"), "{e}");
+        assert!(e.contains("sizee"), "{e}");
+    }
+
+    #[test]
+    fn errors_do_not_quote_secrets() {
+        let text = format!("{MINIMAL}[health_check]\npassword = \"hunter2\"\nbogus = 1\n");
+        let e = Config::parse(Path::new("c.toml"), &text).unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        let text = format!("{MINIMAL}[health_check]\npassword = 42\n");
+        let e = Config::parse(Path::new("c.toml"), &text).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:5:"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_size("16MB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("512kB").unwrap(), 512 << 10);
+        assert!(parse_size("99999999999999TB").is_err());
+        let e = parse(&format!("{MINIMAL}[pool]\ncheckout_timeout = \"5 fortnights\"\n")).unwrap_err().to_string();
+        assert!(e.starts_with("pgvigil.toml:5:"), "{e}");
+    }
+
+    #[test]
+    fn validate_names_the_key() {
+        let e = parse("[proxy]\nlisten = \"nope\"\n[[backends]]\nname=\"a\"\nhost=\"h\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("proxy.listen"), "{e}");
+        let e = parse("").unwrap_err().to_string();
+        assert!(e.starts_with("backends"), "{e}");
+        let e = parse(&format!("{MINIMAL}[[backends]]\nname=\"pg0\"\nhost=\"h\"\n")).unwrap_err().to_string();
+        assert!(e.contains("backends[1].name"), "{e}");
+        let e = parse(&format!("{MINIMAL}[pool]\nsize = 0\n")).unwrap_err().to_string();
+        assert!(e.starts_with("pool.size"), "{e}");
+        let c = Config::parse(Path::new("x.toml"), MINIMAL).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("auth.users_file"), "{e}");
+    }
+
+    #[test]
+    fn users_file_kinds() {
+        let text = "alice = \"s3cret\"\nbob = \"md5d9ba3ab5e5e9e4a3c0b4c7c1c0e5a1f2\"\n";
+        let u = UsersFile::parse(Path::new("users.toml"), text).unwrap();
+        assert!(matches!(u.get("alice"), Some(UserSecret::Plain(p)) if p == "s3cret"));
+        assert!(matches!(u.get("bob"), Some(UserSecret::Md5(_))));
+        let e = UsersFile::parse(Path::new("users.toml"), "alice = \"x\"\ncarol = \"SCRAM-SHA-256$bad\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("users.toml:2:"), "{e}");
+        assert!(!e.contains("bad\""), "{e}");
+        assert!(!format!("{:?}", u).contains("s3cret"));
+    }
+}
