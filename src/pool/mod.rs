@@ -1,1 +1,181 @@
-//! pool
+//! Server connection pools, one per (backend, user, database, startup parameters).
+//!
+//! A pool is a semaphore of `pool.size` permits and a stack of idle connections. A
+//! checkout takes a permit (waiting at most `pool.checkout_timeout`), then reuses the
+//! most recently returned idle connection that is still clean, or opens a new one. The
+//! permit travels with the connection, so at most `size` connections exist per pool.
+//! A reaper task closes idle connections past `pool.idle_timeout` or that saw EOF.
+
+pub mod server;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use server::{BackendCredential, ConnectError, ServerConn};
+
+/// Identifies a pool: connections in it are interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub backend: usize,
+    pub user: String,
+    pub database: String,
+    /// Other startup parameters, sorted by name.
+    pub params: Vec<(String, String)>,
+}
+
+impl PoolKey {
+    /// The parameters of a server StartupMessage for this key.
+    pub fn startup_params(&self) -> Vec<(String, String)> {
+        let mut p = vec![("user".to_string(), self.user.clone()), ("database".to_string(), self.database.clone())];
+        p.extend(self.params.iter().cloned());
+        p
+    }
+}
+
+/// Settings the pools need; a copy of `[pool]`.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub idle_timeout: Duration,
+    pub checkout_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub reset_query: String,
+}
+
+/// Why no server connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("no server connection became free within {0:?} (pool.size reached)")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+struct Pool {
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<ServerConn>>,
+}
+
+/// All pools of this pgvigil node.
+pub struct Pools {
+    settings: PoolSettings,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+/// A server connection lent to one client session.
+pub struct Checkout {
+    pub conn: ServerConn,
+    key: PoolKey,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Checkout {
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
+}
+
+impl Pools {
+    pub fn new(settings: PoolSettings) -> Self {
+        Self { settings, pools: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    fn pool(&self, key: &PoolKey) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Pool { permits: Arc::new(Semaphore::new(self.settings.size)), idle: Mutex::new(Vec::new()) }))
+            .clone()
+    }
+
+    /// Lends a server connection for `key`, waiting for a free slot up to the checkout timeout.
+    pub async fn checkout(
+        &self,
+        key: &PoolKey,
+        addr: SocketAddr,
+        credential: &BackendCredential,
+    ) -> Result<Checkout, CheckoutError> {
+        let pool = self.pool(key);
+        let wait = self.settings.checkout_timeout;
+        let permit = match tokio::time::timeout(wait, pool.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => return Err(CheckoutError::Timeout(wait)),
+        };
+        loop {
+            let candidate = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some(conn) = candidate else { break };
+            if conn.addr == addr && conn.is_idle_and_clean() && conn.last_used.elapsed() < self.settings.idle_timeout {
+                return Ok(Checkout { conn, key: key.clone(), _permit: permit });
+            }
+            tracing::debug!(backend = conn.backend, server_pid = conn.pid, "closing stale idle server connection");
+        }
+        let conn =
+            ServerConn::connect(key.backend, addr, &key.startup_params(), credential, self.settings.connect_timeout).await?;
+        tracing::debug!(backend = key.backend, server_pid = conn.pid, user = %key.user, database = %key.database, "opened server connection");
+        Ok(Checkout { conn, key: key.clone(), _permit: permit })
+    }
+
+    /// Takes a connection back after a session: resets it and keeps it idle, or closes it.
+    pub async fn checkin(&self, mut checkout: Checkout) {
+        let reset = tokio::time::timeout(self.settings.connect_timeout, checkout.conn.reset(&self.settings.reset_query)).await;
+        match reset {
+            Ok(Ok(())) => {
+                let pool = self.pool(&checkout.key);
+                pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(checkout.conn);
+            }
+            Ok(Err(e)) => tracing::info!(error = %e, "closing server connection that failed its reset"),
+            Err(_) => tracing::info!("closing server connection whose reset timed out"),
+        }
+    }
+
+    /// Closes idle connections that are too old or no longer clean.
+    pub fn reap(&self) {
+        let pools: Vec<Arc<Pool>> = self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let max_idle = self.settings.idle_timeout;
+        for pool in pools {
+            let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|c| c.last_used.elapsed() < max_idle && c.is_idle_and_clean());
+        }
+    }
+
+    /// Closes every idle connection to `backend` (e.g. after it went down).
+    pub fn drop_idle_for(&self, backend: usize) {
+        let pools: Vec<Arc<Pool>> = self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for pool in pools {
+            pool.idle.lock().unwrap_or_else(|p| p.into_inner()).retain(|c| c.backend != backend);
+        }
+    }
+
+    /// Counts of (idle, in use) server connections over all pools.
+    pub fn counts(&self) -> (usize, usize) {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = 0;
+        let mut used = 0;
+        for pool in pools.values() {
+            let n_idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
+            idle += n_idle;
+            used += self.settings.size - pool.permits.available_permits();
+        }
+        (idle, used)
+    }
+
+    /// Runs the reaper until `stop` is cancelled.
+    pub async fn run_reaper(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let period = (self.settings.idle_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.reap(),
+            }
+        }
+    }
+}

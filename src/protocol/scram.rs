@@ -23,3 +23,4 @@ impl ClientExchange {
     pub fn handle_server_first(&mut self, _msg: &[u8]) -> Result<Vec<u8>, ScramError> { todo!() }
     pub fn handle_server_final(&mut self, _msg: &[u8]) -> Result<(), ScramError> { todo!() }
 }
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";

@@ -1,0 +1,304 @@
+//! One server connection: connect, authenticate to PostgreSQL, reset for reuse.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::backend::{self, AuthRequest, ServerError};
+use crate::protocol::frame::{self, be, Message};
+use crate::protocol::md5::{md5_password_hash, md5_salted_response};
+use crate::protocol::scram::{ClientCredential, ClientExchange, ScramVerifier, SCRAM_SHA_256};
+use crate::protocol::{frontend, startup};
+
+/// Largest message accepted from a server outside of pass-through (startup and reset).
+const MAX_SERVER_CONTROL_MESSAGE: u64 = 1 << 24;
+
+/// What pgvigil can present to a backend that asks for a password.
+#[derive(Clone, Default)]
+pub enum BackendCredential {
+    /// Nothing: only `trust` backends accept the session.
+    #[default]
+    None,
+    /// A plaintext password: answers cleartext, md5 and SCRAM.
+    Password(String),
+    /// An md5 hash as stored in pg_authid: answers md5.
+    Md5(String),
+    /// The ClientKey learned from the client's SCRAM proof, with the verifier it matched.
+    ScramKey { client_key: [u8; 32], verifier: ScramVerifier },
+}
+
+impl std::fmt::Debug for BackendCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendCredential::None => "None",
+            BackendCredential::Password(_) => "Password(<redacted>)",
+            BackendCredential::Md5(_) => "Md5(<redacted>)",
+            BackendCredential::ScramKey { .. } => "ScramKey(<redacted>)",
+        })
+    }
+}
+
+/// Why a server connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("could not connect to {addr}: {source}")]
+    Io { addr: SocketAddr, source: std::io::Error },
+    #[error("timed out connecting to {0}")]
+    Timeout(SocketAddr),
+    /// The server refused the session; `raw` is its ErrorResponse, to relay as is.
+    #[error("server {addr} refused the session: {error}")]
+    Server { addr: SocketAddr, error: ServerError, raw: Bytes },
+    #[error("server {addr} asks for {method} authentication, but pgvigil has no usable secret for user \"{user}\"")]
+    NoCredential { addr: SocketAddr, method: &'static str, user: String },
+    #[error("SCRAM authentication to {addr} failed: {reason}")]
+    Scram { addr: SocketAddr, reason: String },
+    #[error("server {addr} broke the protocol: {reason}")]
+    Protocol { addr: SocketAddr, reason: String },
+}
+
+/// An open, authenticated server connection.
+pub struct ServerConn {
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet handled.
+    pub buf: BytesMut,
+    /// ParameterStatus values as the server last reported them, in first-seen order.
+    pub params: Vec<(String, String)>,
+    /// The server's BackendKeyData.
+    pub pid: i32,
+    pub secret: i32,
+    pub addr: SocketAddr,
+    /// Index of the backend in the configuration.
+    pub backend: usize,
+    /// Transaction status from the last ReadyForQuery.
+    pub tx_status: u8,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    /// Opens a connection and runs startup and authentication.
+    pub async fn connect(
+        backend: usize,
+        addr: SocketAddr,
+        params: &[(String, String)],
+        credential: &BackendCredential,
+        timeout: Duration,
+    ) -> Result<ServerConn, ConnectError> {
+        tokio::time::timeout(timeout, Self::connect_inner(backend, addr, params, credential))
+            .await
+            .map_err(|_| ConnectError::Timeout(addr))?
+    }
+
+    async fn connect_inner(
+        backend: usize,
+        addr: SocketAddr,
+        params: &[(String, String)],
+        credential: &BackendCredential,
+    ) -> Result<ServerConn, ConnectError> {
+        let stream = TcpStream::connect(addr).await.map_err(|source| ConnectError::Io { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let now = Instant::now();
+        let mut conn = ServerConn {
+            stream,
+            buf: BytesMut::with_capacity(8192),
+            params: Vec::new(),
+            pid: 0,
+            secret: 0,
+            addr,
+            backend,
+            tx_status: b'I',
+            created: now,
+            last_used: now,
+        };
+        let mut out = BytesMut::new();
+        startup::write_startup(&mut out, params);
+        conn.send(&out).await?;
+        let user = params.iter().find(|(k, _)| k == "user").map(|(_, v)| v.as_str()).unwrap_or("");
+        conn.authenticate(user, credential).await?;
+        loop {
+            let m = conn.recv().await?;
+            match m.tag {
+                be::PARAMETER_STATUS => conn.note_parameter(&m.body)?,
+                be::BACKEND_KEY_DATA => {
+                    let (pid, secret) = backend::parse_backend_key_data(&m.body).map_err(|e| conn.protocol(e))?;
+                    conn.pid = pid;
+                    conn.secret = secret;
+                }
+                be::READY_FOR_QUERY => {
+                    conn.tx_status = m.body.first().copied().unwrap_or(b'I');
+                    return Ok(conn);
+                }
+                be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
+                be::ERROR_RESPONSE => return Err(conn.server_error(&m)),
+                other => return Err(conn.protocol(format!("unexpected message type {:?} during startup", other as char))),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, user: &str, credential: &BackendCredential) -> Result<(), ConnectError> {
+        let mut scram: Option<ClientExchange> = None;
+        loop {
+            let m = self.recv().await?;
+            if m.tag == be::ERROR_RESPONSE {
+                return Err(self.server_error(&m));
+            }
+            if m.tag != be::AUTHENTICATION {
+                return Err(self.protocol(format!("expected an authentication request, got {:?}", m.tag as char)));
+            }
+            let mut out = BytesMut::new();
+            match backend::parse_auth(&m.body).map_err(|e| self.protocol(e))? {
+                AuthRequest::Ok => return Ok(()),
+                AuthRequest::Cleartext => match credential {
+                    BackendCredential::Password(p) => frontend::write_password(&mut out, p),
+                    _ => return Err(self.no_credential("password", user)),
+                },
+                AuthRequest::Md5(salt) => {
+                    let hash = match credential {
+                        BackendCredential::Password(p) => md5_password_hash(user, p),
+                        BackendCredential::Md5(h) => h.clone(),
+                        _ => return Err(self.no_credential("md5", user)),
+                    };
+                    frontend::write_password(&mut out, &md5_salted_response(&hash, salt));
+                }
+                AuthRequest::Sasl(mechanisms) => {
+                    if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
+                        return Err(self.protocol(format!("no supported SASL mechanism among {mechanisms:?}")));
+                    }
+                    let cred = match credential {
+                        BackendCredential::Password(p) => ClientCredential::Password(p.clone()),
+                        BackendCredential::ScramKey { client_key, verifier } => {
+                            ClientCredential::ClientKey { client_key: *client_key, verifier: verifier.clone() }
+                        }
+                        _ => return Err(self.no_credential("SCRAM-SHA-256", user)),
+                    };
+                    let exchange = ClientExchange::new(cred);
+                    frontend::write_sasl_initial_response(&mut out, SCRAM_SHA_256, &exchange.client_first());
+                    scram = Some(exchange);
+                }
+                AuthRequest::SaslContinue(data) => {
+                    let Some(exchange) = scram.as_mut() else {
+                        return Err(self.protocol("SASL continue without SASL start"));
+                    };
+                    let reply = exchange.handle_server_first(&data).map_err(|e| self.scram(e))?;
+                    frontend::write_sasl_response(&mut out, &reply);
+                }
+                AuthRequest::SaslFinal(data) => {
+                    let Some(exchange) = scram.as_mut() else {
+                        return Err(self.protocol("SASL final without SASL start"));
+                    };
+                    exchange.handle_server_final(&data).map_err(|e| self.scram(e))?;
+                    continue;
+                }
+                AuthRequest::Other(code) => {
+                    return Err(self.protocol(format!("unsupported authentication request {code}")));
+                }
+            }
+            self.send(&out).await?;
+        }
+    }
+
+    /// Brings a connection back to a clean session: rolls back an open transaction, then
+    /// runs the reset query. Errors mean the connection must be closed.
+    pub async fn reset(&mut self, reset_query: &str) -> Result<(), ConnectError> {
+        if self.tx_status != b'I' {
+            self.simple_query("ROLLBACK").await?;
+        }
+        if !reset_query.is_empty() {
+            self.simple_query(reset_query).await?;
+        }
+        self.last_used = Instant::now();
+        Ok(())
+    }
+
+    /// Runs one statement, keeping ParameterStatus; fails on an error or unexpected message.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<(), ConnectError> {
+        let mut out = BytesMut::new();
+        frontend::write_query(&mut out, sql);
+        self.send(&out).await?;
+        let mut failed = None;
+        loop {
+            let m = self.recv().await?;
+            match m.tag {
+                be::READY_FOR_QUERY => {
+                    self.tx_status = m.body.first().copied().unwrap_or(b'I');
+                    return match failed {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    };
+                }
+                be::PARAMETER_STATUS => self.note_parameter(&m.body)?,
+                be::ERROR_RESPONSE => failed = Some(self.server_error(&m)),
+                be::COPY_IN_RESPONSE | be::COPY_OUT_RESPONSE | be::COPY_BOTH_RESPONSE => {
+                    return Err(self.protocol("reset query entered COPY mode"));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether an idle connection is still usable: no EOF and no unsolicited bytes.
+    pub fn is_idle_and_clean(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            _ => false,
+        }
+    }
+
+    /// Records a ParameterStatus body.
+    pub fn note_parameter(&mut self, body: &[u8]) -> Result<(), ConnectError> {
+        let (name, value) = backend::parse_parameter_status(body).map_err(|e| self.protocol(e))?;
+        match self.params.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.params.push((name, value)),
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), ConnectError> {
+        let addr = self.addr;
+        self.stream.write_all(bytes).await.map_err(|source| ConnectError::Io { addr, source })
+    }
+
+    async fn recv(&mut self) -> Result<Message, ConnectError> {
+        loop {
+            match frame::take_message(&mut self.buf, MAX_SERVER_CONTROL_MESSAGE) {
+                Ok(Some(m)) => return Ok(m),
+                Ok(None) => {}
+                Err(e) => return Err(self.protocol(e)),
+            }
+            let addr = self.addr;
+            let n = self.stream.read_buf(&mut self.buf).await.map_err(|source| ConnectError::Io { addr, source })?;
+            if n == 0 {
+                return Err(ConnectError::Io { addr, source: std::io::ErrorKind::UnexpectedEof.into() });
+            }
+        }
+    }
+
+    fn server_error(&self, m: &Message) -> ConnectError {
+        let error = backend::parse_error_fields(&m.body).unwrap_or_default();
+        let mut raw = BytesMut::new();
+        let at = frame::begin(&mut raw, m.tag);
+        raw.extend_from_slice(&m.body);
+        frame::finish(&mut raw, at);
+        ConnectError::Server { addr: self.addr, error, raw: raw.freeze() }
+    }
+
+    fn protocol(&self, reason: impl std::fmt::Display) -> ConnectError {
+        ConnectError::Protocol { addr: self.addr, reason: reason.to_string() }
+    }
+
+    fn scram(&self, e: impl std::fmt::Display) -> ConnectError {
+        ConnectError::Scram { addr: self.addr, reason: e.to_string() }
+    }
+
+    fn no_credential(&self, method: &'static str, user: &str) -> ConnectError {
+        ConnectError::NoCredential { addr: self.addr, method, user: user.to_string() }
+    }
+}

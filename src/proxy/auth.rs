@@ -1,0 +1,159 @@
+//! Client authentication: trust, md5 and SCRAM-SHA-256 against the users file.
+//!
+//! The result is the credential pgvigil presents to backends for this session: the
+//! plaintext password or md5 hash from the users file, or — when the file holds only a
+//! SCRAM verifier — the ClientKey recovered from the client's own proof.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::Reloadable;
+use crate::config::{AuthMethod, UserSecret};
+use crate::pool::BackendCredential;
+use crate::protocol::backend::{self, PgError, AUTH_MD5, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL};
+use crate::protocol::frame::{self, fe};
+use crate::protocol::md5::{md5_password_hash, md5_salted_response};
+use crate::protocol::scram::{ScramError, ScramVerifier, ServerExchange, SCRAM_SHA_256};
+use crate::protocol::{frontend, sqlstate};
+
+/// PostgreSQL's limit on an authentication message (PG_MAX_AUTH_TOKEN_LENGTH).
+const MAX_AUTH_MESSAGE: u64 = 65_535;
+
+/// How authentication ended, when it did not succeed.
+pub enum AuthFailure {
+    /// Tell the client this, then close.
+    Reject(PgError),
+    /// The client went away.
+    Disconnected,
+}
+
+impl From<std::io::Error> for AuthFailure {
+    fn from(_: std::io::Error) -> Self {
+        AuthFailure::Disconnected
+    }
+}
+
+/// Authenticates `user` on `stream`; on success returns the backend credential.
+pub async fn authenticate(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    user: &str,
+    settings: &Reloadable,
+    mock_secret: &[u8; 32],
+) -> Result<BackendCredential, AuthFailure> {
+    let secret = settings.users.get(user);
+    let stored = || match secret {
+        Some(UserSecret::Plain(p)) => BackendCredential::Password(p.clone()),
+        Some(UserSecret::Md5(h)) => BackendCredential::Md5(h.clone()),
+        Some(UserSecret::Scram(_)) | None => BackendCredential::None,
+    };
+    match settings.auth_method {
+        AuthMethod::Trust => Ok(stored()),
+        AuthMethod::Md5 => {
+            let salt: [u8; 4] = rand::random();
+            let mut out = BytesMut::new();
+            backend::write_auth(&mut out, AUTH_MD5, &salt);
+            stream.write_all(&out).await?;
+            let body = read_password_message(stream, buf).await?;
+            let answer = frontend::parse_password(&body).map_err(|_| violation("invalid password packet size"))?;
+            let expected = match secret {
+                Some(UserSecret::Plain(p)) => Some(md5_salted_response(&md5_password_hash(user, p), salt)),
+                Some(UserSecret::Md5(h)) => Some(md5_salted_response(h, salt)),
+                _ => None,
+            };
+            match expected {
+                Some(e) if constant_time_eq(e.as_bytes(), answer.as_bytes()) => Ok(stored()),
+                _ => Err(AuthFailure::Reject(PgError::password_failed(user))),
+            }
+        }
+        AuthMethod::ScramSha256 => {
+            let (verifier, known) = match secret {
+                Some(UserSecret::Scram(v)) => (v.clone(), true),
+                Some(UserSecret::Plain(p)) => (cached_verifier(settings, user, p), true),
+                _ => (ScramVerifier::mock(user, mock_secret), false),
+            };
+            if matches!(secret, Some(UserSecret::Md5(_))) {
+                tracing::warn!(user, "user has only an md5 hash in the users file, which scram-sha-256 cannot verify");
+            }
+            let client_key = scram_exchange(stream, buf, user, verifier.clone()).await?;
+            if !known {
+                return Err(AuthFailure::Reject(PgError::password_failed(user)));
+            }
+            Ok(match secret {
+                Some(UserSecret::Scram(_)) => BackendCredential::ScramKey { client_key, verifier },
+                _ => stored(),
+            })
+        }
+    }
+}
+
+fn cached_verifier(settings: &Reloadable, user: &str, password: &str) -> ScramVerifier {
+    let mut cache = settings.scram_cache.lock().unwrap_or_else(|p| p.into_inner());
+    cache.entry(user.to_string()).or_insert_with(|| ScramVerifier::generate(password)).clone()
+}
+
+/// Runs the SCRAM exchange; returns the ClientKey the client proved it has.
+async fn scram_exchange(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    user: &str,
+    verifier: ScramVerifier,
+) -> Result<[u8; 32], AuthFailure> {
+    let mut out = BytesMut::new();
+    backend::write_auth_sasl(&mut out, &[SCRAM_SHA_256]);
+    stream.write_all(&out).await?;
+    let body = read_password_message(stream, buf).await?;
+    let (mechanism, data) =
+        frontend::parse_sasl_initial_response(&body).map_err(|_| violation("malformed SASL initial response"))?;
+    if mechanism != SCRAM_SHA_256 {
+        return Err(violation("client selected an invalid SASL authentication mechanism"));
+    }
+    let mut exchange = ServerExchange::new(verifier);
+    let server_first = exchange.handle_client_first(data).map_err(|e| scram_failure(user, e))?;
+    out.clear();
+    backend::write_auth(&mut out, AUTH_SASL_CONTINUE, &server_first);
+    stream.write_all(&out).await?;
+    let body = read_password_message(stream, buf).await?;
+    let done = exchange.handle_client_final(&body).map_err(|e| scram_failure(user, e))?;
+    out.clear();
+    backend::write_auth(&mut out, AUTH_SASL_FINAL, &done.server_final);
+    stream.write_all(&out).await?;
+    Ok(done.client_key)
+}
+
+fn scram_failure(user: &str, e: ScramError) -> AuthFailure {
+    AuthFailure::Reject(match e {
+        ScramError::BadProof => PgError::password_failed(user),
+        other => PgError::protocol_violation(format!("malformed SCRAM message: {other}")),
+    })
+}
+
+fn violation(message: &str) -> AuthFailure {
+    AuthFailure::Reject(PgError::protocol_violation(message))
+}
+
+/// Reads the client's next message, which must be a PasswordMessage ('p').
+async fn read_password_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<bytes::Bytes, AuthFailure> {
+    loop {
+        match frame::take_message(buf, MAX_AUTH_MESSAGE) {
+            Ok(Some(m)) if m.tag == fe::PASSWORD => return Ok(m.body),
+            Ok(Some(m)) if m.tag == fe::TERMINATE => return Err(AuthFailure::Disconnected),
+            Ok(Some(m)) => {
+                return Err(AuthFailure::Reject(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("expected password response, got message type {}", m.tag),
+                )))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(AuthFailure::Reject(PgError::protocol_violation(e.to_string()))),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(AuthFailure::Disconnected);
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

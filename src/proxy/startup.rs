@@ -1,0 +1,94 @@
+//! The startup phase: SSL/GSS requests, cancel requests, the StartupMessage and version
+//! negotiation, up to (not including) authentication.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::Shared;
+use crate::protocol::backend::{write_negotiate_protocol_version, PgError};
+use crate::protocol::sqlstate;
+use crate::protocol::startup::{take_startup_packet, Startup, StartupPacket};
+use crate::protocol::ProtocolError;
+
+/// How the startup phase ended.
+pub enum Opening {
+    /// A session wants to start.
+    Session(Startup),
+    /// A cancel request was handled; close the connection.
+    Cancelled,
+    /// The client left, or sent nothing usable; close silently.
+    Gone,
+    /// Tell the client this, then close.
+    Reject(PgError),
+}
+
+/// Reads startup packets until a StartupMessage or CancelRequest arrives.
+pub async fn read_opening(stream: &mut TcpStream, buf: &mut BytesMut, shared: &Shared) -> Opening {
+    let mut answered_ssl = false;
+    let mut answered_gss = false;
+    loop {
+        let packet = match take_startup_packet(buf) {
+            Ok(Some(p)) => p,
+            Ok(None) => match stream.read_buf(buf).await {
+                Ok(0) | Err(_) => return Opening::Gone,
+                Ok(_) => continue,
+            },
+            Err(ProtocolError::BadLength(_)) => {
+                return Opening::Reject(PgError::protocol_violation("invalid length of startup packet"))
+            }
+            Err(e) => return Opening::Reject(PgError::protocol_violation(e.to_string())),
+        };
+        match packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                let first = if matches!(packet, StartupPacket::SslRequest) { &mut answered_ssl } else { &mut answered_gss };
+                if std::mem::replace(first, true) {
+                    return Opening::Reject(PgError::protocol_violation("unsupported frontend protocol: duplicate encryption request"));
+                }
+                if !buf.is_empty() {
+                    // Bytes after an encryption request, before our answer: a buffer-stuffing attempt.
+                    return Opening::Reject(PgError::protocol_violation("received unencrypted data after SSL request"));
+                }
+                if stream.write_all(b"N").await.is_err() {
+                    return Opening::Gone;
+                }
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                shared.cancels.cancel(pid, secret, shared.pools.settings().connect_timeout).await;
+                return Opening::Cancelled;
+            }
+            StartupPacket::Startup(s) => return check_version(stream, s).await,
+        }
+    }
+}
+
+/// Accepts protocol 3.x; answers NegotiateProtocolVersion for newer minors or `_pq_` options.
+async fn check_version(stream: &mut TcpStream, startup: Startup) -> Opening {
+    if startup.major != 3 {
+        return Opening::Reject(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("unsupported frontend protocol {}.{}: server supports 3.0 to 3.0", startup.major, startup.minor),
+        ));
+    }
+    let options = startup.protocol_options();
+    if startup.minor > 0 || !options.is_empty() {
+        let mut out = BytesMut::new();
+        write_negotiate_protocol_version(&mut out, 0, &options);
+        if stream.write_all(&out).await.is_err() {
+            return Opening::Gone;
+        }
+    }
+    if startup.param("user").is_none_or(str::is_empty) {
+        return Opening::Reject(PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "no PostgreSQL user name specified in startup packet",
+        ));
+    }
+    if startup.param("replication").is_some_and(|v| v != "false" && v != "off" && v != "0" && v != "no") {
+        return Opening::Reject(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "pgvigil does not proxy replication connections; connect to the PostgreSQL server directly",
+        ));
+    }
+    Opening::Session(startup)
+}
