@@ -7,7 +7,10 @@
 
 pub mod cluster;
 pub mod config;
+pub mod demo;
+pub mod logging;
 pub mod monitor;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod run;

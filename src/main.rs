@@ -1,1 +1,95 @@
-fn main() {}
+//! The `pgvigil` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use pgvigil::config::Config;
+
+/// High-availability proxy for PostgreSQL streaming-replication clusters.
+///
+/// Clients connect to pgvigil as if it were PostgreSQL. Start with `pgvigil demo` to
+/// see it in front of a throwaway local cluster, then write a configuration file
+/// (see docs/configuration.md) and use `pgvigil run --config pgvigil.toml`.
+#[derive(Parser)]
+#[command(name = "pgvigil", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pgvigil node with the given configuration file.
+    ///
+    /// Signals: SIGTERM stops accepting and lets sessions finish for
+    /// proxy.shutdown_timeout; SIGINT shuts down at once; SIGHUP reloads the users file
+    /// and auth settings and names what needs a restart.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and its users file, then exit (status 0 when valid).
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Build a local primary + 2 standbys from the installed PostgreSQL and run pgvigil
+    /// in front of them. Needs no configuration; Ctrl-C stops and removes everything.
+    Demo {
+        /// Port to listen on; the next free one is used when it is taken.
+        #[arg(long, default_value_t = 9999)]
+        port: u16,
+        /// Number of hot standbys.
+        #[arg(long, default_value_t = 2)]
+        standbys: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!("{}: OK ({} backends, listen {})", config.display(), c.backends.len(), c.proxy.listen);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pgvigil: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("pgvigil: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            pgvigil::logging::init(&cfg.log.level, &cfg.log.format);
+            report(runtime().and_then(|rt| rt.block_on(pgvigil::run::run_until_signalled(cfg, Some(config)))))
+        }
+        Command::Demo { port, standbys } => {
+            pgvigil::logging::init("info", "text");
+            report(runtime().and_then(|rt| rt.block_on(pgvigil::demo::run(port, standbys))))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgvigil: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
