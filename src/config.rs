@@ -102,10 +102,12 @@ impl Default for PoolConfig {
 
 /// How clients prove who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
+    #[serde(rename = "trust")]
     Trust,
+    #[serde(rename = "md5")]
     Md5,
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
 }
 

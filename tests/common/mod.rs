@@ -1,0 +1,308 @@
+//! Shared test support: a real PostgreSQL cluster with pgvigil in front, and a raw
+//! protocol client for byte-level checks.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgvigil::cluster::{HbaMethod, LocalCluster};
+use pgvigil::config::Config;
+use pgvigil::protocol::backend::{self, AuthRequest, ServerError};
+use pgvigil::protocol::frame::{self, Message};
+use pgvigil::protocol::md5::{md5_password_hash, md5_salted_response};
+use pgvigil::protocol::scram::{ClientCredential, ClientExchange, SCRAM_SHA_256};
+use pgvigil::protocol::{frontend, startup};
+use pgvigil::proxy::{self, ProxyHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const SUPERUSER: &str = "postgres";
+pub const SUPERPASS: &str = "postgres";
+
+/// What to build.
+pub struct Options {
+    pub standbys: usize,
+    pub hba: HbaMethod,
+    /// `[auth] method`.
+    pub auth_method: &'static str,
+    /// Users file lines, e.g. `alice = "secret"`. The superuser is always added.
+    pub users: Vec<String>,
+    /// Extra TOML appended to the config (after the generated sections; use whole sections).
+    pub extra: String,
+    /// Text for the `[pool]` section.
+    pub pool: String,
+    /// Text for the `[proxy]` section besides `listen`.
+    pub proxy: String,
+    /// List the standbys before the primary in `[[backends]]`.
+    pub primary_last: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            standbys: 0,
+            hba: HbaMethod::ScramSha256,
+            auth_method: "scram-sha-256",
+            users: Vec::new(),
+            extra: String::new(),
+            pool: String::new(),
+            proxy: String::new(),
+            primary_last: false,
+        }
+    }
+}
+
+/// A cluster with pgvigil running in-process in front of it.
+pub struct Env {
+    pub proxy: Option<ProxyHandle>,
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    pub dir: tempfile::TempDir,
+    // Dropped last: stops the servers.
+    pub cluster: LocalCluster,
+}
+
+pub fn init_logging() {
+    pgvigil::logging::init(&std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()), "text");
+}
+
+/// Builds a cluster in a blocking thread.
+pub async fn build_cluster(standbys: usize, hba: HbaMethod) -> LocalCluster {
+    tokio::task::spawn_blocking(move || {
+        LocalCluster::builder().standbys(standbys).hba(hba).superuser_password(SUPERPASS).build()
+    })
+    .await
+    .expect("cluster build task")
+    .unwrap_or_else(|e| panic!("building the test cluster failed: {e}"))
+}
+
+impl Env {
+    pub async fn start(opts: Options) -> Env {
+        init_logging();
+        let cluster = build_cluster(opts.standbys, opts.hba).await;
+        Self::start_on(cluster, opts).await
+    }
+
+    /// Starts pgvigil in front of an existing cluster.
+    pub async fn start_on(cluster: LocalCluster, opts: Options) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut users = format!("{SUPERUSER} = \"{SUPERPASS}\"\n");
+        for u in &opts.users {
+            users.push_str(u);
+            users.push('\n');
+        }
+        std::fs::write(dir.path().join("users.toml"), users).expect("write users file");
+        let mut order: Vec<usize> = (0..cluster.len()).collect();
+        if opts.primary_last {
+            order.rotate_left(1);
+        }
+        let mut backends = String::new();
+        for i in order {
+            let n = cluster.node(i);
+            backends.push_str(&format!("[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\n\n", n.name, n.host, n.port));
+        }
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n{}\n\n[pool]\n{}\n\n[auth]\nmethod = \"{}\"\nusers_file = \"users.toml\"\n\n\
+             [health_check]\ninterval = \"200ms\"\nuser = \"{SUPERUSER}\"\n\n{}\n{}",
+            opts.proxy, opts.pool, opts.auth_method, opts.extra, backends
+        );
+        let config_path = dir.path().join("pgvigil.toml");
+        std::fs::write(&config_path, text).expect("write config");
+        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let handle = proxy::start(config, Some(config_path.clone())).await.expect("start pgvigil");
+        assert!(handle.wait_for_primary(Duration::from_secs(20)).await, "pgvigil found no primary");
+        let addr = handle.local_addr;
+        Env { proxy: Some(handle), addr, config_path, dir, cluster }
+    }
+
+    pub fn pg_config(&self, user: &str, password: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1").port(self.addr.port()).user(user).password(password).dbname("postgres");
+        c.connect_timeout(Duration::from_secs(10));
+        c
+    }
+
+    /// A tokio-postgres client through pgvigil as the superuser.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(self.pg_config(SUPERUSER, SUPERPASS)).await.expect("connect through pgvigil")
+    }
+
+    /// A tokio-postgres client straight to node `i`.
+    pub async fn direct(&self, i: usize) -> tokio_postgres::Client {
+        let n = self.cluster.node(i);
+        let mut c = tokio_postgres::Config::new();
+        c.host(&n.host).port(n.port).user(SUPERUSER).password(SUPERPASS).dbname("postgres");
+        connect(c).await.expect("connect directly")
+    }
+
+    pub fn handle(&self) -> &ProxyHandle {
+        self.proxy.as_ref().expect("proxy running")
+    }
+}
+
+pub async fn connect(config: tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE of a tokio-postgres error, or "" when it has none.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+/// A client speaking raw protocol, for byte-level and bad-input tests.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Raw { stream, buf: BytesMut::new(), pid: 0, secret: 0 }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// The next message, or None at EOF (10 s limit).
+    pub async fn recv(&mut self) -> Option<Message> {
+        let read = async {
+            loop {
+                if let Some(m) = frame::take_message(&mut self.buf, 1 << 30).expect("server framing") {
+                    return Some(m);
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read).await.expect("server answered within 10 s")
+    }
+
+    /// Reads until an ErrorResponse and returns its fields; panics on EOF first.
+    pub async fn expect_error(&mut self) -> ServerError {
+        loop {
+            let m = self.recv().await.expect("an ErrorResponse before EOF");
+            if m.tag == b'E' {
+                return backend::parse_error_fields(&m.body).expect("error fields");
+            }
+        }
+    }
+
+    /// True when the server closes the connection (within 10 s).
+    pub async fn expect_eof(&mut self) -> bool {
+        self.recv().await.is_none()
+    }
+
+    /// Startup + authentication as `user`; returns the messages after AuthenticationOk up
+    /// to ReadyForQuery, or the error.
+    pub async fn login(&mut self, user: &str, password: &str) -> Result<Vec<Message>, ServerError> {
+        let mut out = BytesMut::new();
+        startup::write_startup(&mut out, &[("user".into(), user.into()), ("database".into(), "postgres".into())]);
+        self.send(&out).await;
+        let mut scram = None;
+        let mut after = Vec::new();
+        let mut authed = false;
+        loop {
+            let m = self.recv().await.expect("server answered startup");
+            out.clear();
+            match m.tag {
+                b'E' => return Err(backend::parse_error_fields(&m.body).expect("error fields")),
+                b'R' => match backend::parse_auth(&m.body).expect("auth request") {
+                    AuthRequest::Ok => authed = true,
+                    AuthRequest::Cleartext => frontend::write_password(&mut out, password),
+                    AuthRequest::Md5(salt) => {
+                        frontend::write_password(&mut out, &md5_salted_response(&md5_password_hash(user, password), salt))
+                    }
+                    AuthRequest::Sasl(_) => {
+                        let x = ClientExchange::new(ClientCredential::Password(password.into()));
+                        frontend::write_sasl_initial_response(&mut out, SCRAM_SHA_256, &x.client_first());
+                        scram = Some(x);
+                    }
+                    AuthRequest::SaslContinue(d) => {
+                        let reply = scram.as_mut().expect("sasl started").handle_server_first(&d).expect("server-first");
+                        frontend::write_sasl_response(&mut out, &reply);
+                    }
+                    AuthRequest::SaslFinal(d) => scram.as_mut().expect("sasl started").handle_server_final(&d).expect("server-final"),
+                    AuthRequest::Other(c) => panic!("unexpected auth request {c}"),
+                },
+                b'K' => {
+                    let (pid, secret) = backend::parse_backend_key_data(&m.body).expect("key data");
+                    self.pid = pid;
+                    self.secret = secret;
+                    after.push(m);
+                }
+                b'Z' => {
+                    assert!(authed, "ReadyForQuery before AuthenticationOk");
+                    after.push(m);
+                    return Ok(after);
+                }
+                _ => after.push(m),
+            }
+            if !out.is_empty() {
+                self.send(&out).await;
+            }
+        }
+    }
+
+    /// Sends a simple query and collects every message up to ReadyForQuery.
+    pub async fn simple_query(&mut self, sql: &str) -> Vec<Message> {
+        let mut out = BytesMut::new();
+        frontend::write_query(&mut out, sql);
+        self.send(&out).await;
+        self.until_ready().await
+    }
+
+    pub async fn until_ready(&mut self) -> Vec<Message> {
+        let mut all = Vec::new();
+        loop {
+            let m = self.recv().await.expect("message before ReadyForQuery");
+            let done = m.tag == b'Z';
+            all.push(m);
+            if done {
+                return all;
+            }
+        }
+    }
+}
+
+/// The values of the DataRows in `messages` as text (first column).
+pub fn first_column(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| {
+            let b = &m.body;
+            let len = i32::from_be_bytes([b[2], b[3], b[4], b[5]]);
+            String::from_utf8_lossy(&b[6..6 + len as usize]).into_owned()
+        })
+        .collect()
+}
+
+/// Polls `f` every 20 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
