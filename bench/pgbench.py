@@ -1,0 +1,764 @@
+#!/usr/bin/env python3
+"""Benchmark pgvigil against direct PostgreSQL, PgBouncer and Pgpool-II with pgbench.
+
+Everything (a throwaway PostgreSQL primary, the three proxies, their configs and logs)
+lives in one temporary directory that is removed at the end, also on Ctrl-C or error.
+Targets alternate round-robin for every (workload, mode, clients) configuration so that
+machine noise hits all of them alike.
+
+Usage:  sudo python3 bench/pgbench.py [--quick] [--duration S] [--scale N] [--json out.json]
+See bench/README.md.  Python 3.11 standard library only.
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ALL_TARGETS = ["direct", "pgbouncer", "pgpool", "pgvigil"]
+WORKLOADS = {"select-only": ["-S"], "tpcb-like": []}
+MODES = ["simple", "extended", "prepared"]
+CLIENTS = [16, 64]
+THREADS = 2
+USER = "postgres"
+PASSWORD = "bench"
+DBNAME = "postgres"
+INSTALL_HINT = "install with: apt-get install -y pgbouncer pgpool2"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- helpers
+
+_used_ports = set()
+
+
+def free_port():
+    """A currently free TCP port on 127.0.0.1 (not handed out before in this run)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _used_ports:
+            _used_ports.add(port)
+            return port
+
+
+def find_pg_bin():
+    preferred = "/usr/lib/postgresql/15/bin"
+    if os.path.exists(os.path.join(preferred, "postgres")):
+        return preferred
+    base = "/usr/lib/postgresql"
+    versions = []
+    if os.path.isdir(base):
+        for v in os.listdir(base):
+            if os.path.exists(os.path.join(base, v, "bin", "postgres")):
+                try:
+                    versions.append((float(v), v))
+                except ValueError:
+                    pass
+    if versions:
+        return os.path.join(base, max(versions)[1], "bin")
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        d = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
+        if os.path.exists(os.path.join(d, "postgres")):
+            return d
+    raise BenchError("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin; "
+                     "install with: apt-get install -y postgresql postgresql-contrib")
+
+
+def find_binary(name, candidates):
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return shutil.which(name)
+
+
+def tail(path, n=30):
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.readlines()
+        return "".join(lines[-n:])
+    except OSError as e:
+        return f"(cannot read {path}: {e})"
+
+
+def read_stat(pid):
+    """(ppid, utime+stime, cutime+cstime) in clock ticks for one process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rindex(")") + 2:].split()
+    # rest[0] is field 3 (state); field n is rest[n - 3].
+    ppid = int(rest[1])
+    own = int(rest[11]) + int(rest[12])
+    reaped = int(rest[13]) + int(rest[14])
+    return ppid, own, reaped
+
+
+def tree_cpu_ticks(root_pid):
+    """CPU ticks (user+system) used by a process and all its descendants.
+
+    Living processes count with their own utime+stime (which covers all their threads);
+    children that already exited and were reaped are counted in their parent's
+    cutime+cstime, so those are added too.
+    """
+    stats = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = read_stat(int(d))
+            if st:
+                stats[int(d)] = st
+    children = {}
+    for pid, (ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total = 0
+    stack = [root_pid]
+    seen = set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        _, own, reaped = stats[pid]
+        total += own + reaped
+        stack.extend(children.get(pid, []))
+    return total
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Env:
+    """Temp dir, run-as user, and every child process, with cleanup."""
+
+    def __init__(self, keep):
+        self.keep = keep
+        self.dir = tempfile.mkdtemp(prefix="pgvigil-bench-")
+        os.chmod(self.dir, 0o755)
+        self.procs = []  # (name, Popen, stop_signal)
+        if os.geteuid() == 0:
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise BenchError("running as root but there is no OS user 'postgres' to run "
+                                 "PostgreSQL/PgBouncer/Pgpool-II as (install the postgresql package)")
+            self.uid, self.gid = pw.pw_uid, pw.pw_gid
+            self.home = pw.pw_dir
+        else:
+            self.uid, self.gid = None, None
+            self.home = os.environ.get("HOME", self.dir)
+        self.chown(self.dir)
+
+    def chown(self, path):
+        if self.uid is not None:
+            os.chown(path, self.uid, self.gid)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def write(self, name, text, mode=0o600):
+        p = self.path(name)
+        with open(p, "w") as f:
+            f.write(text)
+        os.chmod(p, mode)
+        self.chown(p)
+        return p
+
+    def user_kwargs(self):
+        env = dict(os.environ)
+        if self.uid is not None:
+            env.update(HOME=self.home, USER="postgres", LOGNAME="postgres")
+            return dict(user=self.uid, group=self.gid, extra_groups=[], env=env)
+        return dict(env=env)
+
+    def run_as(self, cmd, **kw):
+        """Run a short command as the server user; raise with its output on failure."""
+        r = subprocess.run(cmd, cwd=self.dir, capture_output=True, text=True, **self.user_kwargs(), **kw)
+        if r.returncode != 0:
+            raise BenchError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+        return r
+
+    def spawn(self, name, cmd, logfile, stop_signal, as_server_user=True):
+        out = open(self.path(logfile), "ab")
+        self.chown(self.path(logfile))
+        kw = self.user_kwargs() if as_server_user else {}
+        p = subprocess.Popen(cmd, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out,
+                             stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        out.close()
+        self.procs.append((name, p, stop_signal))
+        return p
+
+    def stop(self, p, sig, timeout=15):
+        if p.poll() is None:
+            try:
+                p.send_signal(sig)
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # The process group holds forked children (pgpool); make sure nothing is left.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def cleanup(self):
+        # Proxies first (reverse start order), PostgreSQL last.
+        for name, p, sig in reversed(self.procs):
+            self.stop(p, sig)
+        self.procs.clear()
+        if self.keep:
+            log(f"kept temp dir {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def client_env():
+    env = dict(os.environ)
+    env.update(PGPASSWORD=PASSWORD, PGCONNECT_TIMEOUT="5", PGSSLMODE="disable", PGAPPNAME="pgbench")
+    env.pop("PGSERVICE", None)
+    return env
+
+
+def psql(pgbin, port, *sqls, timeout=30):
+    """Run each statement with its own -c (so each is its own transaction)."""
+    cmd = [os.path.join(pgbin, "psql"), "-X", "-h", "127.0.0.1", "-p", str(port), "-U", USER,
+           "-d", DBNAME, "-v", "ON_ERROR_STOP=1", "-At"]
+    for sql in sqls:
+        cmd += ["-c", sql]
+    return subprocess.run(cmd, capture_output=True, text=True, env=client_env(), timeout=timeout)
+
+
+def wait_ready(pgbin, name, port, proc, logpath, deadline_s=60):
+    deadline = time.monotonic() + deadline_s
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited with code {proc.returncode} during startup; "
+                             f"log {logpath}:\n{tail(logpath)}")
+        try:
+            r = psql(pgbin, port, "select 1", timeout=10)
+            if r.returncode == 0 and r.stdout.strip() == "1":
+                return
+            last = (r.stderr or r.stdout).strip()
+        except subprocess.TimeoutExpired:
+            last = "psql timed out"
+        time.sleep(0.2)
+    raise BenchError(f"{name} on port {port} did not answer 'select 1' within {deadline_s}s "
+                     f"(last error: {last}); log {logpath}:\n{tail(logpath)}")
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def setup_postgres(env, pgbin, scale):
+    port = free_port()
+    data = env.path("pgdata")
+    pwfile = env.write("pwfile", PASSWORD + "\n")
+    log(f"initdb ({pgbin})")
+    env.run_as([os.path.join(pgbin, "initdb"), "-D", data, "-U", USER, "--pwfile", pwfile,
+                "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"])
+    with open(os.path.join(data, "postgresql.conf"), "a") as f:
+        f.write(f"""
+# pgvigil bench
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{env.dir}'
+max_connections = 300
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+password_encryption = 'scram-sha-256'
+logging_collector = off
+log_min_messages = warning
+""")
+    with open(os.path.join(data, "pg_hba.conf"), "w") as f:
+        f.write("host all all 127.0.0.1/32 scram-sha-256\n")
+    env.chown(os.path.join(data, "pg_hba.conf"))
+    p = env.spawn("postgres", [os.path.join(pgbin, "postgres"), "-D", data], "postgres.log",
+                  signal.SIGINT)
+    wait_ready(pgbin, "PostgreSQL", port, p, env.path("postgres.log"))
+    version = psql(pgbin, port, "show server_version").stdout.strip()
+    log(f"PostgreSQL {version} on 127.0.0.1:{port}; pgbench -i -s {scale}")
+    r = subprocess.run([os.path.join(pgbin, "pgbench"), "-i", "-q", "-s", str(scale), "-h", "127.0.0.1",
+                        "-p", str(port), "-U", USER, DBNAME], capture_output=True, text=True,
+                       env=client_env())
+    if r.returncode != 0:
+        raise BenchError(f"pgbench -i failed:\n{r.stdout}{r.stderr}")
+    return p, port, version
+
+
+def setup_pgvigil(env, pgbin, binary, pgport):
+    port = free_port()
+    env.write("users.toml", f'{USER} = "{PASSWORD}"\n')
+    conf = env.write("pgvigil.toml", f"""[proxy]
+listen = "127.0.0.1:{port}"
+max_clients = 500
+
+[pool]
+size = 70
+
+[auth]
+method = "scram-sha-256"
+users_file = "users.toml"
+
+[health_check]
+user = "{USER}"
+
+[log]
+level = "warn"
+
+[[backends]]
+name = "pg0"
+host = "127.0.0.1"
+port = {pgport}
+""")
+    r = subprocess.run([binary, "check-config", "--config", conf], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BenchError(f"pgvigil check-config failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    # pgvigil runs as the invoking user (it does not need to be anyone in particular).
+    p = env.spawn("pgvigil", [binary, "run", "--config", conf], "pgvigil.log", signal.SIGINT,
+                  as_server_user=False)
+    wait_ready(pgbin, "pgvigil", port, p, env.path("pgvigil.log"))
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+    return p, port, version
+
+
+def setup_pgbouncer(env, pgbin, binary, pgport):
+    port = free_port()
+    env.write("pgbouncer_users.txt", f'"{USER}" "{PASSWORD}"\n')
+    conf = env.write("pgbouncer.ini", f"""[databases]
+{DBNAME} = host=127.0.0.1 port={pgport} dbname={DBNAME}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {env.path('pgbouncer_users.txt')}
+pool_mode = session
+default_pool_size = 70
+max_client_conn = 200
+max_db_connections = 0
+server_reset_query = DISCARD ALL
+ignore_startup_parameters = extra_float_digits
+logfile = {env.path('pgbouncer.log')}
+pidfile = {env.path('pgbouncer.pid')}
+log_connections = 0
+log_disconnections = 0
+""")
+    # pgbouncer refuses to run as root, so it runs as the server user.
+    p = env.spawn("pgbouncer", [binary, conf], "pgbouncer.stderr", signal.SIGTERM)
+    wait_ready(pgbin, "PgBouncer", port, p, env.path("pgbouncer.log"))
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    return p, port, version
+
+
+def setup_pgpool(env, pgbin, binary, pgport):
+    port = free_port()
+    pcp_port = free_port()
+    env.write("pool_passwd", f"{USER}:TEXT{PASSWORD}\n")
+    env.write("pcp.conf", f"{USER}:{hashlib.md5(PASSWORD.encode()).hexdigest()}\n")
+    env.write("pool_hba.conf", "host all all 127.0.0.1/32 scram-sha-256\n")
+    os.makedirs(env.path("pgpool_log"), exist_ok=True)
+    env.chown(env.path("pgpool_log"))
+    conf = env.write("pgpool.conf", f"""backend_clustering_mode = 'streaming_replication'
+listen_addresses = '127.0.0.1'
+port = {port}
+socket_dir = '{env.dir}'
+pcp_listen_addresses = '127.0.0.1'
+pcp_port = {pcp_port}
+pcp_socket_dir = '{env.dir}'
+wd_ipc_socket_dir = '{env.dir}'
+backend_hostname0 = '127.0.0.1'
+backend_port0 = {pgport}
+backend_weight0 = 1
+backend_data_directory0 = '{env.path('pgdata')}'
+backend_flag0 = 'ALLOW_TO_FAILOVER'
+enable_pool_hba = off
+pool_passwd = 'pool_passwd'
+allow_clear_text_frontend_auth = off
+num_init_children = 70
+reserved_connections = 0
+max_pool = 1
+child_life_time = 0
+child_max_connections = 0
+connection_life_time = 0
+client_idle_limit = 0
+connection_cache = on
+load_balance_mode = off
+health_check_period = 0
+health_check_user = '{USER}'
+health_check_password = ''
+sr_check_period = 0
+sr_check_user = '{USER}'
+sr_check_password = ''
+failover_on_backend_error = off
+use_watchdog = off
+memory_cache_enabled = off
+ssl = off
+log_destination = 'stderr'
+logging_collector = off
+log_min_messages = warning
+log_connections = off
+pid_file_name = '{env.path('pgpool.pid')}'
+logdir = '{env.path('pgpool_log')}'
+""")
+    p = env.spawn("pgpool", [binary, "-n", "-D", "-f", conf, "-F", env.path("pcp.conf")],
+                  "pgpool.log", signal.SIGINT)
+    wait_ready(pgbin, "Pgpool-II", port, p, env.path("pgpool.log"))
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True)
+    return p, port, (version.stdout + version.stderr).strip()
+
+
+# --------------------------------------------------------------------------- running
+
+
+def parse_pgbench(out):
+    def num(pattern, cast=float):
+        m = re.search(pattern, out, re.M)
+        return cast(m.group(1)) if m else None
+
+    return {
+        "tps": num(r"^tps = ([\d.]+) \(without initial connection time\)"),
+        "latency_ms": num(r"^latency average = ([\d.]+) ms"),
+        "transactions": num(r"^number of transactions actually processed: (\d+)", int),
+        "failed": num(r"^number of failed transactions: (\d+)", int),
+        "aborted_clients": len(re.findall(r"client \d+ aborted", out)),
+        "connection_ms": num(r"^initial connection time = ([\d.]+) ms"),
+    }
+
+
+def run_one(pgbin, target, port, proc, pg_proc, pgport, workload, mode, clients, duration):
+    # Same starting state for every run: what pgbench does itself without -n, done here
+    # directly against PostgreSQL so that no proxy is involved in the maintenance.
+    r = psql(pgbin, pgport, "vacuum pgbench_branches", "vacuum pgbench_tellers",
+             "truncate pgbench_history", "checkpoint", timeout=120)
+    if r.returncode != 0:
+        raise BenchError(f"pre-run maintenance failed: {r.stderr}")
+    cmd = [os.path.join(pgbin, "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(port), "-U", USER,
+           "-M", mode, "-c", str(clients), "-j", str(THREADS), "-T", str(duration)]
+    cmd += WORKLOADS[workload] + [DBNAME]
+    res = {"target": target, "workload": workload, "mode": mode, "clients": clients,
+           "command": " ".join(cmd)}
+    if proc is not None and proc.poll() is not None:
+        res.update(rc=None, error=f"{target} is not running (exited with code {proc.returncode})")
+        return res
+    cpu0 = tree_cpu_ticks(proc.pid) if proc is not None else None
+    pg0 = tree_cpu_ticks(pg_proc.pid)
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=client_env(), timeout=duration + 120)
+        rc, out, err = r.returncode, r.stdout, r.stderr
+    except subprocess.TimeoutExpired as e:
+        rc = None
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = (e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")) \
+            + f"\npgbench did not finish within {duration + 120}s and was killed"
+    wall = time.monotonic() - t0
+    cpu1 = tree_cpu_ticks(proc.pid) if proc is not None else None
+    pg1 = tree_cpu_ticks(pg_proc.pid)
+    res.update(parse_pgbench(out + "\n" + err))
+    res.update(rc=rc, wall_s=round(wall, 3))
+    errors = [l for l in err.splitlines() if "error" in l.lower() or "abort" in l.lower() or "fatal" in l.lower()]
+    if rc != 0 or res["tps"] is None:
+        res["error"] = "\n".join(errors[:5]) or err.strip()[-500:] or f"pgbench exit code {rc}"
+    elif errors:
+        res["error"] = "\n".join(errors[:5])
+    tx = res.get("transactions") or 0
+    if cpu0 is not None:
+        cpu_s = (cpu1 - cpu0) / CLK_TCK
+        res["proxy_cpu_s"] = round(cpu_s, 3)
+        if tx:
+            res["proxy_cpu_us_per_tx"] = round(cpu_s * 1e6 / tx, 2)
+            res["proxy_cpu_s_per_10k_tx"] = round(cpu_s * 1e4 / tx, 4)
+    pg_s = (pg1 - pg0) / CLK_TCK
+    res["postgres_cpu_s"] = round(pg_s, 3)
+    if tx:
+        res["postgres_cpu_us_per_tx"] = round(pg_s * 1e6 / tx, 2)
+    if proc is not None and proc.poll() is not None:
+        res["error"] = (res.get("error", "") + f"\n{target} exited with code {proc.returncode} during the run").strip()
+    return res
+
+
+def is_bad(r):
+    return (r.get("rc") != 0 or r.get("tps") is None or (r.get("failed") or 0) > 0
+            or (r.get("aborted_clients") or 0) > 0)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def report(results, targets, combos):
+    by = {(r["workload"], r["mode"], r["clients"], r["target"]): r for r in results}
+    lines = ["| workload | mode | clients | target | TPS | vs direct | mean latency ms | failed "
+             "| proxy CPU s/10k tx | proxy CPU µs/tx |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    comparisons = []
+    for (w, m, c) in combos:
+        direct = by.get((w, m, c, "direct"))
+        for t in targets:
+            r = by.get((w, m, c, t))
+            if r is None:
+                continue
+            rel = ratio(r.get("tps"), direct.get("tps") if direct else None)
+            failed = r.get("failed")
+            failed_s = fmt(failed, "d")
+            if r.get("aborted_clients"):
+                failed_s += f" ({r['aborted_clients']} clients aborted)"
+            if r.get("rc") != 0 and r.get("tps") is None:
+                failed_s = "RUN FAILED"
+            lines.append(f"| {w} | {m} | {c} | {t} | {fmt(r.get('tps'), ',.0f')} | "
+                         f"{'-' if rel is None else format(rel, '.2f') + 'x'} | "
+                         f"{fmt(r.get('latency_ms'), '.3f')} | {failed_s} | "
+                         f"{fmt(r.get('proxy_cpu_s_per_10k_tx'), '.3f')} | "
+                         f"{fmt(r.get('proxy_cpu_us_per_tx'), '.1f')} |")
+        v, b = by.get((w, m, c, "pgvigil")), by.get((w, m, c, "pgbouncer"))
+        if v and b:
+            tr = ratio(v.get("tps"), b.get("tps"))
+            cr = ratio(v.get("proxy_cpu_us_per_tx"), b.get("proxy_cpu_us_per_tx"))
+            comparisons.append({"workload": w, "mode": m, "clients": c, "tps_ratio": tr, "cpu_per_tx_ratio": cr})
+    text = "\n".join(lines) + "\n\n"
+    for cmp_ in comparisons:
+        tr, cr = cmp_["tps_ratio"], cmp_["cpu_per_tx_ratio"]
+        text += (f"- {cmp_['workload']} {cmp_['mode']} {cmp_['clients']} clients: pgvigil vs pgbouncer: "
+                 f"TPS {'x' + format(tr, '.2f') if tr is not None else '-'}, "
+                 f"CPU/tx {'x' + format(cr, '.2f') if cr is not None else '-'}\n")
+    return text, comparisons
+
+
+def scan_log(path):
+    """Counts of noteworthy lines in a proxy log, plus the first few of them."""
+    out = {"lines": 0, "warn": 0, "error": 0, "panic": 0, "samples": []}
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                out["lines"] += 1
+                low = line.lower()
+                hit = False
+                if "panic" in low:
+                    out["panic"] += 1
+                    hit = True
+                if "error" in low or "fatal" in low:
+                    out["error"] += 1
+                    hit = True
+                elif "warn" in low:
+                    out["warn"] += 1
+                    hit = True
+                if hit and len(out["samples"]) < 8:
+                    out["samples"].append(line.rstrip()[:300])
+    except OSError:
+        pass
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=None, help="seconds per pgbench run (default 10; 3 with --quick)")
+    ap.add_argument("--scale", type=int, default=10, help="pgbench scale factor (default 10)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 3 s per run, 16 clients only (all workloads, modes and targets)")
+    ap.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list from " + ",".join(ALL_TARGETS))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list from " + ",".join(WORKLOADS))
+    ap.add_argument("--modes", default=",".join(MODES), help="comma list from " + ",".join(MODES))
+    ap.add_argument("--clients", default=None, help="comma list of client counts (default 16,64; 16 with --quick)")
+    ap.add_argument("--pgvigil", default=os.path.join(REPO, "target", "release", "pgvigil"),
+                    help="pgvigil binary (default: target/release/pgvigil of this repository)")
+    ap.add_argument("--json", metavar="FILE", help="also write all results as JSON to FILE")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs) for inspection")
+    args = ap.parse_args()
+
+    duration = args.duration or (3 if args.quick else 10)
+    clients = [int(x) for x in args.clients.split(",")] if args.clients else ([16] if args.quick else CLIENTS)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for name, vals, allowed in (("target", targets, ALL_TARGETS), ("workload", workloads, WORKLOADS),
+                                ("mode", modes, MODES)):
+        bad = [v for v in vals if v not in allowed]
+        if bad:
+            ap.error(f"unknown {name}(s): {', '.join(bad)}")
+    if "direct" not in targets:
+        targets.insert(0, "direct")  # the baseline every ratio refers to
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+
+    pgbin = find_pg_bin()
+    skipped = {}
+    bins = {}
+    if "pgvigil" in targets:
+        if not os.access(args.pgvigil, os.X_OK):
+            raise BenchError(f"pgvigil binary {args.pgvigil} not found; build it with "
+                             f"`cargo build --release` in {REPO} or pass --pgvigil")
+        bins["pgvigil"] = args.pgvigil
+    for t, name, cands in (("pgbouncer", "pgbouncer", ["/usr/sbin/pgbouncer"]),
+                           ("pgpool", "pgpool", ["/usr/sbin/pgpool"])):
+        if t in targets:
+            b = find_binary(name, cands)
+            if b:
+                bins[t] = b
+            else:
+                skipped[t] = f"{name} binary not found ({INSTALL_HINT})"
+    for t, why in skipped.items():
+        log(f"skipping {t}: {why}")
+        targets.remove(t)
+
+    env = Env(args.keep)
+    procs = {"direct": None}
+    ports = {}
+    versions = {}
+    results = []
+    exit_code = 0
+    interrupted = False
+    try:
+        log(f"temp dir {env.dir}")
+        pg_proc, pgport, versions["postgres"] = setup_postgres(env, pgbin, args.scale)
+        ports["direct"] = pgport
+        setups = {"pgvigil": setup_pgvigil, "pgbouncer": setup_pgbouncer, "pgpool": setup_pgpool}
+        for t in list(targets):
+            if t == "direct":
+                continue
+            try:
+                procs[t], ports[t], versions[t] = setups[t](env, pgbin, bins[t], pgport)
+                log(f"{t} ready on 127.0.0.1:{ports[t]} ({versions[t].splitlines()[0]})")
+            except BenchError as e:
+                if t == "pgvigil":
+                    raise
+                skipped[t] = f"setup failed: {e}"
+                log(f"skipping {t}: {e}")
+                targets.remove(t)
+
+        combos = [(w, m, c) for w in workloads for m in modes for c in clients]
+        total = len(combos) * len(targets)
+        log(f"{len(combos)} configurations x {len(targets)} targets x {duration}s "
+            f"≈ {total * (duration + 2) / 60:.1f} min")
+        n = 0
+        for i, (w, m, c) in enumerate(combos):
+            k = i % len(targets)
+            order = targets[k:] + targets[:k]  # rotate who goes first
+            for t in order:
+                n += 1
+                r = run_one(pgbin, t, ports[t], procs[t], pg_proc, pgport, w, m, c, duration)
+                results.append(r)
+                msg = (f"[{n}/{total}] {w:11} {m:8} c={c:<3} {t:9} tps={fmt(r.get('tps'), '.0f'):>7} "
+                       f"lat={fmt(r.get('latency_ms'), '.2f')}ms failed={fmt(r.get('failed'), 'd')}")
+                if r.get("proxy_cpu_us_per_tx") is not None:
+                    msg += f" cpu={r['proxy_cpu_us_per_tx']:.1f}µs/tx"
+                log(msg)
+                if r.get("error"):
+                    log(f"    {t}: {r['error']}")
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted; cleaning up")
+    except BenchError as e:
+        log(f"error: {e}")
+        exit_code = 2
+    finally:
+        logs = {}
+        for t in ("pgvigil", "pgbouncer", "pgpool"):
+            p = {"pgvigil": "pgvigil.log", "pgbouncer": "pgbouncer.log", "pgpool": "pgpool.log"}[t]
+            if os.path.exists(env.path(p)):
+                logs[t] = scan_log(env.path(p))
+        env.cleanup()
+
+    combos = [(w, m, c) for w in workloads for m in modes for c in clients]
+    text, comparisons = report(results, targets, combos)
+    cpu_model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    meta = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": cpu_model,
+        "duration_s": duration, "scale": args.scale, "threads": THREADS, "targets": targets,
+        "skipped": skipped, "versions": versions, "pg_bin": pgbin, "interrupted": interrupted,
+    }
+    try:
+        meta["pgvigil_git"] = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                                             capture_output=True, text=True).stdout.strip()
+    except OSError:
+        pass
+
+    print()
+    print(f"## pgbench results ({meta['date']}, {meta['cpus']} CPUs {cpu_model}, kernel {meta['kernel']})")
+    print()
+    print(f"duration {duration}s per run, scale {args.scale}, -j {THREADS}; "
+          + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in versions.items()))
+    for t, why in skipped.items():
+        print(f"skipped {t}: {why}")
+    print()
+    print(text)
+    for t, s in logs.items():
+        if s["warn"] or s["error"] or s["panic"]:
+            print(f"{t} log: {s['error']} error/fatal, {s['warn']} warning, {s['panic']} panic lines, e.g.:")
+            for line in s["samples"]:
+                print(f"    {line}")
+    bad = [r for r in results if is_bad(r)]
+    if bad:
+        print(f"\n{len(bad)} run(s) had failed transactions or did not complete:")
+        for r in bad:
+            print(f"- {r['target']} {r['workload']} {r['mode']} c={r['clients']}: rc={r.get('rc')} "
+                  f"failed={r.get('failed')} aborted_clients={r.get('aborted_clients')} "
+                  f"{(r.get('error') or '').splitlines()[0] if r.get('error') else ''}")
+        exit_code = exit_code or 1
+    if interrupted:
+        exit_code = exit_code or 130
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results, "comparisons": comparisons, "proxy_logs": logs},
+                      f, indent=2)
+        print(f"\nJSON written to {args.json}")
+    return exit_code
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"pgbench.py: {e}", file=sys.stderr)
+        sys.exit(2)
