@@ -625,6 +625,9 @@ def main():
     def on_term(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_term)
+    # Also when started with SIGINT ignored (e.g. `cmd &` from a script): Ctrl-C/SIGINT
+    # must still lead to a clean shutdown.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     pgbin = find_pg_bin()
     skipped = {}
@@ -698,8 +701,8 @@ def main():
         exit_code = 2
     finally:
         logs = {}
-        for t in ("pgvigil", "pgbouncer", "pgpool"):
-            p = {"pgvigil": "pgvigil.log", "pgbouncer": "pgbouncer.log", "pgpool": "pgpool.log"}[t]
+        for t, p in (("pgvigil", "pgvigil.log"), ("pgbouncer", "pgbouncer.log"),
+                     ("pgpool", "pgpool.log"), ("postgres", "postgres.log")):
             if os.path.exists(env.path(p)):
                 logs[t] = scan_log(env.path(p))
         env.cleanup()
@@ -735,7 +738,7 @@ def main():
     print(text)
     for t, s in logs.items():
         if s["warn"] or s["error"] or s["panic"]:
-            print(f"{t} log: {s['error']} error/fatal, {s['warn']} warning, {s['panic']} panic lines, e.g.:")
+            print(f"{t} log (before shutdown): {s['error']} error/fatal, {s['warn']} warning, {s['panic']} panic lines, e.g.:")
             for line in s["samples"]:
                 print(f"    {line}")
     bad = [r for r in results if is_bad(r)]
