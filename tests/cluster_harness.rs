@@ -71,7 +71,9 @@ fn primary_only_builds_fast_and_answers() {
     assert_eq!(c.psql(0, "postgres", "SELECT 40 + 2").unwrap(), "42");
     assert!(c.node(0).data_dir.starts_with(c.dir()));
     assert!(c.log_path(0).is_file());
-    let err = c.psql(0, "postgres", "SELECT * FROM no_such_table").unwrap_err();
+    let err = c
+        .psql(0, "postgres", "SELECT * FROM no_such_table")
+        .unwrap_err();
     assert!(err.to_string().contains("no_such_table"), "{err}");
 }
 
@@ -90,14 +92,25 @@ fn scram_cluster_replicates_and_fails_over() {
     assert_eq!(slots, "pg1,pg2");
 
     // SCRAM really is required: a wrong password is refused.
-    let bad = c.conninfo(0, "postgres").replace("password=postgres", "password=wrong");
+    let bad = c
+        .conninfo(0, "postgres")
+        .replace("password=postgres", "password=wrong");
     assert!(!connects(&bad, Duration::from_secs(10)));
-    assert!(connects(&c.conninfo(0, "postgres"), Duration::from_secs(10)));
+    assert!(connects(
+        &c.conninfo(0, "postgres"),
+        Duration::from_secs(10)
+    ));
 
-    c.psql(0, "postgres", "CREATE TABLE t (v int); INSERT INTO t VALUES (7);").unwrap();
+    c.psql(
+        0,
+        "postgres",
+        "CREATE TABLE t (v int); INSERT INTO t VALUES (7);",
+    )
+    .unwrap();
     for i in 1..3 {
         eventually("row on standby", || {
-            c.psql(i, "postgres", "SELECT v FROM t").is_ok_and(|v| v == "7")
+            c.psql(i, "postgres", "SELECT v FROM t")
+                .is_ok_and(|v| v == "7")
         });
     }
 
@@ -118,9 +131,14 @@ fn scram_cluster_replicates_and_fails_over() {
     assert_eq!(c.psql(1, "postgres", "SELECT sum(v) FROM t").unwrap(), "15");
 
     // Roles are created on the new primary.
-    c.create_role("app", "s3cret", PasswordEncryption::ScramSha256).unwrap();
+    c.create_role("app", "s3cret", PasswordEncryption::ScramSha256)
+        .unwrap();
     let stored = c
-        .psql(1, "postgres", "SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = 'app'")
+        .psql(
+            1,
+            "postgres",
+            "SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = 'app'",
+        )
         .unwrap();
     assert_eq!(stored, "SCRAM-SHA-256$");
 
@@ -142,21 +160,34 @@ fn md5_roles_and_restart() {
     assert_eq!(c.node(1).name, "node1");
     assert_eq!(c.superuser(), ("postgres", "it's a secret"));
     assert_eq!(c.psql(1, "postgres", "SHOW work_mem").unwrap(), "8MB");
-    c.create_role("legacy", "pw", PasswordEncryption::Md5).unwrap();
+    c.create_role("legacy", "pw", PasswordEncryption::Md5)
+        .unwrap();
     let stored = c
-        .psql(0, "postgres", "SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = 'legacy'")
+        .psql(
+            0,
+            "postgres",
+            "SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = 'legacy'",
+        )
         .unwrap();
     assert_eq!(stored, "md5");
-    let legacy = format!("host=127.0.0.1 port={} user=legacy password=pw dbname=postgres", c.node(0).port);
+    let legacy = format!(
+        "host=127.0.0.1 port={} user=legacy password=pw dbname=postgres",
+        c.node(0).port
+    );
     assert!(connects(&legacy, Duration::from_secs(10)));
 
     // Restart the primary: the standby reconnects (its primary_conninfo has the password).
     c.stop(0).unwrap();
     c.start(0).unwrap();
-    c.psql(0, "postgres", "CREATE TABLE after_restart ()").unwrap();
+    c.psql(0, "postgres", "CREATE TABLE after_restart ()")
+        .unwrap();
     eventually("table on standby", || {
-        c.psql(1, "postgres", "SELECT count(*) FROM pg_class WHERE relname = 'after_restart'")
-            .is_ok_and(|v| v == "1")
+        c.psql(
+            1,
+            "postgres",
+            "SELECT count(*) FROM pg_class WHERE relname = 'after_restart'",
+        )
+        .is_ok_and(|v| v == "1")
     });
     c.wait_streaming(1, DEADLINE).unwrap();
 }
@@ -167,7 +198,10 @@ fn pause_and_resume() {
     let conninfo = c.conninfo(0, "postgres");
     c.pause(0).unwrap();
     assert!(
-        !connects(&format!("{conninfo} connect_timeout=2"), Duration::from_secs(4)),
+        !connects(
+            &format!("{conninfo} connect_timeout=2"),
+            Duration::from_secs(4)
+        ),
         "a paused server must not answer"
     );
     c.resume(0).unwrap();
@@ -195,7 +229,8 @@ fn panic_still_cleans_up() {
     let (tx, rx) = std::sync::mpsc::channel();
     let result = std::panic::catch_unwind(move || {
         let c = LocalCluster::builder().build().expect("build");
-        tx.send((c.dir().to_path_buf(), c.node(0).pid())).expect("send");
+        tx.send((c.dir().to_path_buf(), c.node(0).pid()))
+            .expect("send");
         panic!("test body failed");
     });
     assert!(result.is_err());

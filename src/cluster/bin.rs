@@ -88,7 +88,7 @@ fn candidates() -> Vec<PathBuf> {
             Some((major, e.path().join("bin")))
         })
         .collect();
-    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     for (_, dir) in versions {
         push_unique(&mut out, dir);
     }
@@ -131,7 +131,10 @@ mod tests {
             parse_version("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n").as_deref(),
             Some("15.18")
         );
-        assert_eq!(parse_version("postgres (PostgreSQL) 17beta1").as_deref(), Some("17beta1"));
+        assert_eq!(
+            parse_version("postgres (PostgreSQL) 17beta1").as_deref(),
+            Some("17beta1")
+        );
         assert_eq!(parse_version("garbage"), None);
     }
 }

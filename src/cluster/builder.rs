@@ -1,4 +1,5 @@
-//! Building a cluster: primary from the initdb cache, standbys by pg_basebackup.
+//! Building a cluster: primary from the initdb cache, standbys by pg_basebackup, each with
+//! a physical replication slot named after it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -135,6 +136,22 @@ impl ClusterBuilder {
             c.nodes.push(node);
         }
         let standbys: Vec<usize> = (first..c.nodes.len()).collect();
+        if standbys.is_empty() {
+            return Ok(());
+        }
+        // Slots are created up front with WAL reserved: with `pg_basebackup -C` each backup
+        // creates its slot only after its BASE_BACKUP began, and a concurrent backup's
+        // checkpoint may recycle the WAL segment it still needs.
+        let slots: Vec<String> = standbys
+            .iter()
+            .map(|&i| {
+                format!(
+                    "SELECT pg_create_physical_replication_slot({}, true);",
+                    sql_literal(&slot_name(&c.nodes[i].name))
+                )
+            })
+            .collect();
+        c.psql(c.primary, "postgres", &slots.join("\n"))?;
         // Base backups run in parallel: each mostly waits on the primary's checkpoint and I/O.
         let results: Vec<Result<()>> = std::thread::scope(|s| {
             let c: &LocalCluster = c;
@@ -145,8 +162,9 @@ impl ClusterBuilder {
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(HarnessError::Invalid("base backup thread panicked".into())))
+                    h.join().unwrap_or_else(|_| {
+                        Err(HarnessError::Invalid("base backup thread panicked".into()))
+                    })
                 })
                 .collect()
         });
@@ -176,11 +194,23 @@ impl ClusterBuilder {
         let mut cmd = c.run_as.command(&c.bin.path("pg_basebackup"), c.dir());
         cmd.arg("-D")
             .arg(&node.data_dir)
-            .args(["-R", "-X", "stream", "-C", "-S", &slot, "-c", "fast", "--no-sync", "-d", &conn])
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "-S",
+                &slot,
+                "-c",
+                "fast",
+                "--no-sync",
+                "-d",
+                &conn,
+            ])
             .env("PGPASSWORD", &self.password);
         run(cmd, None, BASEBACKUP_TIMEOUT, Some(&primary.log))?;
-        // -R records the connection without the password (it came from the environment):
-        // write the standby settings ourselves so the standby reconnects after restarts.
+        // -R records what libpq used (PostgreSQL 15 includes a PGPASSWORD password; that is
+        // not guaranteed): write the standby settings ourselves, password, slot and
+        // application_name included, so the standby reconnects after any restart.
         conf::write_standby_conf(
             &node.data_dir,
             primary.port,
@@ -195,7 +225,13 @@ impl ClusterBuilder {
 /// Replication slot name for a node: lower-case letters, digits and underscores.
 fn slot_name(node: &str) -> String {
     node.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

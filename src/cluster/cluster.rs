@@ -216,9 +216,20 @@ impl LocalCluster {
             timeout.as_secs().clamp(2, 10),
         );
         let mut cmd = clean_command(&self.bin.path("psql"));
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", &conn, "-f", "-"])
-            .env("PGPASSWORD", &self.password)
-            .env("PGAPPNAME", "pgvigil-harness");
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &conn,
+            "-f",
+            "-",
+        ])
+        .env("PGPASSWORD", &self.password)
+        .env("PGAPPNAME", "pgvigil-harness");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -227,7 +238,12 @@ impl LocalCluster {
     }
 
     /// Creates a LOGIN role on the current primary, its password stored with `encryption`.
-    pub fn create_role(&self, name: &str, password: &str, encryption: PasswordEncryption) -> Result<()> {
+    pub fn create_role(
+        &self,
+        name: &str,
+        password: &str,
+        encryption: PasswordEncryption,
+    ) -> Result<()> {
         let sql = format!(
             "SET password_encryption = {};\nCREATE ROLE {} LOGIN PASSWORD {};",
             sql_literal(encryption.setting()),
@@ -240,13 +256,18 @@ impl LocalCluster {
     /// Runs SQL holding a secret: the server does not log the statement even when it fails.
     pub(crate) fn psql_secret(&self, i: usize, sql: &str, via: Via) -> Result<()> {
         let env = [("PGOPTIONS", "-c log_min_error_statement=panic")];
-        self.psql_via(i, "postgres", sql, via, QUERY_TIMEOUT, &env).map(|_| ())
+        self.psql_via(i, "postgres", sql, via, QUERY_TIMEOUT, &env)
+            .map(|_| ())
     }
 
     /// Waits until standby `i` has a WAL receiver in state 'streaming'.
     pub fn wait_streaming(&self, standby: usize, timeout: Duration) -> Result<()> {
         self.poll(standby, "WAL streaming", timeout, |c| {
-            let st = c.psql(standby, "postgres", "SELECT status FROM pg_stat_wal_receiver")?;
+            let st = c.psql(
+                standby,
+                "postgres",
+                "SELECT status FROM pg_stat_wal_receiver",
+            )?;
             Ok(st == "streaming")
         })
     }
@@ -282,9 +303,9 @@ impl LocalCluster {
     }
 
     fn get(&self, i: usize) -> Result<&PgNode> {
-        self.nodes
-            .get(i)
-            .ok_or_else(|| HarnessError::Invalid(format!("no node {i} (cluster has {})", self.nodes.len())))
+        self.nodes.get(i).ok_or_else(|| {
+            HarnessError::Invalid(format!("no node {i} (cluster has {})", self.nodes.len()))
+        })
     }
 
     fn node_mut(&mut self, i: usize) -> Result<&mut PgNode> {
@@ -309,7 +330,10 @@ impl Drop for LocalCluster {
 /// Status line of postmaster.pid ("starting", "ready", "standby", "stopping"), if written.
 fn pm_status(data: &Path) -> Option<String> {
     let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
-    text.lines().nth(7).map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    text.lines()
+        .nth(7)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// One line saying why the last poll failed (a command's stderr, else the error itself).
@@ -318,6 +342,9 @@ fn brief(e: &HarnessError) -> String {
         HarnessError::Command { stderr, .. } if !stderr.trim().is_empty() => stderr.clone(),
         other => other.to_string(),
     };
-    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
     format!(" (last error: {line})")
 }

@@ -161,8 +161,7 @@ fn append(path: &Path, text: &str) -> Result<()> {
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text)
-        .map_err(|e| HarnessError::io(format!("write {}", path.display()), e))
+    std::fs::write(path, text).map_err(|e| HarnessError::io(format!("write {}", path.display()), e))
 }
 
 #[cfg(test)]

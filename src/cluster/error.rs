@@ -84,7 +84,10 @@ impl LogTail {
         let text = String::from_utf8_lossy(&bytes[start..]);
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(Self::LINES)..].join("\n");
-        LogTail(format!("\n--- server log {} (tail) ---\n{tail}", path.display()))
+        LogTail(format!(
+            "\n--- server log {} (tail) ---\n{tail}",
+            path.display()
+        ))
     }
 
     pub(crate) fn none() -> LogTail {

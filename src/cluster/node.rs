@@ -58,7 +58,10 @@ impl PgNode {
     /// Returns once the server process is up (not yet ready: see `wait_ready`).
     pub(crate) fn spawn(&mut self, bin: &PgBin, run_as: RunAs, sock_dir: &Path) -> Result<()> {
         if self.child.is_some() {
-            return Err(HarnessError::Invalid(format!("{} is already running", self.name)));
+            return Err(HarnessError::Invalid(format!(
+                "{} is already running",
+                self.name
+            )));
         }
         for attempt in 1..=START_ATTEMPTS {
             let offset = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
@@ -94,7 +97,10 @@ impl PgNode {
                 Err(e) => return Err(e),
             }
         }
-        Err(HarnessError::Invalid(format!("{}: could not start", self.name)))
+        Err(HarnessError::Invalid(format!(
+            "{}: could not start",
+            self.name
+        )))
     }
 
     fn port_taken(&self, log_offset: u64) -> bool {
@@ -127,7 +133,10 @@ impl PgNode {
     /// Errors if the postmaster is not running (reaping it if it exited).
     pub(crate) fn check_alive(&mut self, log_offset: u64) -> Result<()> {
         let Some(child) = self.child.as_mut() else {
-            return Err(HarnessError::Invalid(format!("{} is not running", self.name)));
+            return Err(HarnessError::Invalid(format!(
+                "{} is not running",
+                self.name
+            )));
         };
         match child.try_wait() {
             Ok(None) => Ok(()),
@@ -204,7 +213,10 @@ impl PgNode {
     /// SIGSTOP (`stop == true`) or SIGCONT the postmaster and all its children.
     pub(crate) fn freeze(&mut self, stop: bool) -> Result<()> {
         let Some(pid) = self.pid() else {
-            return Err(HarnessError::Invalid(format!("{} is not running", self.name)));
+            return Err(HarnessError::Invalid(format!(
+                "{} is not running",
+                self.name
+            )));
         };
         if stop {
             // Postmaster first, so it forks nothing new while its children are stopped.

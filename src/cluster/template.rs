@@ -17,7 +17,12 @@ const MARKER: &str = "pgvigil-template-complete";
 const INITDB_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Creates the data directory `dest` (which must not exist) for a fresh primary.
-pub(crate) fn create_data_dir(bin: &PgBin, run_as: RunAs, superuser: &str, dest: &Path) -> Result<()> {
+pub(crate) fn create_data_dir(
+    bin: &PgBin,
+    run_as: RunAs,
+    superuser: &str,
+    dest: &Path,
+) -> Result<()> {
     let cwd = dest.parent().unwrap_or(Path::new("/"));
     if std::env::var_os("PGVIGIL_NO_INITDB_CACHE").is_some_and(|v| v == "1") {
         return initdb(bin, run_as, superuser, dest, cwd);
@@ -39,10 +44,21 @@ pub(crate) fn create_data_dir(bin: &PgBin, run_as: RunAs, superuser: &str, dest:
 /// Path of the complete template, creating it if needed.
 fn cached(bin: &PgBin, run_as: RunAs, superuser: &str) -> Result<PathBuf> {
     let base = std::env::temp_dir();
-    let key: String = format!("pgvigil-initdb-v1-{}-{}-u{}", bin.version, superuser, run_as.uid())
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' })
-        .collect();
+    let key: String = format!(
+        "pgvigil-initdb-v1-{}-{}-u{}",
+        bin.version,
+        superuser,
+        run_as.uid()
+    )
+    .chars()
+    .map(|c| {
+        if c.is_ascii_alphanumeric() || "-._".contains(c) {
+            c
+        } else {
+            '_'
+        }
+    })
+    .collect();
     let final_path = base.join(&key);
     if usable(&final_path, run_as) {
         return Ok(final_path);
@@ -76,8 +92,15 @@ fn usable(path: &Path, run_as: RunAs) -> bool {
 
 fn initdb(bin: &PgBin, run_as: RunAs, superuser: &str, dest: &Path, cwd: &Path) -> Result<()> {
     let mut cmd = run_as.command(&bin.path("initdb"), cwd);
-    cmd.arg("-D")
-        .arg(dest)
-        .args(["-N", "-E", "UTF8", "--locale=C", "-A", "trust", "-U", superuser]);
+    cmd.arg("-D").arg(dest).args([
+        "-N",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "-A",
+        "trust",
+        "-U",
+        superuser,
+    ]);
     run(cmd, None, INITDB_TIMEOUT, None).map(|_| ())
 }
