@@ -1,0 +1,118 @@
+//! Session pooling: reuse with a reset, exhaustion, eviction of dead idle connections,
+//! and sending traffic to the primary only.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_connections_are_reset() {
+    let env = Env::start(Options { pool: "size = 1".into(), ..Options::default() }).await;
+    let c1 = env.client().await;
+    let pid = backend_pid(&c1).await;
+    c1.batch_execute(
+        "SET work_mem = '7MB'; CREATE TEMP TABLE scratch (x int); PREPARE p AS SELECT 1; \
+         SELECT pg_advisory_lock(42); CREATE TABLE kept (x int)",
+    )
+    .await
+    .unwrap();
+    c1.batch_execute("BEGIN; INSERT INTO kept VALUES (1)").await.unwrap();
+    drop(c1); // disconnects inside an open transaction
+
+    let c2 = eventually_connect(&env).await;
+    assert_eq!(backend_pid(&c2).await, pid, "the pooled server connection is reused");
+    let wm: String = c2.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(wm, "4MB", "SET is undone");
+    assert!(c2.simple_query("SELECT * FROM scratch").await.is_err(), "temp table is gone");
+    assert!(c2.simple_query("EXECUTE p").await.is_err(), "prepared statement is gone");
+    let n: i64 = c2.query_one("SELECT count(*) FROM kept", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0, "the open transaction was rolled back");
+    let locks: i64 = c2.query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'", &[]).await.unwrap().get(0);
+    assert_eq!(locks, 0, "advisory locks are released");
+}
+
+/// With pool.size = 1 the previous session's connection may still be resetting.
+async fn eventually_connect(env: &Env) -> tokio_postgres::Client {
+    for _ in 0..50 {
+        if let Ok(c) = connect(env.pg_config(SUPERUSER, SUPERPASS)).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("could not connect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_pool_waits_then_fails_clearly() {
+    let env = Env::start(Options { pool: "size = 1\ncheckout_timeout = \"500ms\"".into(), ..Options::default() }).await;
+    let holder = env.client().await;
+    let e = connect(env.pg_config(SUPERUSER, SUPERPASS)).await.err().expect("pool exhausted");
+    let db = e.as_db_error().expect("server error");
+    assert_eq!(db.code().code(), "53300");
+    assert!(db.detail().unwrap_or_default().contains("pool.checkout_timeout"), "{db:?}");
+    // A waiting client gets the connection as soon as it is returned.
+    let waiter = {
+        let cfg = env.pg_config(SUPERUSER, SUPERPASS);
+        tokio::spawn(async move { connect(cfg).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(holder);
+    let c = waiter.await.unwrap().expect("the waiter got the freed connection");
+    c.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_idle_connections_are_evicted_not_handed_out() {
+    let env = Env::start(Options { pool: "size = 2".into(), ..Options::default() }).await;
+    let c1 = env.client().await;
+    let pid = backend_pid(&c1).await;
+    drop(c1);
+    // Kill the idle pooled connection behind pgvigil's back.
+    let direct = env.direct(0).await;
+    let gone = eventually(Duration::from_secs(5), || async {
+        direct.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await.map(|r| r.get::<_, bool>(0)).unwrap_or(false)
+    })
+    .await;
+    assert!(gone);
+    let stopped = eventually(Duration::from_secs(5), || async {
+        let n: i64 = direct.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().get(0);
+        n == 0
+    })
+    .await;
+    assert!(stopped);
+    let c2 = env.client().await;
+    let pid2 = backend_pid(&c2).await;
+    assert_ne!(pid2, pid, "a fresh server connection, not the dead one");
+    c2.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_goes_to_the_primary_even_when_listed_last() {
+    let env = Env::start(Options { standbys: 1, primary_last: true, ..Options::default() }).await;
+    let c = env.client().await;
+    let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0);
+    assert!(!in_recovery);
+    let port: i32 = c.query_one("SELECT inet_server_port()", &[]).await.unwrap().get(0);
+    assert_eq!(port, i32::from(env.cluster.node(0).port));
+    c.batch_execute("CREATE TABLE w (x int); INSERT INTO w VALUES (1)").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_parameters_key_the_pool() {
+    let env = Env::start(Options { pool: "size = 4".into(), ..Options::default() }).await;
+    let mut cfg = env.pg_config(SUPERUSER, SUPERPASS);
+    cfg.options("-c search_path=custom_path");
+    let c = connect(cfg).await.unwrap();
+    let sp: String = c.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+    assert_eq!(sp, "custom_path");
+    drop(c);
+    let plain = env.client().await;
+    let sp: String = plain.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+    assert_eq!(sp, "\"$user\", public", "a session without options never gets that connection");
+}
