@@ -14,10 +14,18 @@ use crate::cluster::{HbaMethod, LocalCluster, PgBin};
 use crate::config::Config;
 use crate::proxy;
 
+/// Prints to stdout, ignoring a closed stdout (the demo must still clean up).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Builds the cluster, runs pgvigil until Ctrl-C or SIGTERM, then removes everything.
 pub async fn run(port: u16, standbys: usize) -> anyhow::Result<()> {
     let bin = PgBin::find().map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("pgvigil demo: building a primary and {standbys} hot standbys with PostgreSQL {} ({})", bin.version, bin.bindir.display());
+    say!("pgvigil demo: building a primary and {standbys} hot standbys with PostgreSQL {} ({})", bin.version, bin.bindir.display());
     let password = format!("demo-{:016x}", rand::random::<u64>());
     let pw = password.clone();
     let cluster = tokio::task::spawn_blocking(move || {
@@ -46,18 +54,18 @@ pub async fn run(port: u16, standbys: usize) -> anyhow::Result<()> {
         anyhow::bail!("pgvigil did not find the demo primary within 30 s");
     }
 
-    println!();
-    println!("pgvigil is running in front of:");
+    say!();
+    say!("pgvigil is running in front of:");
     for (i, n) in cluster.nodes().iter().enumerate() {
         let role = if i == 0 { "primary" } else { "standby" };
-        println!("  {:<4} {role:<8} 127.0.0.1:{}", n.name, n.port);
+        say!("  {:<4} {role:<8} 127.0.0.1:{}", n.name, n.port);
     }
-    println!();
-    println!("Connect with:");
-    println!("  psql -h 127.0.0.1 -p {port} -U postgres postgres");
-    println!();
-    println!("Configuration: {}  (data, logs and sockets under {})", config_path.display(), dir.display());
-    println!("Press Ctrl-C to stop; everything is removed.");
+    say!();
+    say!("Connect with:");
+    say!("  psql -h 127.0.0.1 -p {port} -U postgres postgres");
+    say!();
+    say!("Configuration: {}  (data, logs and sockets under {})", config_path.display(), dir.display());
+    say!("Press Ctrl-C to stop; everything is removed.");
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -65,10 +73,10 @@ pub async fn run(port: u16, standbys: usize) -> anyhow::Result<()> {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    println!("pgvigil demo: stopping");
+    say!("pgvigil demo: stopping");
     handle.fast_shutdown().await;
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
-    println!("pgvigil demo: removed {}", dir.display());
+    say!("pgvigil demo: removed {}", dir.display());
     Ok(())
 }
 
