@@ -116,3 +116,40 @@ async fn startup_parameters_key_the_pool() {
     let sp: String = plain.query_one("SHOW search_path", &[]).await.unwrap().get(0);
     assert_eq!(sp, "\"$user\", public", "a session without options never gets that connection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_without_sync_is_not_committed_by_the_reset() {
+    // RESET ALL is allowed inside a transaction, so it would commit unsynced work.
+    let env = Env::start(Options { pool: "size = 1\nreset_query = \"RESET ALL\"".into(), ..Options::default() }).await;
+    env.client().await.batch_execute("CREATE TABLE unsynced (x int)").await.unwrap();
+    let mut raw = Raw::connect(env.addr).await;
+    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    // Parse/Bind/Execute of an INSERT, then Terminate without Sync: PostgreSQL would
+    // roll it back when the session ends, so pgvigil must not let a reset commit it.
+    let mut out = bytes::BytesMut::new();
+    for (tag, body) in [
+        (b'P', &b"\0INSERT INTO unsynced VALUES (1)\0\0\0"[..]),
+        (b'B', &b"\0\0\0\0\0\0\0\0"[..]),
+        (b'E', &b"\0\0\0\0\0"[..]),
+        (b'H', &b""[..]),
+    ] {
+        let at = pgvigil::protocol::frame::begin(&mut out, tag);
+        out.extend_from_slice(body);
+        pgvigil::protocol::frame::finish(&mut out, at);
+    }
+    let pid = first_column(&raw.simple_query("SELECT pg_backend_pid()").await);
+    raw.send(&out).await;
+    let mut tags = Vec::new();
+    while tags.last() != Some(&b'C') {
+        tags.push(raw.recv().await.expect("INSERT executed").tag);
+    }
+    raw.send(b"X\0\0\0\x04").await;
+    assert!(raw.expect_eof().await);
+    // A client with the same startup parameters (same pool) looks.
+    let mut again = Raw::connect(env.addr).await;
+    again.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let n = first_column(&again.simple_query("SELECT count(*) FROM unsynced").await);
+    assert_eq!(n, vec!["0".to_string()], "the unsynced INSERT was rolled back");
+    let pid2 = first_column(&again.simple_query("SELECT pg_backend_pid()").await);
+    assert_ne!(pid, pid2, "that server connection was closed, not reused");
+}

@@ -229,6 +229,9 @@ struct Flow {
     pending: AtomicU32,
     /// Transaction status of the last ReadyForQuery.
     tx_status: AtomicU8,
+    /// Extended-protocol messages were sent since the last Sync: the server may hold an
+    /// implicit transaction that only a Sync (or the connection's end) resolves.
+    unsynced: AtomicBool,
     /// The server → client pump is inside a message (forwarded part of it) or writing.
     client_mid_message: AtomicBool,
 }
@@ -240,6 +243,7 @@ impl Flow {
 
     fn server_idle(&self, leftover: &BytesMut) -> bool {
         self.pending.load(Ordering::Relaxed) == 0
+            && !self.unsynced.load(Ordering::Relaxed)
             && leftover.is_empty()
             && self.client_at_boundary()
     }
@@ -278,8 +282,15 @@ async fn client_to_server(
                     stop = Some(End::ClientDone);
                     break;
                 }
-                fe::QUERY | fe::SYNC | fe::FUNCTION_CALL => {
+                fe::QUERY | fe::FUNCTION_CALL => {
                     flow.pending.fetch_add(1, Ordering::Relaxed);
+                }
+                fe::SYNC => {
+                    flow.pending.fetch_add(1, Ordering::Relaxed);
+                    flow.unsynced.store(false, Ordering::Relaxed);
+                }
+                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE => {
+                    flow.unsynced.store(true, Ordering::Relaxed);
                 }
                 tag if !fe::is_known(tag) => {
                     stop = Some(End::Violation(PgError::protocol_violation(format!("invalid frontend message type {tag}"))));
