@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -66,15 +66,6 @@ async fn fast_shutdown_terminates_sessions_at_once() {
     assert!(raw.expect_eof().await);
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn signal(p: &Proc, sig: Signal) {
     kill(Pid::from_raw(p.0.id() as i32), sig).expect("signal");
 }
@@ -92,26 +83,11 @@ fn wait_exit(p: &mut Proc, timeout: Duration) -> std::process::ExitStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_reloads_on_sighup_and_stops_on_sigterm() {
-    // Use the in-process env only to write a config; the binary runs it on a fixed port.
     let mut env = Env::start(Options::default()).await;
-    env.proxy.take().unwrap().fast_shutdown().await;
     env.cluster.create_role("erin", "erin pw", PasswordEncryption::ScramSha256).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = std::fs::read_to_string(&env.config_path).unwrap().replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(&env.config_path, &text).unwrap();
     let log = env.dir.path().join("pgvigil.log");
-    let mut proc = Proc(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&env.config_path)
-            .env("RUST_LOG", "info")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    env.addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let up = eventually(Duration::from_secs(20), || async { connect(env.pg_config(SUPERUSER, SUPERPASS)).await.is_ok() }).await;
-    assert!(up, "pgvigil run came up");
+    let mut proc = env.switch_to_binary(&log).await;
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
 
     // erin is not in the users file yet.
     let e = connect(env.pg_config("erin", "erin pw")).await.err().expect("unknown to pgvigil");
@@ -232,4 +208,12 @@ async fn demo_runs_a_cluster_and_cleans_up() {
     assert!(tail.iter().any(|l| l.contains("removed")), "{tail:?}");
     assert!(status.success(), "{status:?}");
     assert!(!std::path::Path::new(&dir).exists(), "demo removed {dir}");
+}
+
+#[test]
+fn demo_without_postgresql_says_how_to_install_it() {
+    let out = Command::new(BIN).arg("demo").env("PGVIGIL_PG_BINDIR", "/nonexistent/pg/bin").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("apt-get install -y postgresql-15"), "{err}");
 }

@@ -306,3 +306,52 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A child process killed on drop.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Peak resident memory of the process, from /proc.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Env {
+    /// Stops the in-process proxy and runs the `pgvigil` binary on the same config
+    /// instead, on a free port; `self.addr` then points at it. Its stderr goes to `log`.
+    pub async fn switch_to_binary(&mut self, log: &std::path::Path) -> Proc {
+        if let Some(h) = self.proxy.take() {
+            h.fast_shutdown().await;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let text = std::fs::read_to_string(&self.config_path).unwrap().replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        std::fs::write(&self.config_path, &text).unwrap();
+        let proc = Proc(
+            std::process::Command::new(env!("CARGO_BIN_EXE_pgvigil"))
+                .args(["run", "--config"])
+                .arg(&self.config_path)
+                .env("RUST_LOG", "info")
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        self.addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let up = eventually(Duration::from_secs(20), || async { connect(self.pg_config(SUPERUSER, SUPERPASS)).await.is_ok() }).await;
+        assert!(up, "pgvigil run came up");
+        proc
+    }
+}
