@@ -242,7 +242,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => value * 86400.0,
         other => return Err(format!("invalid duration unit {other:?} in {s:?}: use us, ms, s, m, h or d")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !(0.0..=1e9).contains(&secs) {
         return Err(format!("duration {s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -1,5 +1,8 @@
 //! Shutdown, reload, check-config and the demo, through the library and the binary.
 
+// tokio_postgres::Client is not Debug, so `expect_err` is not available.
+#![allow(clippy::err_expect)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -1,5 +1,8 @@
 //! Client and backend authentication through pgvigil against a real PostgreSQL.
 
+// tokio_postgres::Client is not Debug, so `expect_err` is not available.
+#![allow(clippy::err_expect)]
+
 mod common;
 
 use common::*;

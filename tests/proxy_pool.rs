@@ -1,6 +1,9 @@
 //! Session pooling: reuse with a reset, exhaustion, eviction of dead idle connections,
 //! and sending traffic to the primary only.
 
+// tokio_postgres::Client is not Debug, so `expect_err` is not available.
+#![allow(clippy::err_expect)]
+
 mod common;
 
 use std::time::Duration;

@@ -50,7 +50,7 @@ pub enum ConnectError {
     Timeout(SocketAddr),
     /// The server refused the session; `raw` is its ErrorResponse, to relay as is.
     #[error("server {addr} refused the session: {error}")]
-    Server { addr: SocketAddr, error: ServerError, raw: Bytes },
+    Server { addr: SocketAddr, error: Box<ServerError>, raw: Bytes },
     #[error("server {addr} asks for {method} authentication, but pgvigil has no usable secret for user \"{user}\"")]
     NoCredential { addr: SocketAddr, method: &'static str, user: String },
     #[error("SCRAM authentication to {addr} failed: {reason}")]
@@ -245,10 +245,7 @@ impl ServerConn {
             return false;
         }
         let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-            _ => false,
-        }
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// Records a ParameterStatus body.
@@ -287,7 +284,7 @@ impl ServerConn {
         let at = frame::begin(&mut raw, m.tag);
         raw.extend_from_slice(&m.body);
         frame::finish(&mut raw, at);
-        ConnectError::Server { addr: self.addr, error, raw: raw.freeze() }
+        ConnectError::Server { addr: self.addr, error: Box::new(error), raw: raw.freeze() }
     }
 
     fn protocol(&self, reason: impl std::fmt::Display) -> ConnectError {

@@ -383,7 +383,7 @@ async fn server_to_client(
                 break;
             }
             match header.tag {
-                be::READY_FOR_QUERY if total >= HEADER_LEN + 1 => {
+                be::READY_FOR_QUERY if total > HEADER_LEN => {
                     flow.tx_status.store(buf[pos + HEADER_LEN], Ordering::Relaxed);
                     let _ = flow.pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| p.checked_sub(1));
                 }
