@@ -11,7 +11,7 @@ use crate::protocol::backend::{self, AuthRequest, ServerError};
 use crate::protocol::frame::{self, be, Message};
 use crate::protocol::md5::{md5_password_hash, md5_salted_response};
 use crate::protocol::scram::{ClientCredential, ClientExchange, ScramVerifier, SCRAM_SHA_256};
-use crate::protocol::{frontend, startup};
+use crate::protocol::{frontend, startup, ProtocolError};
 
 /// Largest message accepted from a server outside of pass-through (startup and reset).
 const MAX_SERVER_CONTROL_MESSAGE: u64 = 1 << 24;
@@ -57,6 +57,16 @@ pub enum ConnectError {
     Scram { addr: SocketAddr, reason: String },
     #[error("server {addr} broke the protocol: {reason}")]
     Protocol { addr: SocketAddr, reason: String },
+}
+
+/// Records a ParameterStatus body in `params`, replacing an earlier value of that name.
+pub fn record_parameter(params: &mut Vec<(String, String)>, body: &[u8]) -> Result<(), ProtocolError> {
+    let (name, value) = backend::parse_parameter_status(body)?;
+    match params.iter_mut().find(|(k, _)| *k == name) {
+        Some(slot) => slot.1 = value,
+        None => params.push((name, value)),
+    }
+    Ok(())
 }
 
 /// An open, authenticated server connection.
@@ -250,12 +260,7 @@ impl ServerConn {
 
     /// Records a ParameterStatus body.
     pub fn note_parameter(&mut self, body: &[u8]) -> Result<(), ConnectError> {
-        let (name, value) = backend::parse_parameter_status(body).map_err(|e| self.protocol(e))?;
-        match self.params.iter_mut().find(|(k, _)| *k == name) {
-            Some(slot) => slot.1 = value,
-            None => self.params.push((name, value)),
-        }
-        Ok(())
+        record_parameter(&mut self.params, body).map_err(|e| self.protocol(e))
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), ConnectError> {

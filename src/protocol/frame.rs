@@ -94,6 +94,60 @@ pub fn parse_header(buf: &[u8], max: u64) -> Result<Option<Header>, ProtocolErro
     Ok(Some(Header { tag: buf[0], len }))
 }
 
+/// Walks a byte stream of messages that are passed through, possibly in pieces: the
+/// caller sees each header once, decides, and forwards the bytes it covers.
+#[derive(Debug, Default)]
+pub struct Passthrough {
+    /// Bytes of the current message not yet seen.
+    remaining: usize,
+}
+
+/// What [`Passthrough::next`] found at the cursor.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// A message starts here.
+    Header(Header),
+    /// Everything in the buffer is accounted for; read more.
+    Incomplete,
+    Bad(ProtocolError),
+}
+
+impl Passthrough {
+    /// Moves `pos` over the rest of a message begun earlier, then reads the next header.
+    pub fn next(&mut self, buf: &[u8], pos: &mut usize, max: u64) -> Next {
+        if self.remaining > 0 {
+            let take = self.remaining.min(buf.len() - *pos);
+            *pos += take;
+            self.remaining -= take;
+            if self.remaining > 0 {
+                return Next::Incomplete;
+            }
+        }
+        match parse_header(&buf[*pos..], max) {
+            Ok(Some(h)) => Next::Header(h),
+            Ok(None) => Next::Incomplete,
+            Err(e) => Next::Bad(e),
+        }
+    }
+
+    /// Moves `pos` over the message whose header is at `pos`, as far as `buf_len`.
+    pub fn pass(&mut self, header: Header, buf_len: usize, pos: &mut usize) {
+        let avail = buf_len - *pos;
+        let total = header.frame_len();
+        if avail >= total {
+            *pos += total;
+        } else {
+            *pos += avail;
+            self.remaining = total - avail;
+        }
+    }
+
+    /// Whether the stream stands inside a message.
+    pub fn mid_message(&self) -> bool {
+        self.remaining > 0
+    }
+}
+
 /// A whole message: its type and its body (without header).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -219,6 +273,36 @@ mod tests {
         assert_eq!(r.cstr().unwrap(), "ab");
         assert_eq!(r.i16().unwrap(), 1);
         assert!(r.u8().is_err());
+    }
+
+    #[test]
+    fn passthrough_walks_messages_split_anywhere() {
+        let stream = b"Z\0\0\0\x05IQ\0\0\0\x0aSELECTD\0\0\0\x04";
+        for cut in 0..=stream.len() {
+            let mut p = Passthrough::default();
+            let (mut buf, mut tags, mut forwarded) = (Vec::new(), Vec::new(), 0);
+            for part in [&stream[..cut], &stream[cut..]] {
+                buf.extend_from_slice(part);
+                let mut pos = 0;
+                loop {
+                    match p.next(&buf, &mut pos, 100) {
+                        Next::Header(h) => {
+                            tags.push(h.tag);
+                            p.pass(h, buf.len(), &mut pos);
+                        }
+                        Next::Incomplete => break,
+                        Next::Bad(e) => panic!("{e}"),
+                    }
+                }
+                forwarded += pos;
+                buf.drain(..pos);
+            }
+            assert_eq!(tags, b"ZQD", "cut at {cut}");
+            assert_eq!(forwarded, stream.len());
+            assert!(!p.mid_message());
+        }
+        let mut p = Passthrough::default();
+        assert_eq!(p.next(b"Q\0\0\0\x02", &mut 0, 100), Next::Bad(ProtocolError::BadLength(2)));
     }
 
     #[test]

@@ -25,9 +25,10 @@ use super::auth::{authenticate, AuthFailure};
 use super::cancel::{CancelRegistry, CancelTarget};
 use super::startup::{read_opening, Opening};
 use super::Shared;
+use crate::pool::server::record_parameter;
 use crate::pool::{CheckoutError, ConnectError, PoolKey};
 use crate::protocol::backend::{self, PgError, AUTH_OK};
-use crate::protocol::frame::{be, fe, parse_header, HEADER_LEN};
+use crate::protocol::frame::{be, fe, Next, Passthrough, HEADER_LEN};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::Startup;
 
@@ -257,22 +258,15 @@ async fn client_to_server(
     flow: &Flow,
     max_message: u64,
 ) -> End {
-    // Bytes of the current message still to pass through.
-    let mut remaining = 0usize;
+    let mut stream = Passthrough::default();
     loop {
         let mut pos = 0;
         let mut stop = None;
-        while pos < buf.len() {
-            if remaining > 0 {
-                let take = remaining.min(buf.len() - pos);
-                pos += take;
-                remaining -= take;
-                continue;
-            }
-            let header = match parse_header(&buf[pos..], max_message) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => {
+        loop {
+            let header = match stream.next(buf, &mut pos, max_message) {
+                Next::Header(h) => h,
+                Next::Incomplete => break,
+                Next::Bad(e) => {
                     stop = Some(End::Violation(PgError::protocol_violation(e.to_string())));
                     break;
                 }
@@ -298,14 +292,7 @@ async fn client_to_server(
                 }
                 _ => {}
             }
-            let avail = buf.len() - pos;
-            let total = header.frame_len();
-            if avail >= total {
-                pos += total;
-            } else {
-                pos += avail;
-                remaining = total - avail;
-            }
+            stream.pass(header, buf.len(), &mut pos);
         }
         if pos > 0 {
             if to.write_all(&buf[..pos]).await.is_err() {
@@ -320,7 +307,7 @@ async fn client_to_server(
             buf.reserve(CLIENT_READ_CHUNK);
         }
         match from.read_buf(buf).await {
-            Ok(0) if remaining == 0 && buf.is_empty() => return End::ClientDone,
+            Ok(0) if !stream.mid_message() && buf.is_empty() => return End::ClientDone,
             Ok(0) | Err(_) => return End::ClientLost,
             Ok(_) => {}
         }
@@ -355,20 +342,14 @@ async fn server_to_client(
     flow: &Flow,
     rewrite: Rewrite<'_>,
 ) -> End {
-    let mut remaining = 0usize;
+    let mut stream = Passthrough::default();
     loop {
         let mut pos = 0;
-        while pos < buf.len() {
-            if remaining > 0 {
-                let take = remaining.min(buf.len() - pos);
-                pos += take;
-                remaining -= take;
-                continue;
-            }
-            let header = match parse_header(&buf[pos..], u64::from(i32::MAX as u32)) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => return End::ServerLost(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("server sent {e}"))),
+        loop {
+            let header = match stream.next(buf, &mut pos, u64::from(i32::MAX as u32)) {
+                Next::Header(h) => h,
+                Next::Incomplete => break,
+                Next::Bad(e) => return End::ServerLost(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("server sent {e}"))),
             };
             let avail = buf.len() - pos;
             let total = header.frame_len();
@@ -395,28 +376,18 @@ async fn server_to_client(
                     }
                 }
                 be::PARAMETER_STATUS if needed > 0 => {
-                    if let Ok((name, value)) = backend::parse_parameter_status(&buf[pos + HEADER_LEN..pos + total]) {
-                        match params.iter_mut().find(|(k, _)| *k == name) {
-                            Some(slot) => slot.1 = value,
-                            None => params.push((name, value)),
-                        }
-                    }
+                    let _ = record_parameter(params, &buf[pos + HEADER_LEN..pos + total]);
                 }
                 _ => {}
             }
-            if avail >= total {
-                pos += total;
-            } else {
-                pos += avail;
-                remaining = total - avail;
-            }
+            stream.pass(header, buf.len(), &mut pos);
         }
         if pos > 0 {
             flow.client_mid_message.store(true, Ordering::Relaxed);
             if to.write_all(&buf[..pos]).await.is_err() {
                 return End::ClientLost;
             }
-            flow.client_mid_message.store(remaining > 0, Ordering::Relaxed);
+            flow.client_mid_message.store(stream.mid_message(), Ordering::Relaxed);
             buf.advance(pos);
         }
         if buf.capacity() - buf.len() < 4096 {
