@@ -156,3 +156,18 @@ async fn work_without_sync_is_not_committed_by_the_reset() {
     let pid2 = first_column(&again.simple_query("SELECT pg_backend_pid()").await);
     assert_ne!(pid, pid2, "that server connection was closed, not reused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_past_idle_timeout_are_closed() {
+    let env = Env::start(Options { pool: "size = 2\nidle_timeout = \"300ms\"".into(), ..Options::default() }).await;
+    let c = env.client().await;
+    let pid = backend_pid(&c).await;
+    drop(c);
+    let direct = env.direct(0).await;
+    let closed = eventually(Duration::from_secs(10), || async {
+        let n: i64 = direct.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().get(0);
+        n == 0
+    })
+    .await;
+    assert!(closed, "the reaper closed the idle server connection");
+}
