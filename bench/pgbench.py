@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -526,8 +527,26 @@ def ratio(a, b):
     return a / b
 
 
+def median_of(runs):
+    """One row from repeated runs: medians of the measurements, sums of the failures."""
+    if len(runs) == 1:
+        return runs[0]
+    row = dict(runs[-1])
+    for key in ("tps", "latency_ms", "proxy_cpu_us_per_tx", "proxy_cpu_s_per_10k_tx", "postgres_cpu_us_per_tx"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        row[key] = statistics.median(values) if values else None
+    for key in ("failed", "aborted_clients"):
+        row[key] = sum(r.get(key) or 0 for r in runs)
+    row["rc"] = next((r.get("rc") for r in runs if r.get("rc") != 0), 0)
+    row["runs"] = len(runs)
+    return row
+
+
 def report(results, targets, combos):
-    by = {(r["workload"], r["mode"], r["clients"], r["target"]): r for r in results}
+    grouped = {}
+    for r in results:
+        grouped.setdefault((r["workload"], r["mode"], r["clients"], r["target"]), []).append(r)
+    by = {k: median_of(v) for k, v in grouped.items()}
     lines = ["| workload | mode | clients | target | TPS | vs direct | mean latency ms | failed "
              "| proxy CPU s/10k tx | proxy CPU µs/tx |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
@@ -597,6 +616,8 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=None, help="seconds per pgbench run (default 10; 3 with --quick)")
     ap.add_argument("--scale", type=int, default=10, help="pgbench scale factor (default 10)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per target and configuration, interleaved; the table shows medians (default 1)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 3 s per run, 16 clients only (all workloads, modes and targets)")
     ap.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list from " + ",".join(ALL_TARGETS))
@@ -675,11 +696,13 @@ def main():
                 targets.remove(t)
 
         combos = [(w, m, c) for w in workloads for m in modes for c in clients]
-        total = len(combos) * len(targets)
+        rounds = max(1, args.repeat)
+        total = len(combos) * len(targets) * rounds
         log(f"{len(combos)} configurations x {len(targets)} targets x {duration}s "
             f"≈ {total * (duration + 2) / 60:.1f} min")
         n = 0
-        for i, (w, m, c) in enumerate(combos):
+        schedule = [(w, m, c) for (w, m, c) in combos for _ in range(rounds)]
+        for i, (w, m, c) in enumerate(schedule):
             k = i % len(targets)
             order = targets[k:] + targets[:k]  # rotate who goes first
             for t in order:
@@ -718,7 +741,7 @@ def main():
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": cpu_model,
-        "duration_s": duration, "scale": args.scale, "threads": THREADS, "targets": targets,
+        "duration_s": duration, "repeat": max(1, args.repeat), "scale": args.scale, "threads": THREADS, "targets": targets,
         "skipped": skipped, "versions": versions, "pg_bin": pgbin, "interrupted": interrupted,
     }
     try:
@@ -730,7 +753,7 @@ def main():
     print()
     print(f"## pgbench results ({meta['date']}, {meta['cpus']} CPUs {cpu_model}, kernel {meta['kernel']})")
     print()
-    print(f"duration {duration}s per run, scale {args.scale}, -j {THREADS}; "
+    print(f"duration {duration}s per run, {max(1, args.repeat)} run(s) per cell (medians), scale {args.scale}, -j {THREADS}; "
           + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in versions.items()))
     for t, why in skipped.items():
         print(f"skipped {t}: {why}")

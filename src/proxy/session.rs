@@ -26,7 +26,7 @@ use super::cancel::{CancelRegistry, CancelTarget};
 use super::startup::{read_opening, Opening};
 use super::Shared;
 use crate::pool::server::record_parameter;
-use crate::pool::{CheckoutError, ConnectError, PoolKey};
+use crate::pool::{BackendCredential, CheckoutError, ConnectError, PoolKey};
 use crate::protocol::backend::{self, PgError, AUTH_OK};
 use crate::protocol::frame::{be, fe, Next, Passthrough, HEADER_LEN};
 use crate::protocol::sqlstate;
@@ -41,42 +41,19 @@ const MAX_TRACKED_PARAMETER: usize = 64 * 1024;
 /// Serves one client connection from accept to close.
 pub(super) async fn run(mut client: TcpStream, peer: SocketAddr, slot: Option<OwnedSemaphorePermit>, shared: Arc<Shared>) {
     let mut cbuf = BytesMut::with_capacity(1024);
-    let opening = tokio::select! {
-        o = tokio::time::timeout(shared.startup_timeout, read_opening(&mut client, &mut cbuf, &shared)) => o,
-        _ = shared.terminate.cancelled() => Ok(Opening::Reject(PgError::shutting_down())),
+    let deadline = tokio::time::Instant::now() + shared.startup_timeout;
+    let handshake = tokio::select! {
+        h = tokio::time::timeout_at(deadline, handshake(&mut client, peer, &mut cbuf, &shared, slot.is_some())) => h,
+        _ = shared.terminate.cancelled() => Ok(Err(Some(PgError::shutting_down()))),
     };
-    let startup = match opening {
-        Ok(Opening::Session(s)) => s,
-        Ok(Opening::Cancelled | Opening::Gone) => return,
-        Ok(Opening::Reject(e)) => return reject(&mut client, peer, e).await,
+    let (startup, credential) = match handshake {
+        Ok(Ok(done)) => done,
+        Ok(Err(None)) => return,
+        Ok(Err(Some(e))) => return reject(&mut client, peer, e).await,
         Err(_) => return reject(&mut client, peer, PgError::protocol_violation("canceling authentication due to timeout")).await,
     };
-    if slot.is_none() {
-        return reject(&mut client, peer, PgError::too_many_clients()).await;
-    }
-    if shared.stop_accepting.is_cancelled() {
-        let e = PgError::fatal(sqlstate::CANNOT_CONNECT_NOW, "the database system is shutting down");
-        return reject(&mut client, peer, e).await;
-    }
     let user = startup.param("user").unwrap_or_default().to_string();
     let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
-    let settings = shared.reloadable();
-    let auth = tokio::select! {
-        a = tokio::time::timeout(shared.startup_timeout, authenticate(&mut client, &mut cbuf, &user, &settings, &shared.mock_secret)) => a,
-        _ = shared.terminate.cancelled() => Ok(Err(AuthFailure::Reject(PgError::shutting_down()))),
-    };
-    let credential = match auth {
-        Ok(Ok(c)) => c,
-        Ok(Err(AuthFailure::Disconnected)) => return,
-        Ok(Err(AuthFailure::Reject(e))) => {
-            if e.code == sqlstate::INVALID_PASSWORD {
-                tracing::info!(%peer, user = %user, "password authentication failed");
-            }
-            return reject(&mut client, peer, e).await;
-        }
-        Err(_) => return reject(&mut client, peer, PgError::protocol_violation("canceling authentication due to timeout")).await,
-    };
-    drop(settings);
 
     let Some((backend, addr)) = wait_for_primary(&shared).await else {
         let e = PgError::fatal(sqlstate::CANNOT_CONNECT_NOW, "no primary backend is available")
@@ -114,7 +91,7 @@ pub(super) async fn run(mut client: TcpStream, peer: SocketAddr, slot: Option<Ow
     }
     tracing::debug!(%peer, user = %user, database = %database, backend, client_pid = cancel_key.pid, server_pid = checkout.conn.pid, "session started");
 
-    let flow = Flow::default();
+    let flow = Flow { tx_status: AtomicU8::new(b'I'), ..Flow::default() };
     let ends = {
         let conn = &mut checkout.conn;
         let (cr, mut cw) = client.split();
@@ -151,6 +128,40 @@ pub(super) async fn run(mut client: TcpStream, peer: SocketAddr, slot: Option<Ow
         shared.pools.checkin(checkout).await;
     }
     drop(slot);
+}
+
+/// The startup phase and client authentication. `Err(None)`: close silently;
+/// `Err(Some(e))`: send `e`, then close.
+async fn handshake(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    cbuf: &mut BytesMut,
+    shared: &Shared,
+    has_slot: bool,
+) -> Result<(Startup, BackendCredential), Option<PgError>> {
+    let startup = match read_opening(client, cbuf, shared).await {
+        Opening::Session(s) => s,
+        Opening::Cancelled | Opening::Gone => return Err(None),
+        Opening::Reject(e) => return Err(Some(e)),
+    };
+    if !has_slot {
+        return Err(Some(PgError::too_many_clients()));
+    }
+    if shared.stop_accepting.is_cancelled() {
+        return Err(Some(PgError::fatal(sqlstate::CANNOT_CONNECT_NOW, "the database system is shutting down")));
+    }
+    let user = startup.param("user").unwrap_or_default();
+    let settings = shared.reloadable();
+    match authenticate(client, cbuf, user, &settings, &shared.mock_secret).await {
+        Ok(credential) => Ok((startup, credential)),
+        Err(AuthFailure::Disconnected) => Err(None),
+        Err(AuthFailure::Reject(e)) => {
+            if e.code == sqlstate::INVALID_PASSWORD {
+                tracing::info!(%peer, user, "password authentication failed");
+            }
+            Err(Some(e))
+        }
+    }
 }
 
 /// Startup parameters that change a session's behaviour, sorted: part of the pool key.
