@@ -160,7 +160,9 @@ impl ProxyHandle {
         if format!("{:?}", old.backends) != format!("{:?}", next.backends) {
             not_applied.push("backends".to_string());
         }
-        if format!("{:?}", old.health_check) != format!("{:?}", next.health_check) {
+        if format!("{:?}", old.health_check) != format!("{:?}", next.health_check)
+            || old.health_check.password != next.health_check.password
+        {
             not_applied.push("health_check.*".to_string());
         }
         *self.shared.reloadable.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(reloadable);
