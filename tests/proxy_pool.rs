@@ -171,3 +171,32 @@ async fn idle_connections_past_idle_timeout_are_closed() {
     .await;
     assert!(closed, "the reaper closed the idle server connection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_server_and_missing_primary_get_clear_errors() {
+    let mut env = Env::start(Options { pool: "checkout_timeout = \"500ms\"".into(), ..Options::default() }).await;
+    let mut raw = Raw::connect(env.addr).await;
+    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    tokio::task::block_in_place(|| env.cluster.kill9(0)).unwrap();
+    // The idle session is told at once that its server is gone: by the dying server
+    // itself (57P01, relayed) or by pgvigil (08006), then the connection closes.
+    let mut codes = Vec::new();
+    while let Some(m) = raw.recv().await {
+        assert_eq!(m.tag, b'E');
+        codes.push(pgvigil::protocol::backend::parse_error_fields(&m.body).unwrap().code);
+    }
+    assert!(codes == ["57P01"] || codes == ["08006"], "one error, then close: {codes:?}");
+    // Once the monitor has seen the primary go, new clients get 57P03.
+    let last = std::sync::Mutex::new(String::new());
+    let told = eventually(Duration::from_secs(15), || async {
+        match connect(env.pg_config(SUPERUSER, SUPERPASS)).await {
+            Ok(_) => false,
+            Err(e) => {
+                *last.lock().unwrap() = sqlstate(&e);
+                sqlstate(&e) == "57P03"
+            }
+        }
+    })
+    .await;
+    assert!(told, "last SQLSTATE {}", last.lock().unwrap());
+}

@@ -90,6 +90,7 @@ async fn check_loop(
     stop: CancellationToken,
 ) {
     let mut client: Option<tokio_postgres::Client> = None;
+    let mut last_error: Option<String> = None;
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -98,16 +99,23 @@ async fn check_loop(
             _ = tick.tick() => {}
         }
         let result = tokio::time::timeout(settings.timeout, check_once(&mut client, &host, port, &settings)).await;
-        let (up, role) = match result {
-            Ok(Ok(in_recovery)) => (true, if in_recovery { Role::Standby } else { Role::Primary }),
-            Ok(Err(e)) => {
-                client = None;
-                tracing::debug!(node = %name, error = %e, "health check failed");
-                (false, Role::Unknown)
+        let outcome = match result {
+            Ok(Ok(in_recovery)) => Ok(if in_recovery { Role::Standby } else { Role::Primary }),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?} (health_check.timeout)", settings.timeout)),
+        };
+        let (up, role) = match outcome {
+            Ok(role) => {
+                last_error = None;
+                (true, role)
             }
-            Err(_) => {
+            Err(e) => {
                 client = None;
-                tracing::debug!(node = %name, "health check timed out");
+                // Say why once per distinct reason, not every interval.
+                if last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(node = %name, error = %e, "health check failed");
+                    last_error = Some(e);
+                }
                 (false, Role::Unknown)
             }
         };

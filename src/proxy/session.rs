@@ -7,7 +7,8 @@
 //! bytes through in bulk and decode only headers, plus the few messages pgvigil must
 //! see: Terminate, ReadyForQuery (transaction status, outstanding requests),
 //! ParameterStatus (kept for the next user of the connection) and NotificationResponse
-//! (the sender pid is rewritten to the pid pgvigil gave that sender's client). A message
+//! (the sender pid is rewritten to the pid pgvigil gave that sender's client), and the
+//! severity of ErrorResponse (a server that says FATAL needs no second word). A message
 //! is never held whole unless it is one of those, so memory stays bounded by the buffers
 //! whatever the size of a result row or COPY stream.
 
@@ -115,6 +116,7 @@ pub(super) async fn run(mut client: TcpStream, peer: SocketAddr, slot: Option<Ow
     checkout.conn.tx_status = flow.tx_status.load(Ordering::Relaxed);
     let reusable = matches!(ends, End::ClientDone) && flow.server_idle(&checkout.conn.buf);
     match &ends {
+        End::ServerLost(_) if flow.server_fatal.load(Ordering::Relaxed) => {}
         End::Violation(e) | End::ServerLost(e) if flow.client_at_boundary() => {
             let _ = write_error(&mut client, e).await;
         }
@@ -244,6 +246,8 @@ struct Flow {
     /// Extended-protocol messages were sent since the last Sync: the server may hold an
     /// implicit transaction that only a Sync (or the connection's end) resolves.
     unsynced: AtomicBool,
+    /// The server sent a FATAL (or PANIC) error: it has told the client why it is leaving.
+    server_fatal: AtomicBool,
     /// The server → client pump is inside a message (forwarded part of it) or writing.
     client_mid_message: AtomicBool,
 }
@@ -368,6 +372,7 @@ async fn server_to_client(
             let needed = match header.tag {
                 be::READY_FOR_QUERY => total,
                 be::NOTIFICATION_RESPONSE => HEADER_LEN + 4,
+                be::ERROR_RESPONSE => HEADER_LEN + 7,
                 be::PARAMETER_STATUS if total <= MAX_TRACKED_PARAMETER => total,
                 _ => 0,
             };
@@ -384,6 +389,12 @@ async fn server_to_client(
                     let sender = i32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
                     if let Some(pid) = rewrite.client_pid(sender) {
                         buf[at..at + 4].copy_from_slice(&pid.to_be_bytes());
+                    }
+                }
+                be::ERROR_RESPONSE if total >= HEADER_LEN + 7 => {
+                    let severity = &buf[pos + HEADER_LEN..pos + HEADER_LEN + 7];
+                    if severity == b"SFATAL\0" || severity == b"SPANIC\0" {
+                        flow.server_fatal.store(true, Ordering::Relaxed);
                     }
                 }
                 be::PARAMETER_STATUS if needed > 0 => {
