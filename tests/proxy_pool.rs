@@ -170,6 +170,8 @@ async fn idle_connections_past_idle_timeout_are_closed() {
     })
     .await;
     assert!(closed, "the reaper closed the idle server connection");
+    let forgotten = eventually(Duration::from_secs(5), || async { env.handle().shared().pools.pool_count() == 0 }).await;
+    assert!(forgotten, "an empty, unused pool is forgotten");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,4 +201,38 @@ async fn lost_server_and_missing_primary_get_clear_errors() {
     })
     .await;
     assert!(told, "last SQLSTATE {}", last.lock().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_name_follows_each_client_on_a_shared_connection() {
+    let env = Env::start(Options { pool: "size = 1".into(), ..Options::default() }).await;
+    let mut pids = Vec::new();
+    for name in ["first", "it's \\ second", ""] {
+        let mut cfg = env.pg_config(SUPERUSER, SUPERPASS);
+        if !name.is_empty() {
+            cfg.application_name(name);
+        }
+        let c = loop {
+            if let Ok(c) = connect(cfg.clone()).await {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let shown: String = c.query_one("SELECT current_setting('application_name')", &[]).await.unwrap().get(0);
+        assert_eq!(shown, name);
+        pids.push(backend_pid(&c).await);
+    }
+    assert!(pids.windows(2).all(|w| w[0] == w[1]), "one server connection served all: {pids:?}");
+    // The ParameterStatus a client gets at login is its own name.
+    let mut raw = Raw::connect(env.addr).await;
+    let msgs = raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let app = msgs
+        .iter()
+        .filter(|m| m.tag == b'S')
+        .map(|m| pgvigil::protocol::backend::parse_parameter_status(&m.body).unwrap())
+        .find(|(k, _)| k == "application_name");
+    assert_eq!(app, Some(("application_name".to_string(), String::new())));
+    // Three application names did not make three pools: one for tokio-postgres' startup
+    // parameters (client_encoding, DateStyle, ...), one for the raw client's.
+    assert_eq!(env.handle().shared().pools.pool_count(), 2);
 }

@@ -136,14 +136,22 @@ impl Pools {
         }
     }
 
-    /// Closes idle connections that are too old or no longer clean.
+    /// Closes idle connections that are too old or no longer clean, and forgets pools
+    /// that have no connections and no user.
     pub fn reap(&self) {
-        let pools: Vec<Arc<Pool>> = self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         let max_idle = self.settings.idle_timeout;
-        for pool in pools {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|_, pool| {
             let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.retain(|c| c.last_used.elapsed() < max_idle && c.is_idle_and_clean());
-        }
+            let unused = pool.permits.available_permits() == self.settings.size && Arc::strong_count(pool) == 1;
+            !(idle.is_empty() && unused)
+        });
+    }
+
+    /// Number of pools currently known.
+    pub fn pool_count(&self) -> usize {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Closes every idle connection to `backend` (e.g. after it went down).

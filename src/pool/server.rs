@@ -69,6 +69,11 @@ pub fn record_parameter(params: &mut Vec<(String, String)>, body: &[u8]) -> Resu
     Ok(())
 }
 
+/// An SQL string literal that is read the same whatever `standard_conforming_strings` is.
+fn quote_literal(value: &str) -> String {
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
 /// An open, authenticated server connection.
 pub struct ServerConn {
     pub stream: TcpStream,
@@ -223,6 +228,16 @@ impl ServerConn {
         Ok(())
     }
 
+    /// Sets a reportable setting (e.g. `application_name`) to what a client asked for in
+    /// its startup packet, when the connection's current value differs.
+    pub async fn ensure_setting(&mut self, name: &str, value: &str) -> Result<(), ConnectError> {
+        let current = self.params.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str());
+        if current == value {
+            return Ok(());
+        }
+        self.simple_query(&format!("SET {name} = {}", quote_literal(value))).await
+    }
+
     /// Runs one statement, keeping ParameterStatus; fails on an error or unexpected message.
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), ConnectError> {
         let mut out = BytesMut::new();
@@ -302,5 +317,14 @@ impl ServerConn {
 
     fn no_credential(&self, method: &'static str, user: &str) -> ConnectError {
         ConnectError::NoCredential { addr: self.addr, method, user: user.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn literals_are_escaped() {
+        assert_eq!(super::quote_literal("plain"), "E'plain'");
+        assert_eq!(super::quote_literal("it's \\ here"), "E'it''s \\\\ here'");
     }
 }

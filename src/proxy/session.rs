@@ -70,6 +70,10 @@ pub(super) async fn run(mut client: TcpStream, peer: SocketAddr, slot: Option<Ow
         Ok(c) => c,
         Err(e) => return reject_checkout(&mut client, peer, &key, e).await,
     };
+    let app_name = startup.param("application_name").unwrap_or_default();
+    if let Err(e) = checkout.conn.ensure_setting("application_name", app_name).await {
+        return reject_checkout(&mut client, peer, &key, CheckoutError::Connect(e)).await;
+    }
     let cancel_key = shared.cancels.register();
     cancel_key.set_target(Some(CancelTarget {
         backend,
@@ -167,11 +171,13 @@ async fn handshake(
 }
 
 /// Startup parameters that change a session's behaviour, sorted: part of the pool key.
+/// `application_name` is left out (clients often make it unique); it is set on checkout.
 fn behaviour_params(startup: &Startup) -> Vec<(String, String)> {
     let mut params: Vec<(String, String)> = startup
         .params
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_."))
+        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication" | "application_name"))
+        .filter(|(k, _)| !k.starts_with("_pq_."))
         .cloned()
         .collect();
     params.sort();
