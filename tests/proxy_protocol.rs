@@ -308,3 +308,63 @@ async fn parameter_status_reaches_the_client_after_set_and_rollback() {
     let msgs = raw.simple_query("DO $$ BEGIN RAISE NOTICE 'note %', 1; END $$").await;
     assert!(msgs.iter().any(|m| m.tag == b'N'));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_writes_before_reading_does_not_deadlock() {
+    let env = Env::start(Options::default()).await;
+    let mut raw = Raw::connect(env.addr).await;
+    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    // 3,000 queries of 20 kB results each (60 MB) are written before any answer is read:
+    // both socket buffers fill up, so a proxy that stops reading the client while it
+    // writes to it (or the reverse) would hang here.
+    let mut out = BytesMut::new();
+    for _ in 0..3000 {
+        pgvigil::protocol::frontend::write_query(&mut out, "SELECT repeat('z', 20000)");
+    }
+    let (mut reader, mut writer) = raw.stream.into_split();
+    let send = tokio::spawn(async move {
+        tokio::io::AsyncWriteExt::write_all(&mut writer, &out).await.unwrap();
+        writer
+    });
+    let mut buf = BytesMut::new();
+    let mut ready = 0;
+    let read = async {
+        while ready < 3000 {
+            match pgvigil::protocol::frame::take_message(&mut buf, 1 << 30).unwrap() {
+                Some(m) if m.tag == b'Z' => ready += 1,
+                Some(m) => assert_ne!(m.tag, b'E'),
+                None => {
+                    let n = tokio::io::AsyncReadExt::read_buf(&mut reader, &mut buf).await.unwrap();
+                    assert!(n > 0, "closed early");
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), read).await.expect("no deadlock");
+    send.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_sessions_share_a_small_pool() {
+    let env = Env::start(Options { pool: "size = 4\ncheckout_timeout = \"30s\"".into(), ..Options::default() }).await;
+    let tasks: Vec<_> = (0..100i32)
+        .map(|i| {
+            let cfg = env.pg_config(SUPERUSER, SUPERPASS);
+            tokio::spawn(async move {
+                let c = connect(cfg).await.expect("every client gets in, waiting for a free connection");
+                let r = c.query_one("SELECT $1::int * 3", &[&i]).await.unwrap();
+                r.get::<_, i32>(0)
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), i as i32 * 3);
+    }
+    let direct = env.direct(0).await;
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name <> 'pgvigil health check' AND pid <> pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n <= 4, "at most pool.size server connections: {n}");
+}
