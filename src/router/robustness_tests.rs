@@ -92,7 +92,8 @@ fn micros_per_call(iterations: u32, f: impl Fn()) -> f64 {
     start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations)
 }
 
-/// Prints costs (no thresholds: timing goals live in benchmarks).
+/// Prints costs (no thresholds: timing goals live in benchmarks). Run alone
+/// (`--test-threads 1`) and in release for meaningful numbers.
 #[test]
 fn print_costs() {
     let short = "SELECT * FROM accounts WHERE id = $1";
@@ -105,14 +106,21 @@ fn print_costs() {
         i += 1;
     }
     long.push_str("WHERE a.region = $1 ORDER BY a.id LIMIT 50");
-    let cache = ClassifierCache::default();
-    cache.get_or_classify(short);
-    let cold_short = micros_per_call(200, || drop(classify(short)));
-    let cold_long = micros_per_call(50, || drop(classify(&long)));
-    let hit = micros_per_call(20_000, || drop(cache.get_or_classify(short)));
-    println!(
-        "classify cold: short {cold_short:.1} µs, {} B {cold_long:.1} µs; cache hit {hit:.2} µs \
-         (debug build of this crate: dependencies at opt-level 2)",
-        long.len()
-    );
+    let measure = move |stack: &'static str| {
+        let cache = ClassifierCache::default();
+        cache.get_or_classify(short);
+        let cold_short = micros_per_call(200, || drop(classify(short)));
+        let cold_long = micros_per_call(50, || drop(classify(&long)));
+        let hit = micros_per_call(20_000, || drop(cache.get_or_classify(short)));
+        println!(
+            "classify cold on a {stack} stack: short {cold_short:.1} µs, {} B {cold_long:.1} µs; \
+             cache hit {hit:.2} µs",
+            long.len()
+        );
+    };
+    for (stack, size) in [("2 MB", 2usize << 20), ("32 MB", 32 << 20)] {
+        let m = measure.clone();
+        let t = std::thread::Builder::new().stack_size(size).spawn(move || m(stack));
+        assert!(t.is_ok_and(|h| h.join().is_ok()));
+    }
 }

@@ -2,13 +2,12 @@
 
 use pg_query::protobuf::{ExplainStmt, ObjectType};
 use pg_query::NodeEnum;
-use serde_json::Value;
 
 use super::functions::{is_set_config, known_writer};
 use super::reason::Reason;
 use super::transaction::{const_text, parse_bool, transaction, variable_set};
 use super::types::Kind;
-use super::walk::Findings;
+use super::walk::{type_name, Findings};
 
 /// The decision for one statement.
 pub(crate) struct Decision {
@@ -23,15 +22,14 @@ impl Decision {
     }
 }
 
-/// Classifies `node`; `value` is the same node as JSON (`{"SelectStmt": {…}}`) and
-/// `found` what the walk found anywhere inside it.
-pub(crate) fn decide(node: &NodeEnum, value: &Value, found: &Findings) -> Decision {
+/// Classifies `node`; `found` is what the walk found anywhere inside it.
+pub(crate) fn decide(node: &NodeEnum, found: &Findings) -> Decision {
     let write = |what| Decision::new(Kind::Write, Reason::Write(what));
     let session = |what| Decision::new(Kind::SessionState, Reason::SessionState(what));
     match node {
         NodeEnum::SelectStmt(_) => read_unless_writing(found, "SELECT"),
         NodeEnum::VariableShowStmt(_) => Decision::new(Kind::Read, Reason::Read("SHOW")),
-        NodeEnum::ExplainStmt(e) => explain(e, value, found),
+        NodeEnum::ExplainStmt(e) => explain(e, found),
         NodeEnum::CopyStmt(c) if c.is_from => Decision::new(Kind::Write, Reason::CopyFrom),
         NodeEnum::CopyStmt(_) => read_unless_writing(found, "COPY TO"),
         NodeEnum::InsertStmt(_) => write("INSERT"),
@@ -73,7 +71,7 @@ pub(crate) fn decide(node: &NodeEnum, value: &Value, found: &Findings) -> Decisi
             let (kind, reason, setting) = variable_set(s);
             Decision { kind, reason, setting }
         }
-        other => Decision::new(Kind::Write, Reason::Ddl(ddl_tag(other, value))),
+        other => Decision::new(Kind::Write, Reason::Ddl(ddl_tag(other))),
     }
 }
 
@@ -104,7 +102,7 @@ fn maintenance(what: &'static str) -> Decision {
 
 /// Plain EXPLAIN only plans (it runs on a standby even for an INSERT); EXPLAIN ANALYZE
 /// runs the statement and is classified like it.
-fn explain(e: &ExplainStmt, value: &Value, found: &Findings) -> Decision {
+fn explain(e: &ExplainStmt, found: &Findings) -> Decision {
     let analyze = e.options.iter().any(|o| match o.node.as_ref() {
         Some(NodeEnum::DefElem(d)) if d.defname == "analyze" => match d.arg.as_deref() {
             None => true,
@@ -116,12 +114,7 @@ fn explain(e: &ExplainStmt, value: &Value, found: &Findings) -> Decision {
     let (Some(inner), true) = (inner, analyze) else {
         return Decision::new(Kind::Read, Reason::Read("EXPLAIN"));
     };
-    let inner_value = value
-        .get("ExplainStmt")
-        .and_then(|v| v.get("query"))
-        .and_then(|v| v.get("node"))
-        .unwrap_or(&Value::Null);
-    let d = decide(inner, inner_value, found);
+    let d = decide(inner, found);
     match d.kind {
         Kind::Write => Decision::new(Kind::Write, Reason::ExplainAnalyze(Box::new(d.reason))),
         Kind::Read => Decision::new(Kind::Read, Reason::Read("EXPLAIN ANALYZE")),
@@ -130,7 +123,7 @@ fn explain(e: &ExplainStmt, value: &Value, found: &Findings) -> Decision {
 }
 
 /// A command tag such as "CREATE TABLE" or "DROP INDEX" for a DDL node.
-fn ddl_tag(node: &NodeEnum, value: &Value) -> String {
+fn ddl_tag(node: &NodeEnum) -> String {
     let object = |t: i32| {
         ObjectType::try_from(t)
             .map(|o| o.as_str_name().trim_start_matches("OBJECT_").replace('_', " "))
@@ -155,16 +148,12 @@ fn ddl_tag(node: &NodeEnum, value: &Value) -> String {
         NodeEnum::AlterTableStmt(a) => format!("ALTER {}", object(a.objtype)),
         NodeEnum::RenameStmt(r) => format!("ALTER {} RENAME", object(r.rename_type)),
         NodeEnum::DefineStmt(d) => format!("CREATE {}", object(d.kind)),
-        _ => words_of(value),
+        _ => words_of(type_name(node)),
     }
 }
 
 /// "AlterSystemStmt" → "ALTER SYSTEM": the node's type name as words.
-fn words_of(value: &Value) -> String {
-    let name = value
-        .as_object()
-        .and_then(|m| m.keys().next())
-        .map_or("UNKNOWN", String::as_str);
+fn words_of(name: &str) -> String {
     let name = name.strip_suffix("Stmt").unwrap_or(name);
     let mut out = String::with_capacity(name.len() + 4);
     for (i, c) in name.chars().enumerate() {

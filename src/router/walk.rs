@@ -1,13 +1,17 @@
 //! A complete walk of a parse tree, looking for the parts that make a statement write.
 //!
-//! The tree is pg_query's protobuf, serialised to a `serde_json::Value` so that every
-//! node is visited without listing the ~270 node types and their fields by hand: a
-//! locking clause three subqueries deep in a CASE inside a CTE is found all the same.
-//! Node types show up as object keys ("FuncCall", "LockingClause"…).
+//! pg_query's protobuf structs implement `serde::Serialize`, so a serializer that
+//! keeps nothing but what routing needs visits every node without listing the ~270
+//! node types and their fields by hand: a locking clause three subqueries deep in a
+//! CASE inside a CTE is found all the same. Structs arrive under their node type
+//! names ("FuncCall", "LockingClause"…). Nothing is allocated but the findings.
 
-use serde_json::Value;
+use pg_query::NodeEnum;
+use serde::ser::{self, Serialize};
 
 use super::types::{FunctionRef, RelationRef};
+
+mod serializer;
 
 /// What the walk found in one statement.
 #[derive(Debug, Default)]
@@ -20,88 +24,157 @@ pub(crate) struct Findings {
     pub row_lock: Option<&'static str>,
     pub functions: Vec<FunctionRef>,
     pub relations: Vec<RelationRef>,
-    pub cte_names: Vec<String>,
+    cte_names: Vec<String>,
 }
 
 impl Findings {
     /// Walks `node` and everything below it.
-    pub fn collect(node: &Value) -> Self {
-        let mut found = Findings::default();
-        let mut stack = vec![node];
-        while let Some(v) = stack.pop() {
-            match v {
-                Value::Object(map) => {
-                    for (key, child) in map {
-                        found.visit(key, child);
-                        if child.is_object() || child.is_array() {
-                            stack.push(child);
-                        }
-                    }
-                }
-                Value::Array(items) => stack.extend(items.iter().rev()),
-                _ => {}
-            }
-        }
+    pub fn collect(node: &NodeEnum) -> Self {
+        let mut w = Walker::default();
+        // The walker only fails to stop early, which `collect` never asks for.
+        let _ = node.serialize(&mut w);
+        let mut found = w.found;
         let ctes = std::mem::take(&mut found.cte_names);
+        found.relations.retain(|r| r.schema.is_some() || !ctes.contains(&r.name));
         found
-            .relations
-            .retain(|r| r.schema.is_some() || !ctes.contains(&r.name));
-        found.cte_names = ctes;
-        found
-    }
-
-    fn visit(&mut self, key: &str, node: &Value) {
-        match key {
-            "InsertStmt" => self.dml = self.dml.or(Some("INSERT")),
-            "UpdateStmt" => self.dml = self.dml.or(Some("UPDATE")),
-            "DeleteStmt" => self.dml = self.dml.or(Some("DELETE")),
-            "MergeStmt" => self.dml = self.dml.or(Some("MERGE")),
-            "SelectStmt" => {
-                if node.get("into_clause").is_some_and(|c| !c.is_null()) {
-                    self.select_into = true;
-                }
-            }
-            "LockingClause" => {
-                let lock = lock_name(node.get("strength").and_then(Value::as_i64).unwrap_or(0));
-                if rank(lock) > rank(self.row_lock) {
-                    self.row_lock = lock;
-                }
-            }
-            "FuncCall" => {
-                if let Some(f) = function_ref(node) {
-                    if !self.functions.contains(&f) {
-                        self.functions.push(f);
-                    }
-                }
-            }
-            "RangeVar" => {
-                let r = RelationRef {
-                    schema: non_empty(node.get("schemaname")),
-                    name: non_empty(node.get("relname")).unwrap_or_default(),
-                };
-                if !self.relations.contains(&r) {
-                    self.relations.push(r);
-                }
-            }
-            "CommonTableExpr" => {
-                if let Some(name) = non_empty(node.get("ctename")) {
-                    self.cte_names.push(name);
-                }
-            }
-            _ => {}
-        }
     }
 }
 
-/// `LockClauseStrength` numbers of pg_query's protobuf.
-fn lock_name(strength: i64) -> Option<&'static str> {
+/// The node type name of `node` ("AlterSystemStmt"), found by serializing only its top.
+pub(crate) fn type_name(node: &NodeEnum) -> &'static str {
+    let mut w = Walker { stop_at_first: true, ..Walker::default() };
+    let _ = node.serialize(&mut w);
+    w.first.unwrap_or("Unknown")
+}
+
+/// What the next primitive value should be kept as.
+#[derive(Default, Clone, Copy, PartialEq)]
+enum Capture {
+    #[default]
+    Nothing,
+    Str,
+    Int,
+    IsSome,
+}
+
+#[derive(Default)]
+struct Walker {
+    found: Findings,
+    capture: Capture,
+    text: Option<String>,
+    int: Option<i64>,
+    is_some: Option<bool>,
+    /// Inside FuncCall.funcname: String nodes are name parts.
+    name_parts: Option<Vec<String>>,
+    first: Option<&'static str>,
+    stop_at_first: bool,
+}
+
+#[derive(Debug)]
+struct Stop;
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stop")
+    }
+}
+impl std::error::Error for Stop {}
+impl ser::Error for Stop {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        Stop
+    }
+}
+
+impl Walker {
+    /// Serializes `value` keeping its first primitive as `capture` says.
+    fn grab<T: ?Sized + Serialize>(&mut self, capture: Capture, value: &T) -> Result<(), Stop> {
+        self.capture = capture;
+        let r = value.serialize(&mut *self);
+        self.capture = Capture::Nothing;
+        r
+    }
+
+    fn take_text(&mut self, value: &(impl ?Sized + Serialize)) -> Result<Option<String>, Stop> {
+        self.grab(Capture::Str, value)?;
+        Ok(self.text.take().filter(|s| !s.is_empty()))
+    }
+}
+
+/// One struct being serialized; `name` is its node type.
+struct Fields<'a> {
+    w: &'a mut Walker,
+    name: &'static str,
+    schema: Option<String>,
+    relname: Option<String>,
+}
+
+impl ser::SerializeStruct for Fields<'_> {
+    type Ok = ();
+    type Error = Stop;
+
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> Result<(), Stop> {
+        let w = &mut *self.w;
+        match (self.name, key) {
+            ("RangeVar", "schemaname") => self.schema = w.take_text(value)?,
+            ("RangeVar", "relname") => self.relname = w.take_text(value)?,
+            ("String", "sval") if w.name_parts.is_some() => {
+                let text = w.take_text(value)?.unwrap_or_default();
+                if let Some(parts) = w.name_parts.as_mut() {
+                    parts.push(text);
+                }
+            }
+            ("CommonTableExpr", "ctename") => {
+                if let Some(name) = w.take_text(value)? {
+                    w.found.cte_names.push(name);
+                }
+                return Ok(());
+            }
+            ("LockingClause", "strength") => {
+                w.grab(Capture::Int, value)?;
+                let lock = lock_name(w.int.take().unwrap_or(0));
+                if rank(Some(lock)) > rank(w.found.row_lock) {
+                    w.found.row_lock = Some(lock);
+                }
+            }
+            ("SelectStmt", "into_clause") => {
+                w.grab(Capture::IsSome, value)?;
+                if w.is_some.take() == Some(true) {
+                    w.found.select_into = true;
+                }
+            }
+            ("FuncCall", "funcname") => {
+                let outer = w.name_parts.replace(Vec::new());
+                value.serialize(&mut *w)?;
+                let parts = std::mem::replace(&mut w.name_parts, outer).unwrap_or_default();
+                if let Some(f) = function_ref(parts) {
+                    if !w.found.functions.contains(&f) {
+                        w.found.functions.push(f);
+                    }
+                }
+            }
+            _ => value.serialize(&mut *w)?,
+        }
+        Ok(())
+    }
+
+    fn end(self) -> Result<(), Stop> {
+        if let (true, Some(name)) = (self.name == "RangeVar", self.relname) {
+            let r = RelationRef { schema: self.schema, name };
+            if !self.w.found.relations.contains(&r) {
+                self.w.found.relations.push(r);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lock_name(strength: i64) -> &'static str {
     match strength {
-        2 => Some("FOR KEY SHARE"),
-        3 => Some("FOR SHARE"),
-        4 => Some("FOR NO KEY UPDATE"),
-        5 => Some("FOR UPDATE"),
-        // 0/1 (undefined/none) should not appear in a LockingClause; be conservative.
-        _ => Some("FOR UPDATE"),
+        2 => "FOR KEY SHARE",
+        3 => "FOR SHARE",
+        4 => "FOR NO KEY UPDATE",
+        // 5, and (never seen) undefined values: the strongest, to be safe.
+        _ => "FOR UPDATE",
     }
 }
 
@@ -115,29 +188,8 @@ fn rank(lock: Option<&'static str>) -> u8 {
     }
 }
 
-/// `funcname` is a list of String nodes: [name] or [schema, name] (or [db, schema, name]).
-fn function_ref(call: &Value) -> Option<FunctionRef> {
-    let parts: Vec<&str> = call
-        .get("funcname")?
-        .as_array()?
-        .iter()
-        .filter_map(string_node)
-        .collect();
-    match parts.as_slice() {
-        [] => None,
-        [name] => Some(FunctionRef { schema: None, name: (*name).to_string() }),
-        [.., schema, name] => Some(FunctionRef {
-            schema: Some((*schema).to_string()),
-            name: (*name).to_string(),
-        }),
-    }
-}
-
-/// The text of a `{"node": {"String": {"sval": …}}}` node.
-pub(crate) fn string_node(node: &Value) -> Option<&str> {
-    node.get("node")?.get("String")?.get("sval")?.as_str()
-}
-
-fn non_empty(v: Option<&Value>) -> Option<String> {
-    v.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
+/// funcname parts: [name] or [schema, name] (or [catalog, schema, name]).
+fn function_ref(mut parts: Vec<String>) -> Option<FunctionRef> {
+    let name = parts.pop()?;
+    Some(FunctionRef { schema: parts.pop(), name })
 }
