@@ -13,4 +13,5 @@ pub mod monitor;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod router;
 pub mod run;
