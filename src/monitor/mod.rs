@@ -5,6 +5,8 @@
 //! connection and the next check reconnects. Each result is folded into one immutable
 //! [`ClusterView`] published on a `watch` channel, so readers never lock.
 
+pub mod catalog;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

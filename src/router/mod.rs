@@ -22,6 +22,7 @@
 //! - set_config() anywhere in an otherwise reading statement → SessionState.
 
 mod cache;
+mod catalog;
 mod classify;
 mod functions;
 mod hint;
@@ -39,6 +40,7 @@ mod robustness_tests;
 mod table_tests;
 
 pub use cache::ClassifierCache;
+pub use catalog::{FunctionCatalog, FUNCTIONS_QUERY};
 pub use classify::{classify, pgvigil_setting};
 pub use functions::{final_kind, FunctionPolicy, Volatility};
 pub use reason::Reason;
