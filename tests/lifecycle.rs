@@ -62,7 +62,7 @@ async fn fast_shutdown_terminates_sessions_at_once() {
     let mut q = bytes::BytesMut::new();
     pgvigil::protocol::frontend::write_query(&mut q, "SELECT pg_sleep(3600)");
     raw.send(&q).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    env.wait_running(0, "pg_sleep(3600)").await;
     let handle = env.proxy.take().unwrap();
     tokio::time::timeout(Duration::from_secs(20), handle.fast_shutdown()).await.expect("fast shutdown is fast");
     assert_eq!(raw.expect_error().await.code, "57P01");

@@ -271,7 +271,7 @@ async fn cancel_reaches_the_running_query_and_closes_at_once() {
     let token = c.cancel_token();
     let started = Instant::now();
     let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.wait_running(0, "pg_sleep(30)").await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let result = tokio::time::timeout(Duration::from_secs(10), sleeper).await.expect("cancel took effect").unwrap();
     let e = result.unwrap_err();

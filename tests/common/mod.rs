@@ -355,3 +355,23 @@ impl Env {
         proc
     }
 }
+
+impl Env {
+    /// Waits until a query containing `needle` is running on node `i`.
+    pub async fn wait_running(&self, i: usize, needle: &str) {
+        let direct = self.direct(i).await;
+        let running = eventually(Duration::from_secs(10), || async {
+            let n: i64 = direct
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() AND strpos(query, $1) > 0",
+                    &[&needle],
+                )
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(0);
+            n > 0
+        })
+        .await;
+        assert!(running, "{needle} is running");
+    }
+}
