@@ -106,3 +106,14 @@ async fn backend_refusal_is_relayed_as_is() {
     assert_eq!(db.code().code(), "3D000");
     assert_eq!(db.message(), "database \"no_such_db\" does not exist");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_clients_with_a_trust_backend() {
+    let env = Env::start(Options { hba: HbaMethod::Trust, users: vec!["frank = \"fr4nk\"".into()], ..Options::default() }).await;
+    env.cluster.psql(0, "postgres", "CREATE ROLE frank LOGIN").unwrap();
+    // pgvigil checks the password; the backend asks for none.
+    let c = connect(env.pg_config("frank", "fr4nk")).await.unwrap();
+    let who: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(who, "frank");
+    expect_password_failure(&env, "frank", "wrong").await;
+}
