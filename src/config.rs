@@ -58,6 +58,8 @@ pub struct ProxyConfig {
     pub shutdown_timeout: DurationStr,
     /// Largest message a client may declare, checked before any allocation. Default "256MB".
     pub max_message_size: ByteSize,
+    /// Threads serving sessions; 0 means one per CPU core. Default 0. Needs a restart.
+    pub worker_threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -68,6 +70,7 @@ impl Default for ProxyConfig {
             startup_timeout: DurationStr(Duration::from_secs(10)),
             shutdown_timeout: DurationStr(Duration::from_secs(30)),
             max_message_size: ByteSize(256 << 20),
+            worker_threads: 0,
         }
     }
 }
@@ -334,6 +337,9 @@ impl Config {
         }
         if self.proxy.max_message_size.0 < 1024 || self.proxy.max_message_size.0 > (1 << 30) {
             return err("proxy.max_message_size must be between 1kB and 1GB");
+        }
+        if self.proxy.worker_threads > 1024 {
+            return err("proxy.worker_threads must be between 0 (one per CPU core) and 1024");
         }
         if self.pool.size == 0 {
             return err("pool.size must be at least 1");

@@ -71,17 +71,23 @@ fn main() -> ExitCode {
                 }
             };
             pgvigil::logging::init(&cfg.log.level, &cfg.log.format);
-            report(runtime().and_then(|rt| rt.block_on(pgvigil::run::run_until_signalled(cfg, Some(config)))))
+            let threads = cfg.proxy.worker_threads;
+            report(runtime(threads).and_then(|rt| rt.block_on(pgvigil::run::run_until_signalled(cfg, Some(config)))))
         }
         Command::Demo { port, standbys } => {
             pgvigil::logging::init("info", "text");
-            report(runtime().and_then(|rt| rt.block_on(pgvigil::demo::run(port, standbys))))
+            report(runtime(0).and_then(|rt| rt.block_on(pgvigil::demo::run(port, standbys))))
         }
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+/// The tokio runtime; `threads` 0 means one worker per CPU core.
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

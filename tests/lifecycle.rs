@@ -86,7 +86,8 @@ fn wait_exit(p: &mut Proc, timeout: Duration) -> std::process::ExitStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_reloads_on_sighup_and_stops_on_sigterm() {
-    let mut env = Env::start(Options::default()).await;
+    // One worker thread: the binary must work with a non-default runtime size too.
+    let mut env = Env::start(Options { proxy: "worker_threads = 1".into(), ..Options::default() }).await;
     env.cluster.create_role("erin", "erin pw", PasswordEncryption::ScramSha256).unwrap();
     let log = env.dir.path().join("pgvigil.log");
     let mut proc = env.switch_to_binary(&log).await;

@@ -148,6 +148,9 @@ impl ProxyHandle {
         if old.proxy.listen != next.proxy.listen {
             not_applied.push("proxy.listen".to_string());
         }
+        if old.proxy.worker_threads != next.proxy.worker_threads {
+            not_applied.push("proxy.worker_threads".to_string());
+        }
         if old.proxy.max_clients != next.proxy.max_clients {
             not_applied.push("proxy.max_clients".to_string());
         }
