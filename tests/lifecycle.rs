@@ -19,10 +19,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_pgvigil");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_lets_sessions_finish_then_sends_57p01() {
     let mut env = Env::start(Options::default()).await;
-    let mut busy = Raw::connect(env.addr).await;
-    busy.login(SUPERUSER, SUPERPASS).await.unwrap();
-    let mut leaving = Raw::connect(env.addr).await;
-    leaving.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let busy = Raw::connect(env.addr).await;
+    let mut busy = busy.login(SUPERUSER, SUPERPASS).await.unwrap().0;
+    let leaving = Raw::connect(env.addr).await;
+    let mut leaving = leaving.login(SUPERUSER, SUPERPASS).await.unwrap().0;
 
     let handle = env.proxy.take().unwrap();
     let stopping = tokio::spawn(handle.shutdown(Duration::from_millis(1500)));
@@ -56,8 +56,8 @@ async fn graceful_shutdown_ends_early_when_sessions_are_done() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_shutdown_terminates_sessions_at_once() {
     let mut env = Env::start(Options::default()).await;
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let mut raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     // A session in the middle of a long query is cut off too.
     let mut q = bytes::BytesMut::new();
     pgvigil::protocol::frontend::write_query(&mut q, "SELECT pg_sleep(3600)");

@@ -72,8 +72,8 @@ async fn md5_clients_and_md5_backends() {
     )
     .await;
     // The raw client answers the md5 challenge itself, proving pgvigil sent one.
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login("bob", "builder").await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let mut raw = raw.login("bob", "builder").await.unwrap().0;
     let who = first_column(&raw.simple_query("SELECT current_user").await);
     assert_eq!(who, vec!["bob".to_string()]);
     let c = connect(env.pg_config("bob", "builder")).await.unwrap();

@@ -79,7 +79,7 @@ async fn startup_phase_errors() {
     raw.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).await;
     tokio::io::AsyncReadExt::read_exact(&mut raw.stream, &mut n).await.unwrap();
     assert_eq!(&n, b"N");
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let _raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
 
     // Wrong message during authentication.
     let mut raw = Raw::connect(env.addr).await;
@@ -119,30 +119,30 @@ async fn session_phase_errors() {
     let bystander = env.client().await;
 
     // Length under 4.
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let mut raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     raw.send(b"Q\0\0\0\x02").await;
     expect(&mut raw, "08P01").await;
     still_works(&bystander).await;
 
     // Length over proxy.max_message_size (64kB): refused from the header alone.
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let mut raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     raw.send(b"Q\x10\0\0\0").await;
     let msg = expect(&mut raw, "08P01").await;
     assert!(msg.contains("exceeds the limit"), "{msg}");
     still_works(&bystander).await;
 
     // Unknown message type.
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let mut raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     raw.send(b"z\0\0\0\x04").await;
     assert_eq!(expect(&mut raw, "08P01").await, "invalid frontend message type 122");
     still_works(&bystander).await;
 
     // A valid query right before the bad message is answered first.
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let mut raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     raw.send(b"Q\0\0\0\x0dSELECT 1\0").await;
     let answered = raw.until_ready().await;
     assert_eq!(first_column(&answered), vec!["1".to_string()]);
@@ -150,8 +150,8 @@ async fn session_phase_errors() {
     expect(&mut raw, "08P01").await;
 
     // Disconnect in the middle of a message.
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let mut raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     raw.send(b"Q\0\0\0\x40SELECT pg_sl").await;
     drop(raw);
     still_works(&bystander).await;

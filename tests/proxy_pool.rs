@@ -125,8 +125,8 @@ async fn work_without_sync_is_not_committed_by_the_reset() {
     // RESET ALL is allowed inside a transaction, so it would commit unsynced work.
     let env = Env::start(Options { pool: "size = 1\nreset_query = \"RESET ALL\"".into(), ..Options::default() }).await;
     env.client().await.batch_execute("CREATE TABLE unsynced (x int)").await.unwrap();
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let mut raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     // Parse/Bind/Execute of an INSERT, then Terminate without Sync: PostgreSQL would
     // roll it back when the session ends, so pgvigil must not let a reset commit it.
     let mut out = bytes::BytesMut::new();
@@ -149,8 +149,8 @@ async fn work_without_sync_is_not_committed_by_the_reset() {
     raw.send(b"X\0\0\0\x04").await;
     assert!(raw.expect_eof().await);
     // A client with the same startup parameters (same pool) looks.
-    let mut again = Raw::connect(env.addr).await;
-    again.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let again = Raw::connect(env.addr).await;
+    let mut again = again.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     let n = first_column(&again.simple_query("SELECT count(*) FROM unsynced").await);
     assert_eq!(n, vec!["0".to_string()], "the unsynced INSERT was rolled back");
     let pid2 = first_column(&again.simple_query("SELECT pg_backend_pid()").await);
@@ -177,8 +177,8 @@ async fn idle_connections_past_idle_timeout_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_server_and_missing_primary_get_clear_errors() {
     let mut env = Env::start(Options { pool: "checkout_timeout = \"500ms\"".into(), ..Options::default() }).await;
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let mut raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     tokio::task::block_in_place(|| env.cluster.kill9(0)).unwrap();
     // The idle session is told at once that its server is gone: by the dying server
     // itself (57P01, relayed) or by pgvigil (08006), then the connection closes.
@@ -224,13 +224,8 @@ async fn application_name_follows_each_client_on_a_shared_connection() {
     }
     assert!(pids.windows(2).all(|w| w[0] == w[1]), "one server connection served all: {pids:?}");
     // The ParameterStatus a client gets at login is its own name.
-    let mut raw = Raw::connect(env.addr).await;
-    let msgs = raw.login(SUPERUSER, SUPERPASS).await.unwrap();
-    let app = msgs
-        .iter()
-        .filter(|m| m.tag == b'S')
-        .map(|m| pgvigil::protocol::backend::parse_parameter_status(&m.body).unwrap())
-        .find(|(k, _)| k == "application_name");
+    let (_raw, params) = Raw::connect(env.addr).await.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let app = params.into_iter().find(|(k, _)| k == "application_name");
     assert_eq!(app, Some(("application_name".to_string(), String::new())));
     // Three application names did not make three pools: one for tokio-postgres' startup
     // parameters (client_encoding, DateStyle, ...), one for the raw client's.

@@ -71,8 +71,8 @@ async fn simple_extended_prepared_pipeline_transactions_errors() {
     assert_eq!(r.get::<_, i32>(0), 7);
 
     // FunctionCall ('F') through the raw client: int4pl(20, 22).
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let mut raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     let tags: Vec<u8> = raw.simple_query("").await.iter().map(|m| m.tag).collect();
     assert_eq!(tags, b"IZ", "EmptyQueryResponse, then ReadyForQuery");
     let oid: u32 = c.query_one("SELECT 'int4pl'::regproc::oid", &[]).await.unwrap().get(0);
@@ -97,8 +97,8 @@ async fn simple_extended_prepared_pipeline_transactions_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_protocol_portals_flush_and_pipelined_errors() {
     let env = Env::start(Options::default()).await;
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let mut raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     let mut out = BytesMut::new();
     // Named statement and portal, Execute with a row limit, then Flush (no Sync): the
     // partial result and PortalSuspended must arrive without waiting for a Sync.
@@ -206,8 +206,8 @@ async fn one_gigabyte_result_streams_with_bounded_memory() {
     let mut env = Env::start(Options::default()).await;
     let log = env.dir.path().join("pgvigil.log");
     let proc = env.switch_to_binary(&log).await;
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let mut raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     let before = proc.peak_rss_kib();
     // 1 GiB of rows plus one 64 MB row, read and dropped message by message.
     let sql = "SELECT repeat('x', 1024) FROM generate_series(1, 1048576) UNION ALL SELECT repeat('y', 64000000)";
@@ -238,10 +238,10 @@ async fn one_gigabyte_result_streams_with_bounded_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_notify_carries_the_pid_pgvigil_gave_the_sender() {
     let env = Env::start(Options::default()).await;
-    let mut a = Raw::connect(env.addr).await;
-    a.login(SUPERUSER, SUPERPASS).await.unwrap();
-    let mut b = Raw::connect(env.addr).await;
-    b.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let a = Raw::connect(env.addr).await;
+    let mut a = a.login(SUPERUSER, SUPERPASS).await.unwrap().0;
+    let b = Raw::connect(env.addr).await;
+    let mut b = b.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     assert_ne!(a.pid, b.pid);
     a.simple_query("LISTEN ch").await;
     b.simple_query("LISTEN ch").await;
@@ -290,15 +290,10 @@ async fn cancel_reaches_the_running_query_and_closes_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parameter_status_reaches_the_client_after_set_and_rollback() {
     let env = Env::start(Options::default()).await;
-    let mut raw = Raw::connect(env.addr).await;
-    let after_login = raw.login(SUPERUSER, SUPERPASS).await.unwrap();
-    let names: Vec<String> = after_login
-        .iter()
-        .filter(|m| m.tag == b'S')
-        .map(|m| pgvigil::protocol::backend::parse_parameter_status(&m.body).unwrap().0)
-        .collect();
+    let (mut raw, params) = Raw::connect(env.addr).await.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let names: Vec<&String> = params.iter().map(|(k, _)| k).collect();
     for p in ["server_version", "client_encoding", "DateStyle", "TimeZone", "integer_datetimes", "standard_conforming_strings"] {
-        assert!(names.iter().any(|n| n == p), "{p} missing from {names:?}");
+        assert!(names.iter().any(|n| *n == p), "{p} missing from {names:?}");
     }
     let msgs = raw.simple_query("BEGIN; SET application_name = 'inside'").await;
     assert!(msgs.iter().any(|m| m.tag == b'S' && m.body.starts_with(b"application_name\0inside\0")));
@@ -312,8 +307,8 @@ async fn parameter_status_reaches_the_client_after_set_and_rollback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_writes_before_reading_does_not_deadlock() {
     let env = Env::start(Options::default()).await;
-    let mut raw = Raw::connect(env.addr).await;
-    raw.login(SUPERUSER, SUPERPASS).await.unwrap();
+    let raw = Raw::connect(env.addr).await;
+    let raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     // 3,000 queries of 20 kB results each (60 MB) are written before any answer is read:
     // both socket buffers fill up, so a proxy that stops reading the client while it
     // writes to it (or the reverse) would hang here.

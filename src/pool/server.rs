@@ -102,19 +102,21 @@ impl ServerConn {
         credential: &BackendCredential,
         timeout: Duration,
     ) -> Result<ServerConn, ConnectError> {
-        tokio::time::timeout(timeout, Self::connect_inner(backend, addr, params, credential))
-            .await
-            .map_err(|_| ConnectError::Timeout(addr))?
+        let connecting = tokio::time::timeout(timeout, TcpStream::connect(addr)).await;
+        let stream = connecting.map_err(|_| ConnectError::Timeout(addr))?.map_err(|source| ConnectError::Io { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        Self::login(stream, addr, backend, params, credential, timeout).await
     }
 
-    async fn connect_inner(
-        backend: usize,
+    /// Runs startup and authentication on an open connection, up to ReadyForQuery.
+    pub async fn login(
+        stream: TcpStream,
         addr: SocketAddr,
+        backend: usize,
         params: &[(String, String)],
         credential: &BackendCredential,
+        timeout: Duration,
     ) -> Result<ServerConn, ConnectError> {
-        let stream = TcpStream::connect(addr).await.map_err(|source| ConnectError::Io { addr, source })?;
-        let _ = stream.set_nodelay(true);
         let now = Instant::now();
         let mut conn = ServerConn {
             stream,
@@ -128,27 +130,32 @@ impl ServerConn {
             created: now,
             last_used: now,
         };
+        tokio::time::timeout(timeout, conn.startup(params, credential)).await.map_err(|_| ConnectError::Timeout(addr))??;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, params: &[(String, String)], credential: &BackendCredential) -> Result<(), ConnectError> {
         let mut out = BytesMut::new();
         startup::write_startup(&mut out, params);
-        conn.send(&out).await?;
+        self.send(&out).await?;
         let user = params.iter().find(|(k, _)| k == "user").map(|(_, v)| v.as_str()).unwrap_or("");
-        conn.authenticate(user, credential).await?;
+        self.authenticate(user, credential).await?;
         loop {
-            let m = conn.recv().await?;
+            let m = self.recv().await?;
             match m.tag {
-                be::PARAMETER_STATUS => conn.note_parameter(&m.body)?,
+                be::PARAMETER_STATUS => self.note_parameter(&m.body)?,
                 be::BACKEND_KEY_DATA => {
-                    let (pid, secret) = backend::parse_backend_key_data(&m.body).map_err(|e| conn.protocol(e))?;
-                    conn.pid = pid;
-                    conn.secret = secret;
+                    let (pid, secret) = backend::parse_backend_key_data(&m.body).map_err(|e| self.protocol(e))?;
+                    self.pid = pid;
+                    self.secret = secret;
                 }
                 be::READY_FOR_QUERY => {
-                    conn.tx_status = m.body.first().copied().unwrap_or(b'I');
-                    return Ok(conn);
+                    self.tx_status = m.body.first().copied().unwrap_or(b'I');
+                    return Ok(());
                 }
                 be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
-                be::ERROR_RESPONSE => return Err(conn.server_error(&m)),
-                other => return Err(conn.protocol(format!("unexpected message type {:?} during startup", other as char))),
+                be::ERROR_RESPONSE => return Err(self.server_error(&m)),
+                other => return Err(self.protocol(format!("unexpected message type {:?} during startup", other as char))),
             }
         }
     }

@@ -9,11 +9,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pgvigil::cluster::{HbaMethod, LocalCluster};
 use pgvigil::config::Config;
-use pgvigil::protocol::backend::{self, AuthRequest, ServerError};
+use pgvigil::pool::{BackendCredential, ConnectError, ServerConn};
+use pgvigil::protocol::backend::{self, ServerError};
 use pgvigil::protocol::frame::{self, Message};
-use pgvigil::protocol::md5::{md5_password_hash, md5_salted_response};
-use pgvigil::protocol::scram::{ClientCredential, ClientExchange, SCRAM_SHA_256};
-use pgvigil::protocol::{frontend, startup};
+use pgvigil::protocol::frontend;
 use pgvigil::proxy::{self, ProxyHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -204,54 +203,19 @@ impl Raw {
         self.recv().await.is_none()
     }
 
-    /// Startup + authentication as `user`; returns the messages after AuthenticationOk up
-    /// to ReadyForQuery, or the error.
-    pub async fn login(&mut self, user: &str, password: &str) -> Result<Vec<Message>, ServerError> {
-        let mut out = BytesMut::new();
-        startup::write_startup(&mut out, &[("user".into(), user.into()), ("database".into(), "postgres".into())]);
-        self.send(&out).await;
-        let mut scram = None;
-        let mut after = Vec::new();
-        let mut authed = false;
-        loop {
-            let m = self.recv().await.expect("server answered startup");
-            out.clear();
-            match m.tag {
-                b'E' => return Err(backend::parse_error_fields(&m.body).expect("error fields")),
-                b'R' => match backend::parse_auth(&m.body).expect("auth request") {
-                    AuthRequest::Ok => authed = true,
-                    AuthRequest::Cleartext => frontend::write_password(&mut out, password),
-                    AuthRequest::Md5(salt) => {
-                        frontend::write_password(&mut out, &md5_salted_response(&md5_password_hash(user, password), salt))
-                    }
-                    AuthRequest::Sasl(_) => {
-                        let x = ClientExchange::new(ClientCredential::Password(password.into()));
-                        frontend::write_sasl_initial_response(&mut out, SCRAM_SHA_256, &x.client_first());
-                        scram = Some(x);
-                    }
-                    AuthRequest::SaslContinue(d) => {
-                        let reply = scram.as_mut().expect("sasl started").handle_server_first(&d).expect("server-first");
-                        frontend::write_sasl_response(&mut out, &reply);
-                    }
-                    AuthRequest::SaslFinal(d) => scram.as_mut().expect("sasl started").handle_server_final(&d).expect("server-final"),
-                    AuthRequest::Other(c) => panic!("unexpected auth request {c}"),
-                },
-                b'K' => {
-                    let (pid, secret) = backend::parse_backend_key_data(&m.body).expect("key data");
-                    self.pid = pid;
-                    self.secret = secret;
-                    after.push(m);
-                }
-                b'Z' => {
-                    assert!(authed, "ReadyForQuery before AuthenticationOk");
-                    after.push(m);
-                    return Ok(after);
-                }
-                _ => after.push(m),
+    /// Startup + authentication as `user` (database "postgres") with pgvigil's own
+    /// backend-side login; returns the logged-in client and the ParameterStatus values.
+    pub async fn login(self, user: &str, password: &str) -> Result<(Raw, Vec<(String, String)>), ServerError> {
+        let params = [("user".to_string(), user.to_string()), ("database".to_string(), "postgres".to_string())];
+        let credential = BackendCredential::Password(password.to_string());
+        let addr = self.stream.peer_addr().expect("peer address");
+        match ServerConn::login(self.stream, addr, 0, &params, &credential, Duration::from_secs(10)).await {
+            Ok(conn) => {
+                let raw = Raw { stream: conn.stream, buf: conn.buf, pid: conn.pid, secret: conn.secret };
+                Ok((raw, conn.params))
             }
-            if !out.is_empty() {
-                self.send(&out).await;
-            }
+            Err(ConnectError::Server { error, .. }) => Err(*error),
+            Err(e) => panic!("login failed outside the server: {e}"),
         }
     }
 
