@@ -40,6 +40,15 @@ async fn reused_connections_are_reset() {
     assert_eq!(locks, 0, "advisory locks are released");
 }
 
+/// Whether the server process `pid` has ended, waiting up to `timeout`.
+async fn server_gone(direct: &tokio_postgres::Client, pid: i32, timeout: Duration) -> bool {
+    eventually(timeout, || async {
+        let n: i64 = direct.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().get(0);
+        n == 0
+    })
+    .await
+}
+
 /// With pool.size = 1 the previous session's connection may still be resetting.
 async fn eventually_connect(env: &Env) -> tokio_postgres::Client {
     for _ in 0..50 {
@@ -83,12 +92,7 @@ async fn dead_idle_connections_are_evicted_not_handed_out() {
     })
     .await;
     assert!(gone);
-    let stopped = eventually(Duration::from_secs(5), || async {
-        let n: i64 = direct.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().get(0);
-        n == 0
-    })
-    .await;
-    assert!(stopped);
+    assert!(server_gone(&direct, pid, Duration::from_secs(5)).await);
     let c2 = env.client().await;
     let pid2 = backend_pid(&c2).await;
     assert_ne!(pid2, pid, "a fresh server connection, not the dead one");
@@ -164,12 +168,7 @@ async fn idle_connections_past_idle_timeout_are_closed() {
     let pid = backend_pid(&c).await;
     drop(c);
     let direct = env.direct(0).await;
-    let closed = eventually(Duration::from_secs(10), || async {
-        let n: i64 = direct.query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid]).await.unwrap().get(0);
-        n == 0
-    })
-    .await;
-    assert!(closed, "the reaper closed the idle server connection");
+    assert!(server_gone(&direct, pid, Duration::from_secs(10)).await, "the reaper closed the idle server connection");
     let forgotten = eventually(Duration::from_secs(5), || async { env.handle().shared().pools.pool_count() == 0 }).await;
     assert!(forgotten, "an empty, unused pool is forgotten");
 }
