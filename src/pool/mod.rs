@@ -73,12 +73,6 @@ pub struct Checkout {
     _permit: OwnedSemaphorePermit,
 }
 
-impl Checkout {
-    pub fn key(&self) -> &PoolKey {
-        &self.key
-    }
-}
-
 impl Pools {
     pub fn new(settings: PoolSettings) -> Self {
         Self { settings, pools: Mutex::new(HashMap::new()) }
@@ -94,6 +88,12 @@ impl Pools {
             .entry(key.clone())
             .or_insert_with(|| Arc::new(Pool { permits: Arc::new(Semaphore::new(self.settings.size)), idle: Mutex::new(Vec::new()) }))
             .clone()
+    }
+
+    /// Whether an idle connection may be handed out: within `idle_timeout`, no EOF and no
+    /// unsolicited bytes.
+    fn still_usable(&self, conn: &ServerConn) -> bool {
+        conn.last_used.elapsed() < self.settings.idle_timeout && conn.is_idle_and_clean()
     }
 
     /// Lends a server connection for `key`, waiting for a free slot up to the checkout timeout.
@@ -112,7 +112,7 @@ impl Pools {
         loop {
             let candidate = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let Some(conn) = candidate else { break };
-            if conn.addr == addr && conn.is_idle_and_clean() && conn.last_used.elapsed() < self.settings.idle_timeout {
+            if conn.addr == addr && self.still_usable(&conn) {
                 return Ok(Checkout { conn, key: key.clone(), _permit: permit });
             }
             tracing::debug!(backend = conn.backend, server_pid = conn.pid, "closing stale idle server connection");
@@ -139,11 +139,10 @@ impl Pools {
     /// Closes idle connections that are too old or no longer clean, and forgets pools
     /// that have no connections and no user.
     pub fn reap(&self) {
-        let max_idle = self.settings.idle_timeout;
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.retain(|_, pool| {
             let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.retain(|c| c.last_used.elapsed() < max_idle && c.is_idle_and_clean());
+            idle.retain(|c| self.still_usable(c));
             let unused = pool.permits.available_permits() == self.settings.size && Arc::strong_count(pool) == 1;
             !(idle.is_empty() && unused)
         });
@@ -152,27 +151,6 @@ impl Pools {
     /// Number of pools currently known.
     pub fn pool_count(&self) -> usize {
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Closes every idle connection to `backend` (e.g. after it went down).
-    pub fn drop_idle_for(&self, backend: usize) {
-        let pools: Vec<Arc<Pool>> = self.pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        for pool in pools {
-            pool.idle.lock().unwrap_or_else(|p| p.into_inner()).retain(|c| c.backend != backend);
-        }
-    }
-
-    /// Counts of (idle, in use) server connections over all pools.
-    pub fn counts(&self) -> (usize, usize) {
-        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        let mut idle = 0;
-        let mut used = 0;
-        for pool in pools.values() {
-            let n_idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
-            idle += n_idle;
-            used += self.settings.size - pool.permits.available_permits();
-        }
-        (idle, used)
     }
 
     /// Runs the reaper until `stop` is cancelled.
