@@ -45,7 +45,7 @@ pub struct Config {
 }
 
 /// `[proxy]`: the client-facing listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Address clients connect to. Default "127.0.0.1:9999".
@@ -76,7 +76,7 @@ impl Default for ProxyConfig {
 }
 
 /// `[pool]`: backend connections.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Server connections per (backend, user, database, startup parameters). Default 20.
@@ -142,7 +142,7 @@ impl Default for AuthConfig {
 }
 
 /// `[health_check]`: how pgvigil checks backends and finds the primary.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
     /// Time between checks of each backend. Default "1s".
@@ -182,7 +182,7 @@ impl Default for HealthCheckConfig {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// Filter in `RUST_LOG` syntax; the `RUST_LOG` environment variable wins. Default "info".
@@ -198,7 +198,7 @@ impl Default for LogConfig {
 }
 
 /// `[[backends]]`: one PostgreSQL server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// Unique name, used in logs and the admin interface. Required.

@@ -221,3 +221,16 @@ fn demo_without_postgresql_says_how_to_install_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("apt-get install -y postgresql-15"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_naming_changes_that_need_a_restart() {
+    let mut env = Env::start(Options::default()).await;
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    std::fs::write(&env.config_path, text.replace("[pool]\n", "[pool]\nsize = 3\n")).unwrap();
+    let handle = env.proxy.as_mut().unwrap();
+    assert_eq!(handle.reload().unwrap(), vec!["pool.*".to_string()]);
+    // Still not applied, so still reported.
+    assert_eq!(handle.reload().unwrap(), vec!["pool.*".to_string()]);
+    std::fs::write(&env.config_path, text).unwrap();
+    assert!(handle.reload().unwrap().is_empty());
+}

@@ -143,33 +143,23 @@ impl ProxyHandle {
         };
         let next = Config::load(&path)?;
         let reloadable = Reloadable::from_config(&next)?;
-        let mut not_applied = Vec::new();
+        // Compared with the configuration in effect, so a change that needs a restart is
+        // reported again at every reload until the restart.
         let old = &self.config;
-        if old.proxy.listen != next.proxy.listen {
-            not_applied.push("proxy.listen".to_string());
-        }
-        if old.proxy.worker_threads != next.proxy.worker_threads {
-            not_applied.push("proxy.worker_threads".to_string());
-        }
-        if old.proxy.max_clients != next.proxy.max_clients {
-            not_applied.push("proxy.max_clients".to_string());
-        }
-        if old.proxy.max_message_size != next.proxy.max_message_size || old.proxy.startup_timeout != next.proxy.startup_timeout {
-            not_applied.push("proxy.max_message_size / proxy.startup_timeout".to_string());
-        }
-        if format!("{:?}", old.pool) != format!("{:?}", next.pool) {
-            not_applied.push("pool.*".to_string());
-        }
-        if format!("{:?}", old.backends) != format!("{:?}", next.backends) {
-            not_applied.push("backends".to_string());
-        }
-        if format!("{:?}", old.health_check) != format!("{:?}", next.health_check)
-            || old.health_check.password != next.health_check.password
-        {
-            not_applied.push("health_check.*".to_string());
-        }
+        let not_applied: Vec<String> = [
+            ("proxy.*", old.proxy != next.proxy),
+            ("pool.*", old.pool != next.pool),
+            ("health_check.*", old.health_check != next.health_check),
+            ("log.*", old.log != next.log),
+            ("backends", old.backends != next.backends),
+        ]
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(section, _)| section.to_string())
+        .collect();
         *self.shared.reloadable.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(reloadable);
-        self.config = next;
+        self.config.auth = next.auth;
+        self.config.base_dir = next.base_dir;
         Ok(not_applied)
     }
 
