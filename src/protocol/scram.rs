@@ -47,7 +47,7 @@ pub enum ScramError {
 use ScramError::Malformed;
 
 /// Constant-time equality (length is not secret).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -14,7 +14,7 @@ use crate::pool::BackendCredential;
 use crate::protocol::backend::{self, PgError, AUTH_MD5, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL};
 use crate::protocol::frame::{self, fe};
 use crate::protocol::md5::{md5_password_hash, md5_salted_response};
-use crate::protocol::scram::{ScramError, ScramVerifier, ServerExchange, SCRAM_SHA_256};
+use crate::protocol::scram::{ct_eq, ScramError, ScramVerifier, ServerExchange, SCRAM_SHA_256};
 use crate::protocol::{frontend, sqlstate};
 
 /// PostgreSQL's limit on an authentication message (PG_MAX_AUTH_TOKEN_LENGTH).
@@ -63,7 +63,7 @@ pub async fn authenticate(
                 _ => None,
             };
             match expected {
-                Some(e) if constant_time_eq(e.as_bytes(), answer.as_bytes()) => Ok(stored()),
+                Some(e) if ct_eq(e.as_bytes(), answer.as_bytes()) => Ok(stored()),
                 _ => Err(AuthFailure::Reject(PgError::password_failed(user))),
             }
         }
@@ -152,8 +152,4 @@ async fn read_password_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Re
             return Err(AuthFailure::Disconnected);
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
