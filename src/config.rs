@@ -38,6 +38,8 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
     pub backends: Vec<BackendConfig>,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
@@ -197,6 +199,97 @@ impl Default for LogConfig {
     }
 }
 
+/// `[routing]`: where statements run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Send reads to hot standbys (and the primary) by weight. Off: everything goes
+    /// to the primary. Default true.
+    pub load_balance: bool,
+    /// "session": the read node is chosen once per session; "statement": for every
+    /// statement outside a transaction. Default "session".
+    pub granularity: Granularity,
+    /// Where reads go after a write: "transaction" | "trans_transaction" | "session" |
+    /// "dml_adaptive" | "off". Default "transaction".
+    pub after_write: AfterWrite,
+    /// Standbys more than this many bytes of WAL behind the primary get no reads;
+    /// "0" disables the check. Default "16MB".
+    pub max_lag: ByteSize,
+    /// Standbys whose replay is this far behind get no reads; "0" disables. Default "5s".
+    pub max_lag_time: DurationStr,
+    /// How often the monitor samples the WAL positions that lag is computed from.
+    /// Default "1s".
+    pub lag_check_interval: DurationStr,
+    /// Among eligible nodes, prefer the one with the least lag over weights. Default false.
+    pub prefer_lower_lag: bool,
+    /// After a session commits a write, its reads go only to standbys that have
+    /// replayed that commit (else to the primary). Default false.
+    pub causal_reads: bool,
+    /// Regexes of functions that never write, overriding the catalog. Default [].
+    pub read_only_functions: Vec<String>,
+    /// Regexes of functions that write, overriding the catalog. Default [].
+    pub write_functions: Vec<String>,
+    /// Query texts whose classification is cached. Default 10000.
+    pub classifier_cache_size: usize,
+    /// `[[routing.redirect]]`: rules that send a session's reads somewhere; first match wins.
+    pub redirect: Vec<RedirectRule>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            load_balance: true,
+            granularity: Granularity::Session,
+            after_write: AfterWrite::Transaction,
+            max_lag: ByteSize(16 << 20),
+            max_lag_time: DurationStr(Duration::from_secs(5)),
+            lag_check_interval: DurationStr(Duration::from_secs(1)),
+            prefer_lower_lag: false,
+            causal_reads: false,
+            read_only_functions: Vec::new(),
+            write_functions: Vec::new(),
+            classifier_cache_size: 10_000,
+            redirect: Vec::new(),
+        }
+    }
+}
+
+/// `routing.granularity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    Session,
+    Statement,
+}
+
+/// `routing.after_write`, as Pgpool-II's `disable_load_balance_on_write`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterWrite {
+    /// After a write in a transaction, its later reads go to the primary.
+    Transaction,
+    /// As `Transaction`; also, once a transaction wrote, reads in every later
+    /// transaction of the session go to the primary.
+    TransTransaction,
+    /// After any write, every later read of the session goes to the primary.
+    Session,
+    /// In a transaction, reads of tables it wrote go to the primary.
+    DmlAdaptive,
+    /// Reads stay balanced after writes.
+    Off,
+}
+
+/// One `[[routing.redirect]]` rule: every given pattern must match (regexes, unanchored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectRule {
+    pub application_name: Option<String>,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    /// "primary", "standby" or a backend name.
+    pub to: String,
+}
+
 /// `[[backends]]`: one PostgreSQL server.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,6 +301,14 @@ pub struct BackendConfig {
     /// Port. Default 5432.
     #[serde(default = "default_pg_port")]
     pub port: u16,
+    /// Share of reads relative to the other backends' weights; 0 sends it no reads.
+    /// Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+fn default_weight() -> f64 {
+    1.0
 }
 
 fn default_pg_port() -> u16 {
@@ -373,7 +474,11 @@ impl Config {
             if b.port == 0 {
                 return err(format!("backends[{i}].port must not be 0"));
             }
+            if !(b.weight.is_finite() && b.weight >= 0.0) {
+                return err(format!("backends[{i}].weight must be a number ≥ 0"));
+            }
         }
+        self.validate_routing()?;
         if self.auth.method != AuthMethod::Trust && self.auth.users_file.is_none() {
             return err(format!("auth.users_file is required when auth.method is \"{}\"", self.auth.method));
         }
@@ -388,6 +493,35 @@ impl Config {
                         ));
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_routing(&self) -> Result<(), ConfigError> {
+        let r = &self.routing;
+        if r.lag_check_interval.0.is_zero() {
+            return err("routing.lag_check_interval must be greater than 0");
+        }
+        if r.classifier_cache_size == 0 {
+            return err("routing.classifier_cache_size must be at least 1");
+        }
+        crate::router::FunctionPolicy::new(&r.read_only_functions, &r.write_functions).map_err(ConfigError)?;
+        for (i, rule) in r.redirect.iter().enumerate() {
+            let patterns = [("application_name", &rule.application_name), ("database", &rule.database), ("user", &rule.user)];
+            if patterns.iter().all(|(_, p)| p.is_none()) {
+                return err(format!("routing.redirect[{i}]: give at least one of application_name, database, user"));
+            }
+            for (key, pattern) in patterns {
+                if let Some(p) = pattern {
+                    regex::Regex::new(p).map_err(|e| ConfigError(format!("routing.redirect[{i}].{key}: bad regex {p:?}: {e}")))?;
+                }
+            }
+            if rule.to != "primary" && rule.to != "standby" && !self.backends.iter().any(|b| b.name == rule.to) {
+                return err(format!(
+                    "routing.redirect[{i}].to: {:?} is not \"primary\", \"standby\" or a backend name",
+                    rule.to
+                ));
             }
         }
         Ok(())

@@ -151,6 +151,7 @@ impl ProxyHandle {
             ("pool.*", old.pool != next.pool),
             ("health_check.*", old.health_check != next.health_check),
             ("log.*", old.log != next.log),
+            ("routing.*", old.routing != next.routing),
             ("backends", old.backends != next.backends),
         ]
         .into_iter()
