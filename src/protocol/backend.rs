@@ -235,6 +235,50 @@ pub fn write_ready_for_query(out: &mut BytesMut, status: u8) {
     finish(out, at);
 }
 
+pub fn write_command_complete(out: &mut BytesMut, tag: &str) {
+    let at = begin(out, be::COMMAND_COMPLETE);
+    put_cstr(out, tag);
+    finish(out, at);
+}
+
+/// Messages with an empty body: ParseComplete, BindComplete, CloseComplete, NoData…
+pub fn write_empty(out: &mut BytesMut, tag: u8) {
+    let at = begin(out, tag);
+    finish(out, at);
+}
+
+/// RowDescription of text columns (type `text`, OID 25, text format).
+pub fn write_text_row_description(out: &mut BytesMut, columns: &[&str]) {
+    let at = begin(out, be::ROW_DESCRIPTION);
+    out.put_i16(columns.len() as i16);
+    for c in columns {
+        put_cstr(out, c);
+        out.put_i32(0); // table OID
+        out.put_i16(0); // column number
+        out.put_i32(25); // type OID: text
+        out.put_i16(-1); // type size
+        out.put_i32(-1); // type modifier
+        out.put_i16(0); // text format
+    }
+    finish(out, at);
+}
+
+/// DataRow of text values; `None` is SQL NULL.
+pub fn write_data_row<S: AsRef<str>>(out: &mut BytesMut, values: &[Option<S>]) {
+    let at = begin(out, be::DATA_ROW);
+    out.put_i16(values.len() as i16);
+    for v in values {
+        match v {
+            Some(v) => {
+                out.put_i32(v.as_ref().len() as i32);
+                out.extend_from_slice(v.as_ref().as_bytes());
+            }
+            None => out.put_i32(-1),
+        }
+    }
+    finish(out, at);
+}
+
 /// NegotiateProtocolVersion: the newest minor version supported and the options not recognized.
 pub fn write_negotiate_protocol_version(out: &mut BytesMut, newest_minor: i32, unrecognized: &[String]) {
     let at = begin(out, be::NEGOTIATE_PROTOCOL_VERSION);

@@ -12,6 +12,19 @@ pub fn write_query(out: &mut BytesMut, sql: &str) {
     finish(out, at);
 }
 
+pub fn write_sync(out: &mut BytesMut) {
+    let at = begin(out, fe::SYNC);
+    finish(out, at);
+}
+
+/// Close of a prepared statement (`kind` b'S') or portal (b'P').
+pub fn write_close(out: &mut BytesMut, kind: u8, name: &str) {
+    let at = begin(out, fe::CLOSE);
+    out.put_u8(kind);
+    put_cstr(out, name);
+    finish(out, at);
+}
+
 pub fn write_terminate(out: &mut BytesMut) {
     let at = begin(out, fe::TERMINATE);
     finish(out, at);
