@@ -33,6 +33,8 @@ pub struct WalPosition {
     pub replay: Option<u64>,
     /// `pg_last_xact_replay_timestamp()`, on a standby.
     pub last_replayed_commit: Option<SystemTime>,
+    /// How far replay is behind in time, on a standby.
+    pub replay_lag_time: Option<Duration>,
 }
 
 /// One backend's state in the view.
@@ -71,6 +73,17 @@ impl ClusterView {
             return None;
         }
         Some(primary.saturating_sub(node.wal.replay?))
+    }
+}
+
+impl ClusterView {
+    /// How far standby `i`'s replay is behind in time, as of its last check.
+    pub fn replay_lag_time(&self, i: usize) -> Option<Duration> {
+        let node = self.nodes.get(i)?;
+        if !node.up || node.role != Role::Standby {
+            return None;
+        }
+        node.wal.replay_lag_time
     }
 }
 
@@ -221,6 +234,7 @@ async fn check_once(
             .try_get::<_, Option<f64>>(4)?
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(s)),
+        replay_lag_time: None,
     };
     Ok((if in_recovery { Role::Standby } else { Role::Primary }, wal))
 }

@@ -24,6 +24,8 @@ pub struct CancelTarget {
 struct Entry {
     secret: i32,
     target: Option<CancelTarget>,
+    /// Every server connection the client holds, as (backend, server pid).
+    servers: Vec<(usize, i32)>,
 }
 
 #[derive(Default)]
@@ -60,7 +62,7 @@ impl CancelRegistry {
                 continue;
             }
             let secret = rand::random::<i32>();
-            maps.clients.insert(pid, Entry { secret, target: None });
+            maps.clients.insert(pid, Entry { secret, target: None, servers: Vec::new() });
             return CancelKey { registry: self, pid, secret };
         }
     }
@@ -111,23 +113,48 @@ impl CancelRegistry {
 }
 
 impl CancelKey<'_> {
-    /// Points this client's cancels at a server connection (or at none).
+    /// Points this client's cancels at the server connection running its request (or at none).
     pub fn set_target(&self, target: Option<CancelTarget>) {
-        let mut maps = self.registry.lock();
-        let old = maps.clients.get_mut(&self.pid).and_then(|e| std::mem::replace(&mut e.target, target));
-        if let Some(old) = old {
-            maps.by_server.remove(&(old.backend, old.pid));
+        if let Some(e) = self.registry.lock().clients.get_mut(&self.pid) {
+            e.target = target;
         }
-        if let Some(t) = target {
-            maps.by_server.insert((t.backend, t.pid), self.pid);
+    }
+
+    /// Records a server connection the client holds, so notifications it sends name
+    /// this client's pid.
+    pub fn add_server(&self, backend: usize, server_pid: i32) {
+        let mut maps = self.registry.lock();
+        maps.by_server.insert((backend, server_pid), self.pid);
+        if let Some(e) = maps.clients.get_mut(&self.pid) {
+            e.servers.push((backend, server_pid));
+        }
+    }
+
+    /// Forgets a server connection the client no longer holds.
+    pub fn remove_server(&self, backend: usize, server_pid: i32) {
+        let mut maps = self.registry.lock();
+        if maps.by_server.get(&(backend, server_pid)) == Some(&self.pid) {
+            maps.by_server.remove(&(backend, server_pid));
+        }
+        if let Some(e) = maps.clients.get_mut(&self.pid) {
+            e.servers.retain(|s| *s != (backend, server_pid));
+            if e.target.is_some_and(|t| (t.backend, t.pid) == (backend, server_pid)) {
+                e.target = None;
+            }
         }
     }
 }
 
 impl Drop for CancelKey<'_> {
     fn drop(&mut self) {
-        self.set_target(None);
-        self.registry.lock().clients.remove(&self.pid);
+        let mut maps = self.registry.lock();
+        if let Some(e) = maps.clients.remove(&self.pid) {
+            for s in e.servers {
+                if maps.by_server.get(&s) == Some(&self.pid) {
+                    maps.by_server.remove(&s);
+                }
+            }
+        }
     }
 }
 
@@ -144,6 +171,7 @@ mod tests {
         assert!(a.pid > 0);
         let t = CancelTarget { backend: 0, addr: "127.0.0.1:1".parse().unwrap(), pid: 77, secret: 5 };
         a.set_target(Some(t));
+        a.add_server(0, 77);
         assert_eq!(r.target(a.pid, a.secret), Some(t));
         assert_eq!(r.target(a.pid, a.secret.wrapping_add(1)), None);
         assert_eq!(r.client_pid_for(0, 77), Some(a.pid));

@@ -21,6 +21,7 @@
 //!   control → Write; only reads → Read. Empty and `;`-only strings are Reads.
 //! - set_config() anywhere in an otherwise reading statement → SessionState.
 
+pub mod balance;
 mod cache;
 mod catalog;
 mod classify;
