@@ -271,6 +271,47 @@ impl ServerConn {
         }
     }
 
+    /// Runs one statement and returns the first column of its first row (as text).
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ConnectError> {
+        let mut out = BytesMut::new();
+        frontend::write_query(&mut out, sql);
+        self.send(&out).await?;
+        let mut failed = None;
+        let mut value = None;
+        loop {
+            let m = self.recv().await?;
+            match m.tag {
+                be::READY_FOR_QUERY => {
+                    self.tx_status = m.body.first().copied().unwrap_or(b'I');
+                    return match failed {
+                        Some(e) => Err(e),
+                        None => Ok(value),
+                    };
+                }
+                be::DATA_ROW if value.is_none() => {
+                    let mut r = frame::Reader::new(&m.body);
+                    let first = (|| -> Result<Option<String>, crate::protocol::ProtocolError> {
+                        if r.i16()? < 1 {
+                            return Ok(None);
+                        }
+                        let len = r.i32()?;
+                        if len < 0 {
+                            return Ok(None);
+                        }
+                        Ok(Some(String::from_utf8_lossy(r.bytes(len as usize)?).into_owned()))
+                    })();
+                    value = first.map_err(|e| self.protocol(e))?;
+                }
+                be::PARAMETER_STATUS => self.note_parameter(&m.body)?,
+                be::ERROR_RESPONSE => failed = Some(self.server_error(&m)),
+                be::COPY_IN_RESPONSE | be::COPY_OUT_RESPONSE | be::COPY_BOTH_RESPONSE => {
+                    return Err(self.protocol("query entered COPY mode"));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Whether an idle connection is still usable: no EOF and no unsolicited bytes.
     pub fn is_idle_and_clean(&self) -> bool {
         if !self.buf.is_empty() {

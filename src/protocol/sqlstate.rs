@@ -12,3 +12,5 @@ pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const INTERNAL_ERROR: &str = "XX000";
 pub const QUERY_CANCELED: &str = "57014";
+pub const INVALID_PARAMETER_VALUE: &str = "22023";
+pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";

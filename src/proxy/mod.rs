@@ -8,9 +8,14 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod catalogs;
+mod engine;
+mod link;
 mod listener;
+pub mod route;
 pub mod session;
 mod startup;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,10 +27,14 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{AuthMethod, Config, ConfigError, UsersFile};
+use regex::Regex;
+
+use crate::config::{AuthMethod, Config, ConfigError, RoutingConfig, UsersFile};
 use crate::monitor::{self, CheckSettings, ClusterView};
-use crate::pool::{PoolSettings, Pools};
+use crate::pool::{PoolKey, PoolSettings, Pools};
 use crate::protocol::scram::ScramVerifier;
+use crate::router::balance::{Balancer, ReadTarget};
+use crate::router::{ClassifierCache, FunctionPolicy};
 
 /// Settings a reload may change.
 pub struct Reloadable {
@@ -49,12 +58,68 @@ pub struct Shared {
     pub sessions: TaskTracker,
     /// Secret for mock SCRAM verifiers of unknown users (per process).
     pub mock_secret: [u8; 32],
+    pub routing: RoutingConfig,
+    pub classifier: ClassifierCache,
+    pub function_policy: FunctionPolicy,
+    pub balancer: Balancer,
+    pub catalogs: catalogs::Catalogs,
+    pub stats: stats::RouteStats,
+    /// ParameterStatus values of the primary, per pool key (backend field unused).
+    pub startup_params: Mutex<HashMap<PoolKey, Vec<(String, String)>>>,
+    redirects: Vec<Redirect>,
+    backend_names: Vec<String>,
+}
+
+/// A compiled `[[routing.redirect]]` rule.
+struct Redirect {
+    application_name: Option<Regex>,
+    database: Option<Regex>,
+    user: Option<Regex>,
+    to: ReadTarget,
 }
 
 impl Shared {
     pub fn reloadable(&self) -> Arc<Reloadable> {
         self.reloadable.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Where a session's reads go by the first matching redirect rule.
+    pub fn redirect_target(&self, application_name: &str, database: &str, user: &str) -> ReadTarget {
+        let hit = |p: &Option<Regex>, v: &str| p.as_ref().is_none_or(|r| r.is_match(v));
+        self.redirects
+            .iter()
+            .find(|r| hit(&r.application_name, application_name) && hit(&r.database, database) && hit(&r.user, user))
+            .map_or(ReadTarget::Any, |r| r.to)
+    }
+
+    pub fn backend_name(&self, i: usize) -> &str {
+        self.backend_names.get(i).map_or("", String::as_str)
+    }
+}
+
+fn compile_redirects(config: &Config) -> Result<Vec<Redirect>, ConfigError> {
+    let re = |p: &Option<String>| -> Result<Option<Regex>, ConfigError> {
+        p.as_ref().map(|p| Regex::new(p).map_err(|e| ConfigError(format!("routing.redirect: bad regex {p:?}: {e}")))).transpose()
+    };
+    config
+        .routing
+        .redirect
+        .iter()
+        .map(|r| {
+            let to = match r.to.as_str() {
+                "primary" => ReadTarget::Primary,
+                "standby" => ReadTarget::Standby,
+                name => ReadTarget::Node(
+                    config
+                        .backends
+                        .iter()
+                        .position(|b| b.name == name)
+                        .ok_or_else(|| ConfigError(format!("routing.redirect.to: no backend named {name:?}")))?,
+                ),
+            };
+            Ok(Redirect { application_name: re(&r.application_name)?, database: re(&r.database)?, user: re(&r.user)?, to })
+        })
+        .collect()
 }
 
 /// A running proxy.
@@ -87,12 +152,14 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         nodes.push((b.name.clone(), b.host.clone(), b.port, addr));
     }
     let check = CheckSettings {
-        interval: config.health_check.interval.get(),
+        // WAL positions (lag) are sampled by the same check.
+        interval: config.health_check.interval.get().min(config.routing.lag_check_interval.get()),
         timeout: config.health_check.timeout.get(),
         user: config.health_check.user.clone(),
         password: config.health_check_password(&reloadable.users),
         database: config.health_check.database.clone(),
     };
+    let check_password = check.password.clone();
     let view = monitor::spawn(nodes, check, background.clone());
     let pools = Arc::new(Pools::new(PoolSettings {
         size: config.pool.size,
@@ -119,6 +186,20 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         terminate: CancellationToken::new(),
         sessions: TaskTracker::new(),
         mock_secret: rand::random(),
+        routing: config.routing.clone(),
+        classifier: ClassifierCache::new(config.routing.classifier_cache_size),
+        function_policy: FunctionPolicy::new(&config.routing.read_only_functions, &config.routing.write_functions)
+            .map_err(ConfigError)?,
+        balancer: Balancer::new(config.backends.iter().map(|b| b.weight).collect()),
+        catalogs: catalogs::Catalogs::new(
+            config.health_check.user.clone(),
+            check_password,
+            config.health_check.timeout.get().max(Duration::from_secs(5)),
+        ),
+        stats: stats::RouteStats::new(config.backends.len()),
+        startup_params: Mutex::new(HashMap::new()),
+        redirects: compile_redirects(&config)?,
+        backend_names: config.backends.iter().map(|b| b.name.clone()).collect(),
     });
     let accept_task = tokio::spawn(listener::accept_loop(socket, shared.clone()));
     tracing::info!(listen = %local_addr, backends = config.backends.len(), "pgvigil proxy listening");

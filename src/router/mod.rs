@@ -46,4 +46,5 @@ pub use classify::{classify, pgvigil_setting};
 pub use functions::{final_kind, FunctionPolicy, Volatility};
 pub use reason::Reason;
 pub use transaction::serializable_needs_primary;
+pub(crate) use transaction::parse_bool;
 pub use types::{Classification, FunctionRef, Isolation, Kind, RelationRef, TxControl};
