@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cancel;
 mod listener;
 pub mod session;
+pub mod show;
 mod startup;
 
 use std::collections::HashMap;
