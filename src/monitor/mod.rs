@@ -33,7 +33,9 @@ pub struct WalPosition {
     pub replay: Option<u64>,
     /// `pg_last_xact_replay_timestamp()`, on a standby.
     pub last_replayed_commit: Option<SystemTime>,
-    /// How far replay is behind in time, on a standby.
+    /// On a standby, by its own clock: zero when everything received is replayed, else
+    /// the age of the last replayed commit (`None` when it has replayed none). `None`
+    /// on a primary.
     pub replay_lag_time: Option<Duration>,
 }
 
@@ -45,6 +47,8 @@ pub struct NodeState {
     pub up: bool,
     pub role: Role,
     pub wal: WalPosition,
+    /// When `up` or `role` last changed; the monitor's start until the first change.
+    pub last_change: SystemTime,
 }
 
 /// An immutable snapshot of the cluster.
@@ -74,16 +78,33 @@ impl ClusterView {
         }
         Some(primary.saturating_sub(node.wal.replay?))
     }
-}
 
-impl ClusterView {
-    /// How far standby `i`'s replay is behind in time, as of its last check.
+    /// How far behind in time standby `i` replays, as it measured at its last check
+    /// (see [`WalPosition::replay_lag_time`]); `None` unless it is an up standby.
     pub fn replay_lag_time(&self, i: usize) -> Option<Duration> {
         let node = self.nodes.get(i)?;
         if !node.up || node.role != Role::Standby {
             return None;
         }
         node.wal.replay_lag_time
+    }
+
+    /// The view with node `index`'s check result applied, or `None` when nothing
+    /// changed. `now` becomes its `last_change` when `up` or `role` changed.
+    fn with_check(&self, index: usize, up: bool, role: Role, wal: WalPosition, now: SystemTime) -> Option<Self> {
+        let node = self.nodes.get(index)?;
+        if node.up == up && node.role == role && node.wal == wal {
+            return None;
+        }
+        let mut next = self.clone();
+        let node = &mut next.nodes[index];
+        if node.up != up || node.role != role {
+            node.last_change = now;
+        }
+        node.up = up;
+        node.role = role;
+        node.wal = wal;
+        Some(next)
     }
 }
 
@@ -109,6 +130,7 @@ pub fn spawn(
     settings: CheckSettings,
     stop: CancellationToken,
 ) -> watch::Receiver<Arc<ClusterView>> {
+    let started = SystemTime::now();
     let view = ClusterView {
         nodes: nodes
             .iter()
@@ -118,6 +140,7 @@ pub fn spawn(
                 up: false,
                 role: Role::Unknown,
                 wal: WalPosition::default(),
+                last_change: started,
             })
             .collect(),
     };
@@ -172,29 +195,29 @@ async fn check_loop(
             }
         };
         tx.send_if_modified(|view| {
-            let node = &view.nodes[index];
-            if node.up == up && node.role == role && node.wal == wal {
-                return false;
-            }
-            if node.up != up || node.role != role {
+            let Some(next) = view.with_check(index, up, role, wal, SystemTime::now()) else { return false };
+            let (before, after) = (&view.nodes[index], &next.nodes[index]);
+            if before.up != after.up || before.role != after.role {
                 tracing::info!(node = %name, up, role = ?role, "backend state changed");
             }
-            let mut next = (**view).clone();
-            next.nodes[index].up = up;
-            next.nodes[index].role = role;
-            next.nodes[index].wal = wal;
             *view = Arc::new(next);
             true
         });
     }
 }
 
-/// The check query: role and WAL positions in one round trip. `pg_current_wal_lsn()`
-/// fails during recovery, so it is only evaluated on a primary.
+/// The check query: role, WAL positions and replay lag in one round trip.
+/// `pg_current_wal_lsn()` fails during recovery, so it is only evaluated on a primary.
+/// The lag is zero when replay has reached what was received (`>=`, not `=`: right after
+/// a restart the receiver restarts at the start of a segment, behind replay), else the
+/// age of the last replayed commit.
 const CHECK_QUERY: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
      pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
-     extract(epoch FROM pg_last_xact_replay_timestamp())::float8";
+     extract(epoch FROM pg_last_xact_replay_timestamp())::float8, \
+     (CASE WHEN NOT pg_is_in_recovery() THEN NULL \
+           WHEN pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() THEN 0 \
+           ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END)::float8";
 
 async fn check_once(
     client: &mut Option<tokio_postgres::Client>,
@@ -234,9 +257,15 @@ async fn check_once(
             .try_get::<_, Option<f64>>(4)?
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(s)),
-        replay_lag_time: None,
+        replay_lag_time: row.try_get::<_, Option<f64>>(5)?.map(lag_from_seconds),
     };
     Ok((if in_recovery { Role::Standby } else { Role::Primary }, wal))
+}
+
+/// Seconds of lag as the server computed them; a negative value (a commit stamped
+/// after the check's `now()`) is no lag.
+fn lag_from_seconds(seconds: f64) -> Duration {
+    Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -251,5 +280,72 @@ mod tests {
         for bad in ["", "16", "/1", "1/", "x/1", "1/2/3", "100000000/0"] {
             assert_eq!(parse_lsn(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn lag_seconds() {
+        assert_eq!(lag_from_seconds(0.0), Duration::ZERO);
+        assert_eq!(lag_from_seconds(1.5), Duration::from_millis(1500));
+        assert_eq!(lag_from_seconds(-0.002), Duration::ZERO);
+        assert_eq!(lag_from_seconds(f64::NAN), Duration::ZERO);
+        assert_eq!(lag_from_seconds(f64::INFINITY), Duration::MAX);
+        assert_eq!(lag_from_seconds(1e30), Duration::MAX);
+    }
+
+    fn view(started: SystemTime) -> ClusterView {
+        let node = |name: &str, port: u16, role: Role, wal: WalPosition| NodeState {
+            name: name.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            up: true,
+            role,
+            wal,
+            last_change: started,
+        };
+        let standby_wal = WalPosition {
+            receive: Some(900),
+            replay: Some(800),
+            replay_lag_time: Some(Duration::from_secs(3)),
+            ..WalPosition::default()
+        };
+        ClusterView {
+            nodes: vec![
+                node("a", 5432, Role::Primary, WalPosition { current: Some(1000), ..WalPosition::default() }),
+                node("b", 5433, Role::Standby, standby_wal),
+                node("c", 5434, Role::Standby, standby_wal),
+            ],
+        }
+    }
+
+    #[test]
+    fn replay_lag_time_only_for_up_standbys() {
+        let mut v = view(SystemTime::UNIX_EPOCH);
+        assert_eq!(v.replay_lag_time(1), Some(Duration::from_secs(3)));
+        assert_eq!(v.replay_lag_bytes(1), Some(200));
+        assert_eq!(v.replay_lag_time(0), None);
+        assert_eq!(v.replay_lag_time(9), None);
+        v.nodes[2].up = false;
+        assert_eq!(v.replay_lag_time(2), None);
+    }
+
+    #[test]
+    fn last_change_moves_only_when_up_or_role_changes() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let (t1, t2) = (t0 + Duration::from_secs(5), t0 + Duration::from_secs(9));
+        let v = view(t0);
+        let same = v.nodes[1].wal;
+        assert_eq!(v.with_check(1, true, Role::Standby, same, t1), None, "nothing changed");
+
+        let caught_up = WalPosition { replay: Some(900), replay_lag_time: Some(Duration::ZERO), ..same };
+        let v1 = v.with_check(1, true, Role::Standby, caught_up, t1).unwrap_or_else(|| panic!("wal changed"));
+        assert_eq!(v1.nodes[1].wal, caught_up);
+        assert_eq!(v1.nodes[1].last_change, t0, "WAL progress is no status change");
+
+        let v2 = v1.with_check(1, false, Role::Unknown, WalPosition::default(), t2).unwrap_or_else(|| panic!("down"));
+        assert_eq!((v2.nodes[1].up, v2.nodes[1].role, v2.nodes[1].last_change), (false, Role::Unknown, t2));
+        assert_eq!(v2.nodes[0].last_change, t0, "other nodes keep theirs");
+
+        let v3 = v.with_check(2, true, Role::Primary, WalPosition::default(), t1).unwrap_or_else(|| panic!("promoted"));
+        assert_eq!(v3.nodes[2].last_change, t1);
+        assert_eq!(v.with_check(7, true, Role::Primary, same, t1), None, "no such node");
     }
 }

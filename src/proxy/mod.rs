@@ -14,6 +14,7 @@ mod link;
 mod listener;
 pub mod route;
 pub mod session;
+pub mod show;
 mod startup;
 pub mod stats;
 

@@ -221,6 +221,7 @@ mod tests {
             up,
             role,
             wal: WalPosition::default(),
+            last_change: std::time::SystemTime::UNIX_EPOCH,
         }
     }
 

@@ -2,8 +2,11 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use pg_query::NodeEnum;
+
 use super::hint::leading_hint;
 use super::reason::Reason;
+use super::session_objects;
 use super::statement::{decide, Decision};
 use super::types::{Classification, Kind};
 use super::walk::Findings;
@@ -27,6 +30,13 @@ pub fn classify(sql: &str) -> Classification {
     let mut c = stacker::maybe_grow(RED_ZONE, PARSE_STACK, || {
         catch_unwind(AssertUnwindSafe(|| parsed(sql))).unwrap_or_else(|_| unparsable())
     });
+    apply_hint(&mut c, hint);
+    c
+}
+
+/// A leading hint forces Read and Write to the primary, here and in what a PREPARE
+/// holds (its EXECUTEs go to the primary too).
+fn apply_hint(c: &mut Classification, hint: Option<&'static str>) {
     c.forced_primary_hint = hint.is_some();
     if let Some(comment) = hint {
         if matches!(c.kind, Kind::Read | Kind::Write) {
@@ -34,7 +44,9 @@ pub fn classify(sql: &str) -> Classification {
             c.reason = Reason::Hint(comment);
         }
     }
-    c
+    if let Some((_, inner)) = c.prepared.as_mut() {
+        apply_hint(inner, hint);
+    }
 }
 
 /// `SET pgvigil.<name> = value` (or TO DEFAULT / RESET): the name without the
@@ -61,7 +73,28 @@ fn unparsable() -> Classification {
         forced_primary_hint: false,
         statements: 0,
         setting: None,
+        temp_tables_created: Vec::new(),
+        prepared: None,
+        executes: None,
+        deallocates: None,
     }
+}
+
+/// One statement classified as if it were the whole string (what a PREPARE holds).
+fn standalone(node: &NodeEnum) -> Classification {
+    let found = Findings::collect(node);
+    let d = decide(node, &found);
+    let mut c = Classification {
+        kind: d.kind,
+        reason: d.reason,
+        setting: d.setting,
+        functions: found.functions,
+        relations: found.relations,
+        statements: 1,
+        ..unparsable()
+    };
+    session_objects::note(node, &mut c, standalone);
+    c
 }
 
 fn parsed(sql: &str) -> Classification {
@@ -72,6 +105,7 @@ fn parsed(sql: &str) -> Classification {
         let Some(node) = stmt.stmt.as_deref().and_then(|n| n.node.as_ref()) else { return unparsable() };
         let found = Findings::collect(node);
         decisions.push(decide(node, &found));
+        session_objects::note(node, &mut c, standalone);
         for f in found.functions {
             if !c.functions.contains(&f) {
                 c.functions.push(f);

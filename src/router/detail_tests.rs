@@ -188,3 +188,135 @@ fn final_kind_uses_policy_and_catalog() {
         assert!(r.to_string().contains(reason), "{sql}: {r}");
     }
 }
+
+#[test]
+fn temp_tables_created() {
+    let cases: &[(&str, &[RelationRef])] = &[
+        ("CREATE TEMP TABLE tt (id int)", &[r(None, "tt")]),
+        ("CREATE TEMPORARY TABLE \"Tt\" (id int) ON COMMIT DROP", &[r(None, "Tt")]),
+        ("create local temp table TT (id int)", &[r(None, "tt")]),
+        ("CREATE TEMP TABLE n AS SELECT * FROM t", &[r(None, "n")]),
+        ("CREATE TEMP TABLE n AS EXECUTE p(1)", &[r(None, "n")]),
+        ("SELECT * INTO TEMP tt FROM t", &[r(None, "tt")]),
+        ("SELECT * INTO TEMPORARY TABLE tt FROM t", &[r(None, "tt")]),
+        ("SELECT 1 AS a INTO TEMP tt UNION SELECT 2", &[r(None, "tt")]),
+        ("CREATE TEMP VIEW tv AS SELECT * FROM t", &[r(None, "tv")]),
+        ("CREATE OR REPLACE TEMP VIEW tv AS SELECT 1", &[r(None, "tv")]),
+        ("CREATE TEMP SEQUENCE ts", &[r(None, "ts")]),
+        ("CREATE TABLE pg_temp.x (a int)", &[r(Some("pg_temp"), "x")]),
+        ("CREATE TABLE PG_TEMP.x AS SELECT 1", &[r(Some("pg_temp"), "x")]),
+        ("CREATE VIEW pg_temp.v AS SELECT 1", &[r(Some("pg_temp"), "v")]),
+        ("CREATE SEQUENCE pg_temp_3.s", &[r(Some("pg_temp_3"), "s")]),
+        ("SELECT * INTO pg_temp.x FROM t", &[r(Some("pg_temp"), "x")]),
+        ("EXPLAIN ANALYZE CREATE TEMP TABLE n AS SELECT 1", &[r(None, "n")]),
+        ("CREATE TEMP TABLE a (x int); CREATE TEMP TABLE b (x int); CREATE TEMP TABLE a (y int)", &[r(None, "a"), r(None, "b")]),
+        // Not temporary, or not created.
+        ("CREATE TABLE t (id int)", &[]),
+        ("CREATE UNLOGGED TABLE t (id int)", &[]),
+        ("CREATE TABLE pg_temporary.t (id int)", &[]),
+        ("CREATE TABLE pg_temp_x.t (id int)", &[]),
+        ("CREATE TABLE n AS SELECT 1", &[]),
+        ("SELECT * INTO newt FROM t", &[]),
+        ("CREATE VIEW v AS SELECT 1", &[]),
+        ("CREATE SEQUENCE s", &[]),
+        ("EXPLAIN CREATE TEMP TABLE n AS SELECT 1", &[]),
+        ("SELECT * FROM pg_temp.x", &[]),
+        ("INSERT INTO pg_temp.x VALUES (1)", &[]),
+        ("DROP TABLE tt", &[]),
+        ("SELEC 1", &[]),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(classify(sql).temp_tables_created, *want, "{sql}");
+    }
+    // Every other field stays as before.
+    let c = classify("CREATE TEMP TABLE tt AS SELECT * FROM t");
+    assert_eq!((c.kind, c.reason.to_string()), (Kind::Write, "write: CREATE TABLE AS".to_string()));
+    assert!(c.relations.contains(&r(None, "t")) && c.relations.contains(&r(None, "tt")));
+}
+
+#[test]
+fn prepared_statements() {
+    let c = classify("PREPARE Sel (int, text) AS SELECT lower($2) FROM s.t WHERE id = $1");
+    assert_eq!((c.kind.clone(), c.reason.to_string()), (Kind::SessionState, "session state: PREPARE".to_string()));
+    let (name, inner) = c.prepared.clone().unwrap_or_else(|| panic!("no prepared: {c:?}"));
+    assert_eq!(name, "sel", "folded like an identifier");
+    assert_eq!(inner.kind, Kind::Read);
+    assert_eq!(inner.reason, Reason::Read("SELECT"));
+    assert_eq!(inner.functions, vec![f(None, "lower")]);
+    assert_eq!(inner.relations, vec![r(Some("s"), "t")]);
+    assert_eq!(inner.statements, 1);
+    assert!(inner.prepared.is_none() && !inner.forced_primary_hint);
+    assert_eq!((c.executes.clone(), c.deallocates.clone()), (None, None));
+
+    let name_and = |sql: &str| {
+        let c = classify(sql);
+        let (name, inner) = c.prepared.unwrap_or_else(|| panic!("{sql}: no prepared"));
+        (name, inner.kind, inner.reason.to_string())
+    };
+    assert_eq!(name_and("PREPARE \"MixedCase\" AS SELECT 1"), ("MixedCase".into(), Kind::Read, "read: SELECT".into()));
+    assert_eq!(
+        name_and("PREPARE ins (int) AS INSERT INTO t VALUES ($1)"),
+        ("ins".into(), Kind::Write, "write: INSERT".into())
+    );
+    assert_eq!(
+        name_and("PREPARE lk AS SELECT * FROM t WHERE id = $1 FOR UPDATE"),
+        ("lk".into(), Kind::Write, "row lock: FOR UPDATE".into())
+    );
+    assert_eq!(
+        name_and("PREPARE nv AS SELECT nextval('s')"),
+        ("nv".into(), Kind::Write, "writing function nextval()".into())
+    );
+    assert_eq!(name_and("PREPARE cfg AS SELECT set_config('a.b', $1, false)").1, Kind::SessionState);
+    // A hint on the PREPARE sends its EXECUTEs to the primary too.
+    assert_eq!(
+        name_and("/*NO LOAD BALANCE*/ PREPARE h AS SELECT 1"),
+        ("h".into(), Kind::Write, "hint: /*NO LOAD BALANCE*/".into())
+    );
+    // The final kind of what a PREPARE holds follows the function policy like any read.
+    let inner = classify("PREPARE v AS SELECT random()").prepared.map(|(_, c)| *c);
+    let inner = inner.unwrap_or_else(|| panic!("no prepared"));
+    let policy = FunctionPolicy::default();
+    let (kind, _) = final_kind(&inner, &policy, &|_: &FunctionRef| Some(Volatility::Volatile));
+    assert_eq!(kind, Kind::Write);
+
+    assert_eq!(classify("SELECT 1").prepared, None);
+    assert_eq!(classify("PREPARE TRANSACTION 'g'").prepared, None);
+    assert_eq!(classify("PREPARE p AS SELEC 1").prepared, None);
+}
+
+#[test]
+fn execute_and_deallocate() {
+    let c = classify("EXECUTE Sel(1, 'x')");
+    assert_eq!((c.kind, c.reason), (Kind::Write, Reason::Execute));
+    assert_eq!(c.executes.as_deref(), Some("sel"));
+    assert_eq!(classify("EXECUTE \"Sel\"").executes.as_deref(), Some("Sel"));
+    assert_eq!(classify("EXPLAIN ANALYZE EXECUTE p(1)").executes.as_deref(), Some("p"));
+    assert_eq!(classify("EXPLAIN EXECUTE p(1)").executes, None, "plain EXPLAIN runs nothing");
+    assert_eq!(classify("SELECT 1").executes, None);
+
+    let cases: &[(&str, Option<Option<&str>>)] = &[
+        ("DEALLOCATE sel", Some(Some("sel"))),
+        ("DEALLOCATE PREPARE Sel", Some(Some("sel"))),
+        ("DEALLOCATE \"Sel\"", Some(Some("Sel"))),
+        ("DEALLOCATE ALL", Some(None)),
+        ("DEALLOCATE PREPARE ALL", Some(None)),
+        ("DISCARD ALL", None),
+        ("SELECT 1", None),
+    ];
+    for (sql, want) in cases {
+        let c = classify(sql);
+        assert_eq!(c.deallocates, want.map(|o| o.map(str::to_string)), "{sql}");
+        if want.is_some() {
+            assert_eq!((c.kind, c.reason), (Kind::SessionState, Reason::SessionState("DEALLOCATE")), "{sql}");
+        }
+    }
+}
+
+#[test]
+fn several_statements_report_the_last_prepare_execute_deallocate() {
+    let c = classify("PREPARE a AS SELECT 1; PREPARE b AS INSERT INTO t VALUES (1); EXECUTE a; DEALLOCATE a");
+    assert_eq!(c.prepared.as_ref().map(|(n, inner)| (n.as_str(), inner.kind.clone())), Some(("b", Kind::Write)));
+    assert_eq!(c.executes.as_deref(), Some("a"));
+    assert_eq!(c.deallocates, Some(Some("a".to_string())));
+    assert_eq!(c.kind, Kind::Write);
+}

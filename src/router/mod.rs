@@ -20,6 +20,9 @@
 //! - Several statements: any write → Write; a mix with session state or transaction
 //!   control → Write; only reads → Read. Empty and `;`-only strings are Reads.
 //! - set_config() anywhere in an otherwise reading statement → SessionState.
+//! - Objects that live on one backend are reported for the session to track: relations
+//!   created as temporary, PREPARE (with its statement classified alone), EXECUTE and
+//!   DEALLOCATE names. A hint on a PREPARE also forces the statement it holds.
 
 pub mod balance;
 mod cache;
@@ -28,6 +31,7 @@ mod classify;
 mod functions;
 mod hint;
 mod reason;
+mod session_objects;
 mod statement;
 mod transaction;
 mod types;

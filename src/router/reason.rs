@@ -55,6 +55,38 @@ pub enum Reason {
     TxControl(&'static str),
 }
 
+impl Reason {
+    /// A stable snake_case name of the variant, without its details: a metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::Read(_) => "read",
+            Reason::Empty => "empty",
+            Reason::Write(_) => "write",
+            Reason::RowLock(_) => "row_lock",
+            Reason::Ddl(_) => "ddl",
+            Reason::Maintenance(_) => "maintenance",
+            Reason::CopyFrom => "copy_from",
+            Reason::WritingFunction(_) => "writing_function",
+            Reason::VolatileFunction(_) => "volatile_function",
+            Reason::AdvisoryLock(_) => "advisory_lock",
+            Reason::LargeObject(_) => "large_object",
+            Reason::ListenNotify(_) => "listen_notify",
+            Reason::Cursor(_) => "cursor",
+            Reason::DoBlock => "do_block",
+            Reason::Call => "call",
+            Reason::Execute => "execute",
+            Reason::ExplainAnalyze(_) => "explain_analyze",
+            Reason::MultiStatement(_) => "multi_statement",
+            Reason::MultiStatementMixed => "multi_statement_mixed",
+            Reason::ParseError => "parse_error",
+            Reason::Hint(_) => "hint",
+            Reason::SessionState(_) => "session_state",
+            Reason::SetConfig => "set_config",
+            Reason::TxControl(_) => "tx_control",
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -84,6 +116,48 @@ impl fmt::Display for Reason {
             Reason::SessionState(what) => write!(f, "session state: {what}"),
             Reason::SetConfig => f.write_str("session state: set_config"),
             Reason::TxControl(what) => write!(f, "transaction control: {what}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_stable_and_distinct() {
+        let all = [
+            (Reason::Read("SELECT"), "read"),
+            (Reason::Empty, "empty"),
+            (Reason::Write("INSERT"), "write"),
+            (Reason::RowLock("FOR UPDATE"), "row_lock"),
+            (Reason::Ddl("CREATE TABLE".into()), "ddl"),
+            (Reason::Maintenance("VACUUM"), "maintenance"),
+            (Reason::CopyFrom, "copy_from"),
+            (Reason::WritingFunction("nextval()".into()), "writing_function"),
+            (Reason::VolatileFunction("f()".into()), "volatile_function"),
+            (Reason::AdvisoryLock("pg_advisory_lock()".into()), "advisory_lock"),
+            (Reason::LargeObject("lo_create()".into()), "large_object"),
+            (Reason::ListenNotify("LISTEN"), "listen_notify"),
+            (Reason::Cursor("FETCH"), "cursor"),
+            (Reason::DoBlock, "do_block"),
+            (Reason::Call, "call"),
+            (Reason::Execute, "execute"),
+            (Reason::ExplainAnalyze(Box::new(Reason::Write("INSERT"))), "explain_analyze"),
+            (Reason::MultiStatement(Box::new(Reason::Write("INSERT"))), "multi_statement"),
+            (Reason::MultiStatementMixed, "multi_statement_mixed"),
+            (Reason::ParseError, "parse_error"),
+            (Reason::Hint("/*NO LOAD BALANCE*/"), "hint"),
+            (Reason::SessionState("SET"), "session_state"),
+            (Reason::SetConfig, "set_config"),
+            (Reason::TxControl("BEGIN"), "tx_control"),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (reason, want) in &all {
+            let label = reason.label();
+            assert_eq!(label, *want, "{reason:?}");
+            assert!(label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{label}");
+            assert!(seen.insert(label), "{label} used twice");
         }
     }
 }

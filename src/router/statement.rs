@@ -103,15 +103,8 @@ fn maintenance(what: &'static str) -> Decision {
 /// Plain EXPLAIN only plans (it runs on a standby even for an INSERT); EXPLAIN ANALYZE
 /// runs the statement and is classified like it.
 fn explain(e: &ExplainStmt, found: &Findings) -> Decision {
-    let analyze = e.options.iter().any(|o| match o.node.as_ref() {
-        Some(NodeEnum::DefElem(d)) if d.defname == "analyze" => match d.arg.as_deref() {
-            None => true,
-            Some(arg) => const_text(arg).as_deref().and_then(parse_bool).unwrap_or(true),
-        },
-        _ => false,
-    });
     let inner = e.query.as_deref().and_then(|q| q.node.as_ref());
-    let (Some(inner), true) = (inner, analyze) else {
+    let (Some(inner), true) = (inner, is_explain_analyze(e)) else {
         return Decision::new(Kind::Read, Reason::Read("EXPLAIN"));
     };
     let d = decide(inner, found);
@@ -120,6 +113,17 @@ fn explain(e: &ExplainStmt, found: &Findings) -> Decision {
         Kind::Read => Decision::new(Kind::Read, Reason::Read("EXPLAIN ANALYZE")),
         _ => d,
     }
+}
+
+/// EXPLAIN ANALYZE, or EXPLAIN (ANALYZE [true]): it runs its statement.
+pub(crate) fn is_explain_analyze(e: &ExplainStmt) -> bool {
+    e.options.iter().any(|o| match o.node.as_ref() {
+        Some(NodeEnum::DefElem(d)) if d.defname == "analyze" => match d.arg.as_deref() {
+            None => true,
+            Some(arg) => const_text(arg).as_deref().and_then(parse_bool).unwrap_or(true),
+        },
+        _ => false,
+    })
 }
 
 /// A command tag such as "CREATE TABLE" or "DROP INDEX" for a DDL node.

@@ -1,13 +1,15 @@
-//! The rules as a table: SQL, expected kind, expected reason substring.
+//! The rules as a table: SQL, expected route (the kind), expected reason substring.
 
 use super::*;
 
-/// Short kind names for the table.
+/// Short kind names for the table; "tx-primary" is transaction control that needs the
+/// primary (SERIALIZABLE).
 fn kind_name(k: &Kind) -> &'static str {
     match k {
         Kind::Read => "read",
         Kind::Write => "write",
         Kind::SessionState => "session",
+        Kind::TxControl(tx) if serializable_needs_primary(tx) => "tx-primary",
         Kind::TxControl(_) => "tx",
         Kind::Unparsable => "unparsable",
     }
@@ -60,8 +62,11 @@ pub(super) const TABLE: &[(&str, &str, &str)] = &[
     ("WITH a AS (SELECT 1), b AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM a, b", "write", "write: UPDATE"),
     ("SELECT * FROM (WITH x AS (INSERT INTO t DEFAULT VALUES RETURNING *) SELECT * FROM x) s", "write", "write: INSERT"),
     ("SELECT * INTO newt FROM t", "write", "write: SELECT INTO"),
+    ("SELECT * INTO TEMP tt FROM t", "write", "write: SELECT INTO"),
+    ("SELECT 1 AS a INTO TEMPORARY tt UNION SELECT 2", "write", "write: SELECT INTO"),
     ("CREATE TABLE n AS SELECT * FROM t", "write", "write: CREATE TABLE AS"),
     ("CREATE TEMP TABLE n AS SELECT 1", "write", "write: CREATE TABLE AS"),
+    ("CREATE TABLE pg_temp.n AS SELECT * FROM t", "write", "write: CREATE TABLE AS"),
     ("COPY t FROM STDIN", "write", "COPY FROM"),
     ("COPY t (a, b) FROM '/tmp/x.csv' WITH (FORMAT csv)", "write", "COPY FROM"),
     ("COPY (INSERT INTO t VALUES (1) RETURNING *) TO STDOUT", "write", "write: INSERT"),
@@ -86,6 +91,10 @@ pub(super) const TABLE: &[(&str, &str, &str)] = &[
     // DDL and maintenance
     ("CREATE TABLE t (id int)", "write", "DDL: CREATE TABLE"),
     ("CREATE TEMPORARY TABLE tt (id int)", "write", "DDL: CREATE TABLE"),
+    ("CREATE TEMP TABLE IF NOT EXISTS tt (id int) ON COMMIT DROP", "write", "DDL: CREATE TABLE"),
+    ("CREATE TABLE pg_temp.tt (id int)", "write", "DDL: CREATE TABLE"),
+    ("CREATE TEMP VIEW tv AS SELECT * FROM t", "write", "DDL: CREATE VIEW"),
+    ("CREATE TEMPORARY SEQUENCE ts", "write", "DDL: CREATE SEQUENCE"),
     ("ALTER TABLE t ADD COLUMN b int", "write", "DDL: ALTER TABLE"),
     ("DROP TABLE IF EXISTS t, u", "write", "DDL: DROP TABLE"),
     ("DROP INDEX CONCURRENTLY i", "write", "DDL: DROP INDEX"),
@@ -116,6 +125,7 @@ pub(super) const TABLE: &[(&str, &str, &str)] = &[
     ("SELECT nextval('s')", "write", "writing function nextval()"),
     ("SELECT pg_catalog.nextval('s')", "write", "writing function pg_catalog.nextval()"),
     ("SELECT setval('s', 10)", "write", "setval"),
+    ("SELECT setval('s', 10, false) FROM t", "write", "writing function setval()"),
     ("SELECT currval('s')", "write", "currval"),
     ("select LASTVAL()", "write", "lastval"),
     ("SELECT * FROM t WHERE id = (SELECT nextval('s'))", "write", "nextval"),
@@ -150,9 +160,11 @@ pub(super) const TABLE: &[(&str, &str, &str)] = &[
     ("DO $$ BEGIN PERFORM 1; END $$", "write", "DO block"),
     ("CALL p(1)", "write", "CALL"),
     ("EXECUTE stmt(1, 2)", "write", "EXECUTE"),
+    ("EXECUTE plain", "write", "EXECUTE"),
     ("PREPARE stmt AS SELECT $1", "session", "session state: PREPARE"),
     ("PREPARE ins (int) AS INSERT INTO t VALUES ($1)", "session", "session state: PREPARE"),
     ("DEALLOCATE stmt", "session", "session state: DEALLOCATE"),
+    ("DEALLOCATE PREPARE stmt", "session", "session state: DEALLOCATE"),
     ("DEALLOCATE ALL", "session", "session state: DEALLOCATE"),
     // Session state
     ("SET search_path = app, public", "session", "session state: SET"),
@@ -162,16 +174,26 @@ pub(super) const TABLE: &[(&str, &str, &str)] = &[
     ("RESET search_path", "session", "session state: RESET"),
     ("RESET ALL", "session", "session state: RESET"),
     ("DISCARD ALL", "session", "session state: DISCARD"),
+    ("DISCARD TEMP", "session", "session state: DISCARD"),
     ("LOAD 'auto_explain'", "session", "session state: LOAD"),
     ("SET pgvigil.route = 'primary'", "session", "session state: SET"),
     ("SET pgvigil.explain_routing = on", "session", "session state: SET"),
     ("SELECT set_config('search_path', 'app', false)", "session", "set_config"),
+    ("SELECT set_config('app.tenant', '7', false), now()", "session", "session state: set_config"),
     ("SELECT pg_catalog.set_config('app.user', '42', true)", "session", "set_config"),
     ("SET CONSTRAINTS ALL DEFERRED", "write", "write: SET CONSTRAINTS"),
     // Transaction control
     ("BEGIN", "tx", "transaction control: BEGIN"),
-    ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE", "tx", "BEGIN"),
+    ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE", "tx-primary", "BEGIN"),
+    ("BEGIN ISOLATION LEVEL SERIALIZABLE", "tx-primary", "transaction control: BEGIN"),
+    ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE", "tx-primary", "transaction control: BEGIN"),
+    ("BEGIN TRANSACTION READ ONLY, DEFERRABLE", "tx", "transaction control: BEGIN"),
+    ("BEGIN ISOLATION LEVEL REPEATABLE READ", "tx", "transaction control: BEGIN"),
     ("BEGIN READ ONLY", "tx", "BEGIN"),
+    ("BEGIN READ WRITE", "tx", "transaction control: BEGIN"),
+    ("START TRANSACTION", "tx", "transaction control: BEGIN"),
+    ("START TRANSACTION READ ONLY", "tx", "transaction control: BEGIN"),
+    ("START TRANSACTION READ WRITE", "tx", "transaction control: BEGIN"),
     ("COMMIT", "tx", "COMMIT"),
     ("END", "tx", "COMMIT"),
     ("ROLLBACK", "tx", "ROLLBACK"),
@@ -184,13 +206,16 @@ pub(super) const TABLE: &[(&str, &str, &str)] = &[
     ("ROLLBACK PREPARED 'g1'", "tx", "ROLLBACK PREPARED"),
     ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "tx", "SET TRANSACTION"),
     ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", "tx", "SET SESSION CHARACTERISTICS"),
-    ("SET transaction_isolation = 'serializable'", "tx", "transaction control: SET"),
+    ("SET transaction_isolation = 'serializable'", "tx-primary", "transaction control: SET"),
     ("SET default_transaction_read_only = on", "tx", "transaction control: SET"),
     // Hints
     ("/*NO LOAD BALANCE*/ SELECT 1", "write", "hint: /*NO LOAD BALANCE*/"),
     ("/* pgvigil: primary */ SELECT * FROM t", "write", "hint: /* pgvigil: primary */"),
     ("/* trace=1 */ /*NO LOAD BALANCE*/ SELECT 1", "write", "hint"),
     ("/*NO LOAD BALANCE*/ INSERT INTO t VALUES (1)", "write", "hint"),
+    ("/* pgvigil: primary */ SET search_path = a", "session", "session state: SET"),
+    ("/* sqlcommenter: controller='x' */ SELECT * FROM t", "read", "read: SELECT"),
+    ("-- app: report\n/* trace=7 */\nSELECT count(*) FROM t", "read", "read: SELECT"),
     ("/*NO LOAD BALANCE*/ BEGIN", "tx", "BEGIN"),
     ("SELECT 1 /*NO LOAD BALANCE*/", "read", "read: SELECT"),
     // Multi-statement strings
@@ -199,6 +224,8 @@ pub(super) const TABLE: &[(&str, &str, &str)] = &[
     ("BEGIN; SELECT 1; COMMIT", "write", "multi-statement with session state or transaction control"),
     ("SET search_path = a; SELECT 1", "write", "multi-statement with session state"),
     ("SELECT 1; CREATE TABLE x (a int);", "write", "DDL: CREATE TABLE"),
+    ("UPDATE t SET a = 1; SELECT * FROM t", "write", "multi-statement with a write: write: UPDATE"),
+    ("PREPARE p AS SELECT 1; EXECUTE p", "write", "multi-statement with a write: EXECUTE"),
     // Syntax errors and oddities
     ("SELEC 1", "unparsable", "parse error"),
     ("SELECT (", "unparsable", "parse error"),

@@ -109,7 +109,8 @@ pub struct RelationRef {
     pub name: String,
 }
 
-/// The classifier's decision for one query string.
+/// The classifier's decision for one query string. In a string of several statements,
+/// `prepared`, `executes` and `deallocates` describe the last statement of their sort.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classification {
     pub kind: Kind,
@@ -125,4 +126,15 @@ pub struct Classification {
     /// For a single plain `SET name = value` / `SET name TO value`: the lower-cased
     /// name and the value as text (several values joined by ", ").
     pub setting: Option<(String, String)>,
+    /// Relations created as temporary (TEMP/TEMPORARY, or in schema pg_temp) by
+    /// CREATE TABLE [AS], SELECT … INTO, CREATE VIEW or CREATE SEQUENCE; they live on
+    /// the session's backend only.
+    pub temp_tables_created: Vec<RelationRef>,
+    /// `PREPARE name AS stmt`: the name (folded as PostgreSQL folds it) and `stmt`
+    /// classified as if it stood alone.
+    pub prepared: Option<(String, Box<Classification>)>,
+    /// `EXECUTE name` (also under EXPLAIN ANALYZE): the name.
+    pub executes: Option<String>,
+    /// `DEALLOCATE [PREPARE] name` → `Some(Some(name))`; `DEALLOCATE ALL` → `Some(None)`.
+    pub deallocates: Option<Option<String>>,
 }
