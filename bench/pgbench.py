@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark pgvigil against direct PostgreSQL, PgBouncer and Pgpool-II with pgbench.
 
-Everything (a throwaway PostgreSQL primary, the three proxies, their configs and logs)
-lives in one temporary directory that is removed at the end, also on Ctrl-C or error.
-Targets alternate round-robin for every (workload, mode, clients) configuration so that
-machine noise hits all of them alike.
+Everything (a throwaway PostgreSQL primary, its streaming standbys when pgvigil is tested,
+the proxies, their configs and logs) lives in one temporary directory that is removed at
+the end, also on Ctrl-C or error. Targets alternate round-robin for every (workload, mode,
+clients) configuration so that machine noise hits all of them alike.
 
 Usage:  sudo python3 bench/pgbench.py [--quick] [--duration S] [--scale N] [--json out.json]
 See bench/README.md.  Python 3.11 standard library only.
@@ -27,7 +27,11 @@ import sys
 import tempfile
 import time
 
-ALL_TARGETS = ["direct", "pgbouncer", "pgpool", "pgvigil"]
+ALL_TARGETS = ["direct", "pgbouncer", "pgpool", "pgvigil", "pgvigil-nolb"]
+# pgvigil with read/write routing over the primary and the standbys ([routing] defaults),
+# and with `load_balance = false` (everything on the primary, like the other proxies).
+PGVIGIL_TARGETS = {"pgvigil": True, "pgvigil-nolb": False}
+DEFAULT_STANDBYS = 2
 WORKLOADS = {"select-only": ["-S"], "tpcb-like": []}
 MODES = ["simple", "extended", "prepared"]
 CLIENTS = [16, 64]
@@ -119,8 +123,9 @@ def read_stat(pid):
     return ppid, own, reaped
 
 
-def tree_cpu_ticks(root_pid):
-    """CPU ticks (user+system) used by a process and all its descendants.
+def tree_cpu_ticks(*root_pids):
+    """CPU ticks (user+system) used by processes and all their descendants, one value per
+    root, from one pass over /proc.
 
     Living processes count with their own utime+stime (which covers all their threads);
     children that already exited and were reaped are counted in their parent's
@@ -135,18 +140,21 @@ def tree_cpu_ticks(root_pid):
     children = {}
     for pid, (ppid, _, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
-    total = 0
-    stack = [root_pid]
-    seen = set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen or pid not in stats:
-            continue
-        seen.add(pid)
-        _, own, reaped = stats[pid]
-        total += own + reaped
-        stack.extend(children.get(pid, []))
-    return total
+    totals = []
+    for root_pid in root_pids:
+        total = 0
+        stack = [root_pid]
+        seen = set()
+        while stack:
+            pid = stack.pop()
+            if pid in seen or pid not in stats:
+                continue
+            seen.add(pid)
+            _, own, reaped = stats[pid]
+            total += own + reaped
+            stack.extend(children.get(pid, []))
+        totals.append(total)
+    return totals
 
 
 # --------------------------------------------------------------------------- processes
@@ -195,9 +203,14 @@ class Env:
             return dict(user=self.uid, group=self.gid, extra_groups=[], env=env)
         return dict(env=env)
 
-    def run_as(self, cmd, **kw):
+    def run_as(self, cmd, extra_env=None, **kw):
         """Run a short command as the server user; raise with its output on failure."""
-        r = subprocess.run(cmd, cwd=self.dir, capture_output=True, text=True, **self.user_kwargs(), **kw)
+        ukw = self.user_kwargs()
+        ukw["env"].update(extra_env or {})
+        try:
+            r = subprocess.run(cmd, cwd=self.dir, capture_output=True, text=True, **ukw, **kw)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{' '.join(cmd)} did not finish within {kw.get('timeout')}s")
         if r.returncode != 0:
             raise BenchError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
         return r
@@ -278,7 +291,7 @@ def wait_ready(pgbin, name, port, proc, logpath, deadline_s=60):
 # --------------------------------------------------------------------------- setup
 
 
-def setup_postgres(env, pgbin, scale):
+def setup_postgres(env, pgbin, scale, standbys):
     port = free_port()
     data = env.path("pgdata")
     pwfile = env.write("pwfile", PASSWORD + "\n")
@@ -302,6 +315,8 @@ log_min_messages = warning
 """)
     with open(os.path.join(data, "pg_hba.conf"), "w") as f:
         f.write("host all all 127.0.0.1/32 scram-sha-256\n")
+        if standbys:
+            f.write("host replication all 127.0.0.1/32 scram-sha-256\n")
     env.chown(os.path.join(data, "pg_hba.conf"))
     p = env.spawn("postgres", [os.path.join(pgbin, "postgres"), "-D", data], "postgres.log",
                   signal.SIGINT)
@@ -316,10 +331,78 @@ log_min_messages = warning
     return p, port, version
 
 
-def setup_pgvigil(env, pgbin, binary, pgport):
+def setup_standbys(env, pgbin, pgport, n):
+    """n streaming hot standbys of the primary: [(name, Popen, port)], names pg1, pg2…
+
+    Each has a physical replication slot, created up front with its WAL reserved (so a
+    later backup's checkpoint cannot recycle a segment an earlier one still needs), and is
+    cloned with pg_basebackup. The primary's postgresql.conf comes along; only the port
+    and hot_standby_feedback (so that pre-run VACUUMs do not cancel standby reads) differ.
+    """
+    names = [f"pg{i}" for i in range(1, n + 1)]
+    r = psql(pgbin, pgport, *[f"select pg_create_physical_replication_slot('{x}', true)" for x in names])
+    if r.returncode != 0:
+        raise BenchError(f"creating replication slots failed: {r.stderr}")
+    out = []
+    for name in names:
+        port = free_port()
+        data = env.path(f"{name}data")
+        log(f"standby {name}: pg_basebackup")
+        env.run_as([os.path.join(pgbin, "pg_basebackup"), "-D", data, "-X", "stream", "-S", name,
+                    "-c", "fast", "--no-sync", "-d",
+                    f"host=127.0.0.1 port={pgport} user={USER} application_name={name}"],
+                   extra_env={"PGPASSWORD": PASSWORD}, timeout=300)
+        with open(os.path.join(data, "postgresql.conf"), "a") as f:
+            f.write(f"\n# standby {name}\nport = {port}\nhot_standby = on\nhot_standby_feedback = on\n")
+        with open(os.path.join(data, "postgresql.auto.conf"), "a") as f:
+            f.write(f"primary_conninfo = 'host=127.0.0.1 port={pgport} user={USER} password={PASSWORD} "
+                    f"application_name={name}'\nprimary_slot_name = '{name}'\n")
+        env.chown(os.path.join(data, "postgresql.auto.conf"))
+        with open(os.path.join(data, "standby.signal"), "w"):
+            pass
+        env.chown(os.path.join(data, "standby.signal"))
+        p = env.spawn(name, [os.path.join(pgbin, "postgres"), "-D", data], f"{name}.log", signal.SIGINT)
+        wait_ready(pgbin, f"standby {name}", port, p, env.path(f"{name}.log"))
+        out.append((name, p, port))
+    wait_replayed(pgbin, pgport, out, deadline_s=120)
+    log("standbys streaming: " + ", ".join(f"{n} on 127.0.0.1:{p}" for n, _, p in out))
+    return out
+
+
+def wait_replayed(pgbin, pgport, standbys, deadline_s=60):
+    """Wait until every standby has replayed the primary's current WAL position."""
+    if not standbys:
+        return
+    r = psql(pgbin, pgport, "select pg_current_wal_lsn()")
+    if r.returncode != 0:
+        raise BenchError(f"pg_current_wal_lsn() failed: {r.stderr}")
+    lsn = r.stdout.strip()
+    deadline = time.monotonic() + deadline_s
+    for name, proc, port in standbys:
+        while True:
+            r = psql(pgbin, port, f"select pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn", timeout=10)
+            if r.returncode == 0 and r.stdout.strip() == "t":
+                break
+            if proc.poll() is not None:
+                raise BenchError(f"standby {name} exited with code {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"standby {name} did not replay up to {lsn} within {deadline_s}s "
+                                 f"({(r.stderr or r.stdout).strip()})")
+            time.sleep(0.1)
+
+
+def setup_pgvigil(env, pgbin, binary, pgport, target, standbys):
+    """pgvigil in front of the primary (pg0) and the standbys; `target` picks load balancing."""
     port = free_port()
     env.write("users.toml", f'{USER} = "{PASSWORD}"\n')
-    conf = env.write("pgvigil.toml", f"""[proxy]
+    backends = "".join(f"""
+[[backends]]
+name = "{name}"
+host = "127.0.0.1"
+port = {sport}
+""" for name, _, sport in standbys)
+    load_balance = "true" if PGVIGIL_TARGETS[target] else "false"
+    conf = env.write(f"{target}.toml", f"""[proxy]
 listen = "127.0.0.1:{port}"
 max_clients = 500
 
@@ -336,20 +419,62 @@ user = "{USER}"
 [log]
 level = "warn"
 
+[routing]
+load_balance = {load_balance}
+
 [[backends]]
 name = "pg0"
 host = "127.0.0.1"
 port = {pgport}
-""")
+{backends}""")
     r = subprocess.run([binary, "check-config", "--config", conf], capture_output=True, text=True)
     if r.returncode != 0:
         raise BenchError(f"pgvigil check-config failed ({r.returncode}):\n{r.stdout}{r.stderr}")
     # pgvigil runs as the invoking user (it does not need to be anyone in particular).
-    p = env.spawn("pgvigil", [binary, "run", "--config", conf], "pgvigil.log", signal.SIGINT,
+    p = env.spawn(target, [binary, "run", "--config", conf], f"{target}.log", signal.SIGINT,
                   as_server_user=False)
-    wait_ready(pgbin, "pgvigil", port, p, env.path("pgvigil.log"))
+    wait_ready(pgbin, target, port, p, env.path(f"{target}.log"))
+    if standbys:
+        wait_nodes_up(pgbin, target, port, 1 + len(standbys))
     version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
     return p, port, version
+
+
+# Ports of the pgvigil instances that answer SHOW POOL_NODES (probed once, at setup).
+_pool_nodes_ports = set()
+
+
+def pool_nodes(pgbin, port):
+    """`SHOW POOL_NODES` through pgvigil as [{column: value}], or None when not answered."""
+    cmd = [os.path.join(pgbin, "psql"), "-X", "-h", "127.0.0.1", "-p", str(port), "-U", USER,
+           "-d", DBNAME, "-A", "-F", "|", "-P", "footer=off", "-c", "SHOW POOL_NODES"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=client_env(), timeout=10)
+    except subprocess.TimeoutExpired:
+        return None
+    lines = r.stdout.splitlines()
+    if r.returncode != 0 or len(lines) < 2:
+        return None
+    header = lines[0].split("|")
+    return [dict(zip(header, line.split("|"))) for line in lines[1:]]
+
+
+def wait_nodes_up(pgbin, target, port, n, deadline_s=20):
+    """Wait until pgvigil's SHOW POOL_NODES lists n nodes up, so that the first sessions
+    of the first run already see the standbys. Without SHOW POOL_NODES, wait three health
+    check intervals instead."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        nodes = pool_nodes(pgbin, port)
+        if nodes is None:
+            log(f"{target}: SHOW POOL_NODES not answered; waiting 3 s for the health checks")
+            time.sleep(3)
+            return
+        _pool_nodes_ports.add(port)
+        if sum(1 for x in nodes if x.get("status") == "up") >= n:
+            return
+        time.sleep(0.2)
+    raise BenchError(f"{target} did not report {n} nodes up in SHOW POOL_NODES within {deadline_s}s")
 
 
 def setup_pgbouncer(env, pgbin, binary, pgport):
@@ -457,13 +582,16 @@ def parse_pgbench(out):
     }
 
 
-def run_one(pgbin, target, port, proc, pg_proc, pgport, workload, mode, clients, duration):
+def run_one(pgbin, target, port, proc, cluster, workload, mode, clients, duration):
+    pg_proc, pgport, standbys = cluster["proc"], cluster["port"], cluster["standbys"]
     # Same starting state for every run: what pgbench does itself without -n, done here
     # directly against PostgreSQL so that no proxy is involved in the maintenance.
     r = psql(pgbin, pgport, "vacuum pgbench_branches", "vacuum pgbench_tellers",
              "truncate pgbench_history", "checkpoint", timeout=120)
     if r.returncode != 0:
         raise BenchError(f"pre-run maintenance failed: {r.stderr}")
+    # Standbys start every run caught up, so none is skipped for lag at the start.
+    wait_replayed(pgbin, pgport, standbys)
     cmd = [os.path.join(pgbin, "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(port), "-U", USER,
            "-M", mode, "-c", str(clients), "-j", str(THREADS), "-T", str(duration)]
     cmd += WORKLOADS[workload] + [DBNAME]
@@ -472,8 +600,9 @@ def run_one(pgbin, target, port, proc, pg_proc, pgport, workload, mode, clients,
     if proc is not None and proc.poll() is not None:
         res.update(rc=None, error=f"{target} is not running (exited with code {proc.returncode})")
         return res
-    cpu0 = tree_cpu_ticks(proc.pid) if proc is not None else None
-    pg0 = tree_cpu_ticks(pg_proc.pid)
+    nodes0 = pool_nodes(pgbin, port) if port in _pool_nodes_ports else None
+    pg_pids = [pg_proc.pid] + [p.pid for _, p, _ in standbys]
+    ticks0 = tree_cpu_ticks(*pg_pids, *([proc.pid] if proc is not None else []))
     t0 = time.monotonic()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, env=client_env(), timeout=duration + 120)
@@ -484,8 +613,10 @@ def run_one(pgbin, target, port, proc, pg_proc, pgport, workload, mode, clients,
         err = (e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")) \
             + f"\npgbench did not finish within {duration + 120}s and was killed"
     wall = time.monotonic() - t0
-    cpu1 = tree_cpu_ticks(proc.pid) if proc is not None else None
-    pg1 = tree_cpu_ticks(pg_proc.pid)
+    ticks1 = tree_cpu_ticks(*pg_pids, *([proc.pid] if proc is not None else []))
+    # Per process tree: the primary, each standby, then the proxy (if any).
+    used = [(b - a) / CLK_TCK for a, b in zip(ticks0, ticks1)]
+    nodes1 = pool_nodes(pgbin, port) if nodes0 is not None else None
     res.update(parse_pgbench(out + "\n" + err))
     res.update(rc=rc, wall_s=round(wall, 3))
     errors = [l for l in err.splitlines() if "error" in l.lower() or "abort" in l.lower() or "fatal" in l.lower()]
@@ -494,16 +625,35 @@ def run_one(pgbin, target, port, proc, pg_proc, pgport, workload, mode, clients,
     elif errors:
         res["error"] = "\n".join(errors[:5])
     tx = res.get("transactions") or 0
-    if cpu0 is not None:
-        cpu_s = (cpu1 - cpu0) / CLK_TCK
+    if proc is not None:
+        cpu_s = used[-1]
         res["proxy_cpu_s"] = round(cpu_s, 3)
         if tx:
             res["proxy_cpu_us_per_tx"] = round(cpu_s * 1e6 / tx, 2)
             res["proxy_cpu_s_per_10k_tx"] = round(cpu_s * 1e4 / tx, 4)
-    pg_s = (pg1 - pg0) / CLK_TCK
+    # PostgreSQL's CPU: every node of the cluster (standbys replay WAL for every target).
+    pg_s = sum(used[:len(pg_pids)])
     res["postgres_cpu_s"] = round(pg_s, 3)
+    if standbys:
+        res["postgres_cpu_s_by_node"] = {"pg0": round(used[0], 3)}
+        res["postgres_cpu_s_by_node"].update(
+            {name: round(u, 3) for (name, _, _), u in zip(standbys, used[1:len(pg_pids)])})
     if tx:
         res["postgres_cpu_us_per_tx"] = round(pg_s * 1e6 / tx, 2)
+    if nodes0 is not None and nodes1 is not None:
+        # Reads pgvigil sent to each node during the run (SHOW POOL_NODES select_cnt).
+        before = {n.get("hostname", "") + ":" + n.get("port", ""): n for n in nodes0}
+        names = {str(sport): name for name, _, sport in standbys}
+        names[str(pgport)] = "pg0"
+        reads = {}
+        for n in nodes1:
+            key = n.get("hostname", "") + ":" + n.get("port", "")
+            try:
+                reads[names.get(n.get("port", ""), key)] = \
+                    int(n.get("select_cnt", 0)) - int(before.get(key, {}).get("select_cnt", 0))
+            except ValueError:
+                pass
+        res["reads_by_node"] = reads
     if proc is not None and proc.poll() is not None:
         res["error"] = (res.get("error", "") + f"\n{target} exited with code {proc.returncode} during the run").strip()
     return res
@@ -512,6 +662,37 @@ def run_one(pgbin, target, port, proc, pg_proc, pgport, workload, mode, clients,
 def is_bad(r):
     return (r.get("rc") != 0 or r.get("tps") is None or (r.get("failed") or 0) > 0
             or (r.get("aborted_clients") or 0) > 0)
+
+
+# --------------------------------------------------------------------------- classify
+
+
+def run_classify(binary):
+    """Runs the classification micro-benchmark (`classify_bench --json`) on the still quiet
+    machine, before any server starts; returns its parsed output."""
+    if not os.access(binary, os.X_OK):
+        raise BenchError(f"{binary} not found; build it with "
+                         f"`cargo build --release --example classify_bench` or pass --classify-bin")
+    log(f"classification micro-benchmark: {binary}")
+    try:
+        r = subprocess.run([binary, "--json"], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{binary} did not finish within 300 s")
+    if r.returncode != 0:
+        raise BenchError(f"{binary} failed ({r.returncode}): {r.stderr.strip()}")
+    try:
+        return json.loads(r.stdout)
+    except json.JSONDecodeError as e:
+        raise BenchError(f"{binary} printed no JSON: {e}")
+
+
+def classify_table(c):
+    lines = ["### Statement classification (examples/classify_bench, median µs per call)", "",
+             "| statement | bytes | kind | classify µs | cached µs |", "|---|---:|---|---:|---:|"]
+    for r in c.get("results", []):
+        lines.append(f"| {r['statement']} | {r['bytes']} | {r['kind']} | {r['classify_us']:.2f} | "
+                     f"{r['cached_us']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- report
@@ -538,6 +719,9 @@ def median_of(runs):
     for key in ("failed", "aborted_clients"):
         row[key] = sum(r.get(key) or 0 for r in runs)
     row["rc"] = next((r.get("rc") for r in runs if r.get("rc") != 0), 0)
+    reads = [r["reads_by_node"] for r in runs if r.get("reads_by_node")]
+    if reads:
+        row["reads_by_node"] = {k: sum(d.get(k, 0) for d in reads) for k in reads[-1]}
     row["runs"] = len(runs)
     return row
 
@@ -569,17 +753,36 @@ def report(results, targets, combos):
                          f"{fmt(r.get('latency_ms'), '.3f')} | {failed_s} | "
                          f"{fmt(r.get('proxy_cpu_s_per_10k_tx'), '.3f')} | "
                          f"{fmt(r.get('proxy_cpu_us_per_tx'), '.1f')} |")
-        v, b = by.get((w, m, c, "pgvigil")), by.get((w, m, c, "pgbouncer"))
-        if v and b:
-            tr = ratio(v.get("tps"), b.get("tps"))
-            cr = ratio(v.get("proxy_cpu_us_per_tx"), b.get("proxy_cpu_us_per_tx"))
-            comparisons.append({"workload": w, "mode": m, "clients": c, "tps_ratio": tr, "cpu_per_tx_ratio": cr})
+        # Like for like with PgBouncer: pgvigil sending everything to the primary.
+        vname = "pgvigil-nolb" if (w, m, c, "pgvigil-nolb") in by else "pgvigil"
+        for a, b in ((vname, "pgbouncer"), ("pgvigil", "pgvigil-nolb")):
+            ra, rb = by.get((w, m, c, a)), by.get((w, m, c, b))
+            if not (ra and rb):
+                continue
+            cmp_ = {"workload": w, "mode": m, "clients": c, "compare": f"{a} vs {b}",
+                    "tps_ratio": ratio(ra.get("tps"), rb.get("tps")),
+                    "cpu_per_tx_ratio": ratio(ra.get("proxy_cpu_us_per_tx"), rb.get("proxy_cpu_us_per_tx")),
+                    "postgres_cpu_per_tx_ratio": ratio(ra.get("postgres_cpu_us_per_tx"),
+                                                       rb.get("postgres_cpu_us_per_tx"))}
+            if ra.get("reads_by_node"):
+                cmp_["reads_by_node"] = ra["reads_by_node"]
+            comparisons.append(cmp_)
     text = "\n".join(lines) + "\n\n"
+    x = lambda v: "-" if v is None else "x" + format(v, ".2f")
     for cmp_ in comparisons:
-        tr, cr = cmp_["tps_ratio"], cmp_["cpu_per_tx_ratio"]
-        text += (f"- {cmp_['workload']} {cmp_['mode']} {cmp_['clients']} clients: pgvigil vs pgbouncer: "
-                 f"TPS {'x' + format(tr, '.2f') if tr is not None else '-'}, "
-                 f"CPU/tx {'x' + format(cr, '.2f') if cr is not None else '-'}\n")
+        head = f"- {cmp_['workload']} {cmp_['mode']} {cmp_['clients']} clients: "
+        if cmp_["compare"] == "pgvigil vs pgvigil-nolb":
+            text += (head + f"load balancing on/off (pgvigil vs pgvigil-nolb): TPS {x(cmp_['tps_ratio'])}, "
+                     f"proxy CPU/tx {x(cmp_['cpu_per_tx_ratio'])}, "
+                     f"PostgreSQL CPU/tx {x(cmp_['postgres_cpu_per_tx_ratio'])}")
+            reads = cmp_.get("reads_by_node")
+            if reads and sum(reads.values()) > 0:
+                total = sum(reads.values())
+                text += "; reads by node " + ", ".join(f"{k} {v * 100 / total:.0f}%" for k, v in reads.items())
+            text += "\n"
+        else:
+            text += (head + f"{cmp_['compare']}: TPS {x(cmp_['tps_ratio'])}, "
+                     f"CPU/tx {x(cmp_['cpu_per_tx_ratio'])}\n")
     return text, comparisons
 
 
@@ -626,6 +829,12 @@ def main():
     ap.add_argument("--clients", default=None, help="comma list of client counts (default 16,64; 16 with --quick)")
     ap.add_argument("--pgvigil", default=os.path.join(REPO, "target", "release", "pgvigil"),
                     help="pgvigil binary (default: target/release/pgvigil of this repository)")
+    ap.add_argument("--standbys", type=int, default=None,
+                    help=f"streaming standbys behind pgvigil (default {DEFAULT_STANDBYS} when a pgvigil target runs, else 0)")
+    ap.add_argument("--classify", action="store_true",
+                    help="also run the classification micro-benchmark (examples/classify_bench) first")
+    ap.add_argument("--classify-bin", default=None,
+                    help="classify_bench binary (default: examples/classify_bench next to --pgvigil)")
     ap.add_argument("--json", metavar="FILE", help="also write all results as JSON to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs) for inspection")
     args = ap.parse_args()
@@ -642,6 +851,10 @@ def main():
             ap.error(f"unknown {name}(s): {', '.join(bad)}")
     if "direct" not in targets:
         targets.insert(0, "direct")  # the baseline every ratio refers to
+    pgvigil_targets = [t for t in targets if t in PGVIGIL_TARGETS]
+    n_standbys = args.standbys if args.standbys is not None else (DEFAULT_STANDBYS if pgvigil_targets else 0)
+    if n_standbys < 0:
+        ap.error("--standbys must be 0 or more")
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -653,11 +866,17 @@ def main():
     pgbin = find_pg_bin()
     skipped = {}
     bins = {}
-    if "pgvigil" in targets:
+    if pgvigil_targets:
         if not os.access(args.pgvigil, os.X_OK):
             raise BenchError(f"pgvigil binary {args.pgvigil} not found; build it with "
                              f"`cargo build --release` in {REPO} or pass --pgvigil")
-        bins["pgvigil"] = args.pgvigil
+        for t in pgvigil_targets:
+            bins[t] = args.pgvigil
+    classify = None
+    if args.classify:
+        cbin = args.classify_bin or os.path.join(os.path.dirname(os.path.abspath(args.pgvigil)),
+                                                 "examples", "classify_bench")
+        classify = run_classify(cbin)
     for t, name, cands in (("pgbouncer", "pgbouncer", ["/usr/sbin/pgbouncer"]),
                            ("pgpool", "pgpool", ["/usr/sbin/pgpool"])):
         if t in targets:
@@ -679,17 +898,22 @@ def main():
     interrupted = False
     try:
         log(f"temp dir {env.dir}")
-        pg_proc, pgport, versions["postgres"] = setup_postgres(env, pgbin, args.scale)
+        pg_proc, pgport, versions["postgres"] = setup_postgres(env, pgbin, args.scale, n_standbys)
         ports["direct"] = pgport
-        setups = {"pgvigil": setup_pgvigil, "pgbouncer": setup_pgbouncer, "pgpool": setup_pgpool}
+        standbys = setup_standbys(env, pgbin, pgport, n_standbys) if n_standbys else []
+        cluster = {"proc": pg_proc, "port": pgport, "standbys": standbys}
+        setups = {"pgbouncer": setup_pgbouncer, "pgpool": setup_pgpool}
         for t in list(targets):
             if t == "direct":
                 continue
             try:
-                procs[t], ports[t], versions[t] = setups[t](env, pgbin, bins[t], pgport)
+                if t in PGVIGIL_TARGETS:
+                    procs[t], ports[t], versions[t] = setup_pgvigil(env, pgbin, bins[t], pgport, t, standbys)
+                else:
+                    procs[t], ports[t], versions[t] = setups[t](env, pgbin, bins[t], pgport)
                 log(f"{t} ready on 127.0.0.1:{ports[t]} ({versions[t].splitlines()[0]})")
             except BenchError as e:
-                if t == "pgvigil":
+                if t in PGVIGIL_TARGETS:
                     raise
                 skipped[t] = f"setup failed: {e}"
                 log(f"skipping {t}: {e}")
@@ -707,12 +931,14 @@ def main():
             order = targets[k:] + targets[:k]  # rotate who goes first
             for t in order:
                 n += 1
-                r = run_one(pgbin, t, ports[t], procs[t], pg_proc, pgport, w, m, c, duration)
+                r = run_one(pgbin, t, ports[t], procs[t], cluster, w, m, c, duration)
                 results.append(r)
-                msg = (f"[{n}/{total}] {w:11} {m:8} c={c:<3} {t:9} tps={fmt(r.get('tps'), '.0f'):>7} "
+                msg = (f"[{n}/{total}] {w:11} {m:8} c={c:<3} {t:12} tps={fmt(r.get('tps'), '.0f'):>7} "
                        f"lat={fmt(r.get('latency_ms'), '.2f')}ms failed={fmt(r.get('failed'), 'd')}")
                 if r.get("proxy_cpu_us_per_tx") is not None:
                     msg += f" cpu={r['proxy_cpu_us_per_tx']:.1f}µs/tx"
+                if r.get("reads_by_node"):
+                    msg += " reads " + ",".join(f"{k}:{v}" for k, v in r["reads_by_node"].items())
                 log(msg)
                 if r.get("error"):
                     log(f"    {t}: {r['error']}")
@@ -724,8 +950,9 @@ def main():
         exit_code = 2
     finally:
         logs = {}
-        for t, p in (("pgvigil", "pgvigil.log"), ("pgbouncer", "pgbouncer.log"),
-                     ("pgpool", "pgpool.log"), ("postgres", "postgres.log")):
+        for t, p in (("pgvigil", "pgvigil.log"), ("pgvigil-nolb", "pgvigil-nolb.log"),
+                     ("pgbouncer", "pgbouncer.log"), ("pgpool", "pgpool.log"), ("postgres", "postgres.log"),
+                     *((f"standby {i}", f"pg{i}.log") for i in range(1, n_standbys + 1))):
             if os.path.exists(env.path(p)):
                 logs[t] = scan_log(env.path(p))
         env.cleanup()
@@ -743,6 +970,7 @@ def main():
         "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": cpu_model,
         "duration_s": duration, "repeat": max(1, args.repeat), "scale": args.scale, "threads": THREADS, "targets": targets,
         "skipped": skipped, "versions": versions, "pg_bin": pgbin, "interrupted": interrupted,
+        "standbys": n_standbys,
     }
     try:
         meta["pgvigil_git"] = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
@@ -755,10 +983,15 @@ def main():
     print()
     print(f"duration {duration}s per run, {max(1, args.repeat)} run(s) per cell (medians), scale {args.scale}, -j {THREADS}; "
           + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in versions.items()))
+    if n_standbys:
+        print(f"cluster: primary pg0 + {n_standbys} streaming standbys (pgvigil targets route over all of them; "
+              f"the other targets use the primary only)")
     for t, why in skipped.items():
         print(f"skipped {t}: {why}")
     print()
     print(text)
+    if classify:
+        print(classify_table(classify))
     for t, s in logs.items():
         if s["warn"] or s["error"] or s["panic"]:
             print(f"{t} log (before shutdown): {s['error']} error/fatal, {s['warn']} warning, {s['panic']} panic lines, e.g.:")
@@ -776,8 +1009,8 @@ def main():
         exit_code = exit_code or 130
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results, "comparisons": comparisons, "proxy_logs": logs},
-                      f, indent=2)
+            json.dump({"meta": meta, "results": results, "comparisons": comparisons, "proxy_logs": logs,
+                       "classify": classify}, f, indent=2)
         print(f"\nJSON written to {args.json}")
     return exit_code
 
