@@ -84,6 +84,8 @@ fn main() -> ExitCode {
 /// The tokio runtime; `threads` 0 means one worker per CPU core.
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // The SQL parser needs deep stacks; with 16 MB it never has to switch stacks.
+    builder.thread_stack_size(pgvigil::router::PARSER_THREAD_STACK);
     if threads > 0 {
         builder.worker_threads(threads);
     }

@@ -969,7 +969,7 @@ impl<'a> Engine<'a> {
             Kind::Write if matches!(c.reason, Reason::Ddl(_)) => self.shared.catalogs.invalidate(&self.database),
             _ => {}
         }
-        if let Some((name, inner)) = tmp_prepared(c) {
+        if let Some((name, inner)) = &c.prepared {
             self.sql_prepared.insert(name.clone(), Arc::new((**inner).clone()));
         }
         if let Some(tx) = &self.route.tx {
@@ -1499,6 +1499,10 @@ impl<'a> Engine<'a> {
                 }
             },
         };
+        if self.batch == Some(node) {
+            // The open batch continues on its connection, which was readied when it began.
+            return Ok(Ready::Link(li));
+        }
         let in_tx = self.route.in_tx();
         let needs_work = {
             let l = &self.links[li];
@@ -1636,34 +1640,31 @@ impl<'a> Engine<'a> {
 
     fn show_pool_nodes(&mut self) {
         let view = self.shared.view.borrow().clone();
-        let columns = ["node_id", "hostname", "port", "status", "pg_status", "lb_weight", "role", "pg_role", "select_cnt", "load_balance_node", "replication_delay"];
-        backend::write_text_row_description(&mut self.cout, &columns);
-        for (i, n) in view.nodes.iter().enumerate() {
-            let role = match n.role {
-                Role::Primary => "primary",
-                Role::Standby => "standby",
-                Role::Unknown => "unknown",
-            };
-            let status = if n.up { "up" } else { "down" };
-            let delay = if n.role == Role::Primary { Some(0) } else { view.replay_lag_bytes(i) };
-            let row: Vec<Option<String>> = vec![
-                Some(i.to_string()),
-                Some(n.addr.ip().to_string()),
-                Some(n.addr.port().to_string()),
-                Some(status.into()),
-                Some(status.into()),
-                Some(format!("{:.6}", self.shared.balancer.share(i))),
-                Some(role.into()),
-                Some(role.into()),
-                Some(self.shared.stats.select_cnt(i).to_string()),
-                Some((self.read_node == Some(i)).to_string()),
-                Some(delay.unwrap_or(0).to_string()),
-            ];
-            backend::write_data_row(&mut self.cout, &row);
-        }
-        backend::write_command_complete(&mut self.cout, &format!("SELECT {}", view.nodes.len()));
+        let rows: Vec<super::show::PoolNodeRow> = view
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let (host, port) = self.shared.backend_host(i);
+                super::show::PoolNodeRow {
+                    node_id: i,
+                    hostname: host,
+                    port,
+                    status: n.up,
+                    pg_status: n.up,
+                    lb_weight: self.shared.balancer.share(i),
+                    role: n.role,
+                    select_cnt: self.shared.stats.select_cnt(i),
+                    load_balance_node: self.read_node == Some(i),
+                    replication_delay: if n.role == Role::Primary { Some(0) } else { view.replay_lag_bytes(i) },
+                    replication_state: None,
+                    replication_sync_state: None,
+                    last_status_change: n.last_change,
+                }
+            })
+            .collect();
+        super::show::write_pool_nodes(&mut self.cout, &rows);
     }
-
 }
 
 enum Ready {
@@ -1685,7 +1686,7 @@ async fn run_tolerant(conn: &mut crate::pool::ServerConn, sql: &str) -> Result<(
 }
 
 fn log_entry(c: &Classification, sql: &str) -> LogEntry {
-    let effect = if let Some(d) = tmp_deallocates(c) {
+    let effect = if let Some(d) = &c.deallocates {
         LogEffect::Deallocate(d.clone())
     } else if is_discard_all(sql) {
         LogEffect::DiscardAll
@@ -1723,6 +1724,3 @@ fn server_lost(name: &str) -> PgError {
         .with_hint("Reconnect to continue.")
 }
 
-// TEMP until router fields land
-fn tmp_prepared(_c: &Classification) -> Option<&(String, Box<Classification>)> { None }
-fn tmp_deallocates(_c: &Classification) -> Option<&Option<String>> { None }

@@ -68,7 +68,7 @@ pub struct Shared {
     /// ParameterStatus values of the primary, per pool key (backend field unused).
     pub startup_params: Mutex<HashMap<PoolKey, Vec<(String, String)>>>,
     redirects: Vec<Redirect>,
-    backend_names: Vec<String>,
+    backend_names: Vec<(String, String, u16)>,
 }
 
 /// A compiled `[[routing.redirect]]` rule.
@@ -94,7 +94,12 @@ impl Shared {
     }
 
     pub fn backend_name(&self, i: usize) -> &str {
-        self.backend_names.get(i).map_or("", String::as_str)
+        self.backend_names.get(i).map_or("", |(name, _, _)| name.as_str())
+    }
+
+    /// A backend's configured host and port.
+    pub fn backend_host(&self, i: usize) -> (String, u16) {
+        self.backend_names.get(i).map_or((String::new(), 0), |(_, host, port)| (host.clone(), *port))
     }
 }
 
@@ -200,7 +205,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         stats: stats::RouteStats::new(config.backends.len()),
         startup_params: Mutex::new(HashMap::new()),
         redirects: compile_redirects(&config)?,
-        backend_names: config.backends.iter().map(|b| b.name.clone()).collect(),
+        backend_names: config.backends.iter().map(|b| (b.name.clone(), b.host.clone(), b.port)).collect(),
     });
     let accept_task = tokio::spawn(listener::accept_loop(socket, shared.clone()));
     tracing::info!(listen = %local_addr, backends = config.backends.len(), "pgvigil proxy listening");

@@ -225,7 +225,7 @@ impl SessionRoute {
     /// Records the effects of sending a statement (optimistically: the server's
     /// ReadyForQuery corrects the transaction state later).
     pub fn sent(&mut self, c: &Classification, kind: &Kind, node: usize, primary: Option<usize>, sql: &str) {
-        for t in tmp_temp(c) {
+        for t in &c.temp_tables_created {
             self.temp_tables.insert(t.name.clone());
         }
         match kind {
@@ -391,5 +391,3 @@ mod tests {
     }
 }
 
-// TEMP until router fields land
-fn tmp_temp(_c: &Classification) -> &[RelationRef] { &[] }

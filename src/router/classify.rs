@@ -15,6 +15,8 @@ use super::walk::Findings;
 const RED_ZONE: usize = 8 << 20;
 /// Size of that fresh stack.
 const PARSE_STACK: usize = 16 << 20;
+/// Stack size for threads that classify: enough that no parse needs a stack switch.
+pub const PARSER_THREAD_STACK: usize = RED_ZONE + PARSE_STACK;
 
 /// Classifies a query string (one or several statements) with PostgreSQL's grammar.
 /// Never panics; anything that does not parse is `Kind::Unparsable`.

@@ -46,7 +46,7 @@ mod table_tests;
 
 pub use cache::ClassifierCache;
 pub use catalog::{FunctionCatalog, FUNCTIONS_QUERY};
-pub use classify::{classify, pgvigil_setting};
+pub use classify::{classify, pgvigil_setting, PARSER_THREAD_STACK};
 pub use functions::{final_kind, FunctionPolicy, Volatility};
 pub use reason::Reason;
 pub use transaction::serializable_needs_primary;
