@@ -64,19 +64,18 @@ async fn eventually_connect(env: &Env) -> tokio_postgres::Client {
 async fn exhausted_pool_waits_then_fails_clearly() {
     let env = Env::start(Options { pool: "size = 1\ncheckout_timeout = \"500ms\"".into(), ..Options::default() }).await;
     let holder = env.client().await;
-    let e = connect(env.pg_config(SUPERUSER, SUPERPASS)).await.err().expect("pool exhausted");
+    holder.simple_query("SELECT 1").await.unwrap();
+    // Sessions take a server connection at their first statement, not at login.
+    let other = env.client().await;
+    let e = other.simple_query("SELECT 1").await.err().expect("pool exhausted");
     let db = e.as_db_error().expect("server error");
     assert_eq!(db.code().code(), "53300");
     assert!(db.detail().unwrap_or_default().contains("pool.checkout_timeout"), "{db:?}");
-    // A waiting client gets the connection as soon as it is returned.
-    let waiter = {
-        let cfg = env.pg_config(SUPERUSER, SUPERPASS);
-        tokio::spawn(async move { connect(cfg).await })
-    };
+    // The session goes on; a waiting statement gets the connection as soon as it is returned.
+    let waiter = tokio::spawn(async move { other.simple_query("SELECT 2").await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(holder);
-    let c = waiter.await.unwrap().expect("the waiter got the freed connection");
-    c.simple_query("SELECT 1").await.unwrap();
+    waiter.await.unwrap().expect("the waiter got the freed connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,9 +104,11 @@ async fn traffic_goes_to_the_primary_even_when_listed_last() {
     let c = env.client().await;
     let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0);
     assert!(!in_recovery);
-    let port: i32 = c.query_one("SELECT inet_server_port()", &[]).await.unwrap().get(0);
+    let port: i32 = c.query_one("/*NO LOAD BALANCE*/ SELECT inet_server_port()", &[]).await.unwrap().get(0);
     assert_eq!(port, i32::from(env.cluster.node(0).port));
     c.batch_execute("CREATE TABLE w (x int); INSERT INTO w VALUES (1)").await.unwrap();
+    let port: i32 = c.query_one("WITH i AS (INSERT INTO w VALUES (2) RETURNING x) SELECT inet_server_port() FROM i", &[]).await.unwrap().get(0);
+    assert_eq!(port, i32::from(env.cluster.node(0).port));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,18 +180,31 @@ async fn lost_server_and_missing_primary_get_clear_errors() {
     let raw = Raw::connect(env.addr).await;
     let mut raw = raw.login(SUPERUSER, SUPERPASS).await.unwrap().0;
     tokio::task::block_in_place(|| env.cluster.kill9(0)).unwrap();
-    // The idle session is told at once that its server is gone: by the dying server
-    // itself (57P01, relayed) or by pgvigil (08006), then the connection closes.
-    let mut codes = Vec::new();
-    while let Some(m) = raw.recv().await {
+    // An idle session is not closed by the loss of its server connection: its next
+    // statement gets an error naming the cause (no server to connect to, or no primary
+    // once the monitor has seen it go), and the session stays usable.
+    let codes = ["08006", "57P03"];
+    for _ in 0..2 {
+        raw.send(&query_message("SELECT 1")).await;
+        let m = raw.recv().await.expect("an answer, not a closed connection");
         assert_eq!(m.tag, b'E');
-        codes.push(pgvigil::protocol::backend::parse_error_fields(&m.body).unwrap().code);
+        let code = pgvigil::protocol::backend::parse_error_fields(&m.body).unwrap().code;
+        assert!(codes.contains(&code.as_str()), "{code}");
+        let z = raw.recv().await.expect("ReadyForQuery");
+        assert_eq!((z.tag, z.body.as_ref()), (b'Z', &b"I"[..]));
     }
-    assert!(codes == ["57P01"] || codes == ["08006"], "one error, then close: {codes:?}");
-    // Once the monitor has seen the primary go, new clients get 57P03.
+    // Once the monitor has seen the primary go, clients get 57P03.
     let last = std::sync::Mutex::new(String::new());
     let told = eventually(Duration::from_secs(15), || async {
-        match connect(env.pg_config(SUPERUSER, SUPERPASS)).await {
+        let c = match connect(env.pg_config(SUPERUSER, SUPERPASS)).await {
+            Ok(c) => c,
+            // Without a primary, a session that needs one for its startup answer is refused.
+            Err(e) => {
+                *last.lock().unwrap() = sqlstate(&e);
+                return sqlstate(&e) == "57P03";
+            }
+        };
+        match c.simple_query("SELECT 1").await {
             Ok(_) => false,
             Err(e) => {
                 *last.lock().unwrap() = sqlstate(&e);
@@ -200,6 +214,12 @@ async fn lost_server_and_missing_primary_get_clear_errors() {
     })
     .await;
     assert!(told, "last SQLSTATE {}", last.lock().unwrap());
+}
+
+fn query_message(sql: &str) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    pgvigil::protocol::frontend::write_query(&mut out, sql);
+    out.to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

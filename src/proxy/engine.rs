@@ -42,6 +42,9 @@ const CLIENT_READ_AHEAD: usize = 64 * 1024;
 /// An idle connection's unsolicited bytes beyond this are not read until it is used.
 const IDLE_BUFFER_CAP: usize = 64 * 1024;
 const SERVER_MAX_MESSAGE: u64 = i32::MAX as u64;
+/// After its connection failed, a node gets none of the session's reads for this long
+/// (the monitor will have marked it down meanwhile if it is).
+const FAILED_NODE_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -146,7 +149,7 @@ pub(super) struct Engine<'a> {
     /// The node the session reads from (granularity "session").
     read_node: Option<usize>,
     /// Nodes whose connection failed during this session: no more reads there.
-    failed_nodes: Vec<usize>,
+    failed_nodes: Vec<(usize, std::time::Instant)>,
     /// The node the open extended-protocol batch runs on.
     batch: Option<usize>,
     batch_unit: u64,
@@ -510,9 +513,7 @@ impl<'a> Engine<'a> {
         if link.remaining > 0 && !link.swallowing {
             return Err(End::ServerLost(server_lost(&name)));
         }
-        if !self.failed_nodes.contains(&link.node) {
-            self.failed_nodes.push(link.node);
-        }
+        self.node_failed(link.node);
         if self.read_node == Some(link.node) {
             self.read_node = None;
         }
@@ -858,9 +859,9 @@ impl<'a> Engine<'a> {
                     };
                     match self.forward_query(msg, node, &c, &kind, sql, &reason, decision.label, effects.clone()).await? {
                         Ok(step) => return Ok(step),
-                        Err(e) => {
+                        Err((e, node_down)) => {
                             // A read outside a transaction moves to another node.
-                            let retry = matches!(kind, Kind::Read) && !self.route.in_tx() && matches!(dest, Dest::Read) && attempt < 2;
+                            let retry = node_down && matches!(kind, Kind::Read) && !self.route.in_tx() && matches!(dest, Dest::Read) && attempt < 2;
                             if !retry {
                                 return self.fail_request(e, true);
                             }
@@ -913,11 +914,11 @@ impl<'a> Engine<'a> {
         reason: &str,
         label: &'static str,
         effects: UnitEffects,
-    ) -> Result<Result<Step, PgError>, End> {
+    ) -> Result<Result<Step, (PgError, bool)>, End> {
         let li = match self.ready_link(node, true).await? {
             Ready::Link(li) => li,
             Ready::Blocked => return Ok(Ok(Step::Blocked)),
-            Ready::Failed(e) => return Ok(Err(e)),
+            Ready::Failed(e, node_down) => return Ok(Err((e, node_down))),
         };
         let commit_end = matches!(kind, Kind::TxControl(TxControl::Commit | TxControl::Rollback | TxControl::PrepareTransaction));
         if commit_end {
@@ -1096,11 +1097,11 @@ impl<'a> Engine<'a> {
                 ReadTarget::Node(t) => t == n,
                 ReadTarget::Any => true,
             };
-            if allowed && !self.failed_nodes.contains(&n) && crate::router::balance::ineligible(&self.view, n, &needs).is_none() {
+            if allowed && !self.excluded().contains(&n) && crate::router::balance::ineligible(&self.view, n, &needs).is_none() {
                 return Some((n, reason.to_string()));
             }
         }
-        let pick = self.shared.balancer.pick(&self.view, target, &needs, &self.failed_nodes, cfg.prefer_lower_lag)?;
+        let pick = self.shared.balancer.pick(&self.view, target, &needs, &self.excluded(), cfg.prefer_lower_lag)?;
         if session {
             self.read_node = Some(pick.node);
         }
@@ -1109,6 +1110,18 @@ impl<'a> Engine<'a> {
         } else {
             Some((pick.node, format!("{reason}; not {}", pick.skipped.join(", not "))))
         }
+    }
+
+    /// Remembers that a node's connection failed in this session.
+    fn node_failed(&mut self, node: usize) {
+        self.failed_nodes.retain(|(n, _)| *n != node);
+        self.failed_nodes.push((node, std::time::Instant::now()));
+    }
+
+    /// Nodes this session does not read from for now: their connection failed less
+    /// than `FAILED_NODE_PAUSE` ago.
+    fn excluded(&self) -> Vec<usize> {
+        self.failed_nodes.iter().filter(|(_, at)| at.elapsed() < FAILED_NODE_PAUSE).map(|(n, _)| *n).collect()
     }
 
     fn no_node(&mut self, kind: &Kind, simple: bool) -> Result<Step, End> {
@@ -1215,7 +1228,7 @@ impl<'a> Engine<'a> {
         let li = match self.ready_link(node, self.batch.is_none()).await? {
             Ready::Link(li) => li,
             Ready::Blocked => return Ok(Step::Blocked),
-            Ready::Failed(e) => return self.fail_request(e, false),
+            Ready::Failed(e, _) => return self.fail_request(e, false),
         };
         self.start_batch(node);
         // A statement of this name closed earlier may still exist on this connection.
@@ -1259,7 +1272,7 @@ impl<'a> Engine<'a> {
         let li = match self.ready_link(node, self.batch.is_none()).await? {
             Ready::Link(li) => li,
             Ready::Blocked => return Ok(Step::Blocked),
-            Ready::Failed(e) => return self.fail_request(e, false),
+            Ready::Failed(e, _) => return self.fail_request(e, false),
         };
         self.start_batch(node);
         self.ensure_prepared(li, &stmt);
@@ -1354,7 +1367,7 @@ impl<'a> Engine<'a> {
         let li = match self.ready_link(node, self.batch.is_none()).await? {
             Ready::Link(li) => li,
             Ready::Blocked => return Ok(Step::Blocked),
-            Ready::Failed(e) => return self.fail_request(e, false),
+            Ready::Failed(e, _) => return self.fail_request(e, false),
         };
         self.start_batch(node);
         let unit = self.batch_unit;
@@ -1401,7 +1414,7 @@ impl<'a> Engine<'a> {
         let reason = "function call message".to_string();
         match self.forward_query(msg, primary, &c, &Kind::Write, "", &reason, "function_call", UnitEffects::default()).await? {
             Ok(step) => Ok(step),
-            Err(e) => self.fail_request(e, true),
+            Err((e, _)) => self.fail_request(e, true),
         }
     }
 
@@ -1487,15 +1500,15 @@ impl<'a> Engine<'a> {
             Some(li) => li,
             None => match self.open_link(node).await {
                 Ok(li) => li,
-                Err(e) => {
-                    // A read outside a transaction tries another node.
-                    if !self.failed_nodes.contains(&node) {
-                        self.failed_nodes.push(node);
+                Err((e, node_down)) => {
+                    if node_down {
+                        // Reads try another node.
+                        self.node_failed(node);
+                        if self.read_node == Some(node) {
+                            self.read_node = None;
+                        }
                     }
-                    if self.read_node == Some(node) {
-                        self.read_node = None;
-                    }
-                    return Ok(Ready::Failed(e));
+                    return Ok(Ready::Failed(e, node_down));
                 }
             },
         };
@@ -1521,36 +1534,40 @@ impl<'a> Engine<'a> {
             tracing::info!(peer = %self.peer, node, error = %e, "server connection failed while being readied");
             self.links[li].dead = true;
             self.link_failed(li)?;
-            return Ok(Ready::Failed(PgError::new(Severity::Error, sqlstate::CONNECTION_FAILURE, e.to_string())));
+            return Ok(Ready::Failed(PgError::new(Severity::Error, sqlstate::CONNECTION_FAILURE, e.to_string()), true));
         }
         Ok(Ready::Link(li))
     }
 
-    async fn open_link(&mut self, node: usize) -> Result<usize, PgError> {
+    /// Opens a connection to `node`; the error says whether the node looks down.
+    async fn open_link(&mut self, node: usize) -> Result<usize, (PgError, bool)> {
         let addr = self.view.nodes.get(node).map(|n| n.addr).ok_or_else(|| {
-            PgError::new(Severity::Error, sqlstate::CONNECTION_FAILURE, "backend no longer configured")
+            (PgError::new(Severity::Error, sqlstate::CONNECTION_FAILURE, "backend no longer configured"), false)
         })?;
         let key = PoolKey { backend: node, ..self.base_key.clone() };
         let mut checkout = match self.shared.pools.checkout(&key, addr, &self.credential).await {
             Ok(c) => c,
             Err(CheckoutError::Timeout(wait)) => {
-                return Err(PgError::new(Severity::Error, sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already").with_detail(
+                return Err((PgError::new(Severity::Error, sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already").with_detail(
                     format!("All server connections of the pool for backend \"{}\" (pool.size) are in use and none became free within {wait:?} (pool.checkout_timeout).", self.node_name(node)),
-                ))
+                ), false))
             }
             Err(CheckoutError::Connect(ConnectError::Server { error, .. })) => {
-                return Err(PgError::new(Severity::Error, sqlstate::CONNECTION_FAILURE, format!(
+                // "the database system is starting up / shutting down": that node is out.
+                let node_down = error.code.starts_with("57P");
+                return Err((PgError::new(Severity::Error, sqlstate::CONNECTION_FAILURE, format!(
                     "backend \"{}\" refused the connection: {}",
                     self.node_name(node),
                     error.message
-                )))
+                )), node_down))
             }
             Err(CheckoutError::Connect(e)) => {
-                return Err(PgError::new(Severity::Error, sqlstate::CONNECTION_FAILURE, format!("backend \"{}\": {e}", self.node_name(node))))
+                let node_down = matches!(e, ConnectError::Io { .. } | ConnectError::Timeout(_));
+                return Err((PgError::new(Severity::Error, sqlstate::CONNECTION_FAILURE, format!("backend \"{}\": {e}", self.node_name(node))), node_down))
             }
         };
         if let Err(e) = checkout.conn.ensure_setting("application_name", &self.app_name).await {
-            return Err(PgError::new(Severity::Error, sqlstate::CONNECTION_FAILURE, e.to_string()));
+            return Err((PgError::new(Severity::Error, sqlstate::CONNECTION_FAILURE, e.to_string()), true));
         }
         self.cancel.add_server(node, checkout.conn.pid);
         tracing::debug!(peer = %self.peer, node, server_pid = checkout.conn.pid, "session uses a new server connection");
@@ -1670,7 +1687,9 @@ impl<'a> Engine<'a> {
 enum Ready {
     Link(usize),
     Blocked,
-    Failed(PgError),
+    /// No connection: the error for the client, and whether the node looks down (so
+    /// a read may try another).
+    Failed(PgError, bool),
 }
 
 /// Runs a statement pgvigil replays; a server error is logged, not fatal.
