@@ -41,6 +41,8 @@ const CLIENT_HIGH_WATER: usize = 256 * 1024;
 const CLIENT_READ_AHEAD: usize = 64 * 1024;
 /// An idle connection's unsolicited bytes beyond this are not read until it is used.
 const IDLE_BUFFER_CAP: usize = 64 * 1024;
+/// A busy connection's input beyond this is not read until the client takes some.
+const SERVER_BUFFER_CAP: usize = 128 * 1024;
 const SERVER_MAX_MESSAGE: u64 = i32::MAX as u64;
 /// After its connection failed, a node gets none of the session's reads for this long
 /// (the monitor will have marked it down meanwhile if it is).
@@ -323,8 +325,9 @@ impl<'a> Engine<'a> {
         let mut pos = 0;
         loop {
             if link.remaining > 0 {
-                let take = link.remaining.min(buf.len() - pos);
+                let mut take = link.remaining.min(buf.len() - pos);
                 if !link.swallowing {
+                    take = take.min(CLIENT_HIGH_WATER.saturating_sub(self.cout.len()));
                     self.cout.extend_from_slice(&buf[pos..pos + take]);
                 }
                 pos += take;
@@ -624,7 +627,10 @@ impl<'a> Engine<'a> {
                         continue;
                     }
                     let buf = &mut link.checkout.conn.buf;
-                    if link.expect.is_empty() && link.remaining == 0 && buf.len() >= IDLE_BUFFER_CAP {
+                    // What is buffered waits for the client first (an idle connection's
+                    // unsolicited bytes wait until it is used).
+                    let cap = if link.expect.is_empty() && link.remaining == 0 { IDLE_BUFFER_CAP } else { SERVER_BUFFER_CAP };
+                    if buf.len() >= cap {
                         continue;
                     }
                     if buf.capacity() - buf.len() < 4096 {
