@@ -1283,6 +1283,12 @@ impl<'a> Engine<'a> {
         self.start_batch(node);
         self.ensure_prepared(li, &stmt);
         let decision = self.route.decide(&c, &kind, &reason.to_string(), &self.shared.routing, false);
+        if let Some((name, value)) = c.pgvigil_setting() {
+            // The server accepts it as a placeholder setting; pgvigil applies it too.
+            if let Err(e) = self.route.apply_setting(&name, &value) {
+                tracing::debug!(peer = %self.peer, error = %e, "pgvigil setting ignored");
+            }
+        }
         let unit = self.batch_unit;
         self.explain(li, unit, &reason.to_string());
         self.record(node, decision.label, matches!(kind, Kind::Read));
@@ -1525,10 +1531,9 @@ impl<'a> Engine<'a> {
         let in_tx = self.route.in_tx();
         let needs_work = {
             let l = &self.links[li];
-            l.applied < self.log.seq
-                || (!in_tx && l.checkout.conn.tx_status != b'I' && !l.in_tx)
-                || (in_tx && !l.in_tx)
-                || (in_tx && l.in_tx && l.tx_applied < self.route.tx.as_ref().map_or(0, |t| t.log.len()))
+            let tx_log = self.route.tx.as_ref().map_or(0, |t| t.log.len());
+            let stale_tx = !l.in_tx && l.checkout.conn.tx_status != b'I';
+            l.applied < self.log.seq || if in_tx { !l.in_tx || l.tx_applied < tx_log } else { stale_tx }
         };
         if !needs_work {
             return Ok(Ready::Link(li));

@@ -274,10 +274,8 @@ impl SessionRoute {
                     }
                 }
             }
-            TxControl::SetSessionCharacteristics { isolation, .. } => {
-                if let Some(i) = isolation {
-                    self.default_serializable = *i == crate::router::Isolation::Serializable;
-                }
+            TxControl::SetSessionCharacteristics { isolation: Some(i), .. } => {
+                self.default_serializable = *i == crate::router::Isolation::Serializable;
             }
             _ => {}
         }
@@ -310,7 +308,7 @@ impl SessionRoute {
                     Some(b) => b,
                     None if value == "default" => false,
                     None => {
-                        return Err(format!("parameter \"pgvigil.explain_routing\" requires a Boolean value"));
+                        return Err("parameter \"pgvigil.explain_routing\" requires a Boolean value".to_string());
                     }
                 };
                 Ok(())
