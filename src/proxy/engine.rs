@@ -833,8 +833,13 @@ impl<'a> Engine<'a> {
                 return Ok(Step::Done);
             }
         }
+        // EXECUTE of an SQL prepared statement goes where that statement would.
+        let (c, prefix) = match c.executes.as_ref().and_then(|name| Some((name, self.sql_prepared.get(name)?.clone()))) {
+            Some((name, inner)) if c.statements == 1 => (inner, format!("EXECUTE {name}: ")),
+            _ => (c, String::new()),
+        };
         let (kind, reason) = self.final_kind(&c).await;
-        let decision = self.route.decide(&c, &kind, &reason.to_string(), &self.shared.routing, true);
+        let decision = self.route.decide(&c, &kind, &format!("{prefix}{reason}"), &self.shared.routing, true);
         match decision.dest {
             Dest::Local(local) => {
                 if !self.all_quiet() {
