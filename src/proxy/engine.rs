@@ -489,10 +489,9 @@ impl<'a> Engine<'a> {
                     link.in_tx = true;
                     link.tx_applied = 0;
                 }
-                if status == b'E' {
-                    if let Some(tx) = &mut self.route.tx {
-                        tx.failed = true;
-                    }
+                if let Some(tx) = &mut self.route.tx {
+                    // 'E' until ROLLBACK (TO SAVEPOINT) repairs it.
+                    tx.failed = status == b'E';
                 }
             }
         }
@@ -527,6 +526,7 @@ impl<'a> Engine<'a> {
         if let Some(tx) = &mut self.route.tx {
             if link.in_tx {
                 tx.failed = true;
+                tx.broken = true;
             }
             if tx.read_node == Some(link.node) {
                 tx.read_node = None;
@@ -822,16 +822,14 @@ impl<'a> Engine<'a> {
             backend::write_ready_for_query(&mut self.cout, status);
             return Ok(Step::Done);
         }
-        if self.route.tx.as_ref().is_some_and(|t| t.failed) && !matches!(c.kind, Kind::TxControl(TxControl::Commit | TxControl::Rollback | TxControl::RollbackToSavepoint)) {
-            // A transaction that lost a node: nothing more can run in it.
+        if self.route.tx.as_ref().is_some_and(|t| t.broken) && !matches!(c.kind, Kind::TxControl(TxControl::Commit | TxControl::Rollback)) {
+            // A transaction that lost a node: only its end is accepted.
             if !self.all_quiet() {
                 return Ok(Step::Blocked);
             }
-            if self.links.iter().all(|l| !l.in_tx) {
-                in_failed_tx().write(&mut self.cout);
-                backend::write_ready_for_query(&mut self.cout, b'E');
-                return Ok(Step::Done);
-            }
+            in_failed_tx().write(&mut self.cout);
+            backend::write_ready_for_query(&mut self.cout, b'E');
+            return Ok(Step::Done);
         }
         // EXECUTE of an SQL prepared statement goes where that statement would.
         let (c, prefix) = match c.executes.as_ref().and_then(|name| Some((name, self.sql_prepared.get(name)?.clone()))) {
@@ -1262,6 +1260,17 @@ impl<'a> Engine<'a> {
     }
 
     async fn on_bind(&mut self, msg: &Bytes, portal: String, stmt: String) -> Result<Step, End> {
+        let ends_tx = |c: &Classification| matches!(c.kind, Kind::TxControl(TxControl::Commit | TxControl::Rollback));
+        if self.route.tx.as_ref().is_some_and(|t| t.broken) && !self.stmts.get(&stmt).is_some_and(|s| ends_tx(&s.class)) {
+            if self.batch.is_some() {
+                // Close the batch's part first, so the error comes after its answers.
+                return Ok(self.end_batch_early());
+            }
+            if !self.all_quiet() {
+                return Ok(Step::Blocked);
+            }
+            return self.fail_request(in_failed_tx(), false);
+        }
         let (c, sql) = match self.stmts.get(&stmt) {
             Some(s) => (s.class.clone(), s.sql.clone()),
             None => match self.sql_prepared.get(&stmt) {

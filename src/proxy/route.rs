@@ -78,6 +78,8 @@ pub struct Tx {
     pub session_entries: Vec<String>,
     /// A statement failed: only ROLLBACK (or COMMIT, which rolls back) is accepted.
     pub failed: bool,
+    /// A node the transaction used was lost: only its end is accepted.
+    pub broken: bool,
 }
 
 /// A session's routing state.
