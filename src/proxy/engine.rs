@@ -480,6 +480,7 @@ impl<'a> Engine<'a> {
                     // A transaction began inside a multi-statement query: keep it there.
                     let tx = super::route::Tx {
                         begin: "BEGIN".into(),
+                        begin_standby: "BEGIN".into(),
                         pinned: Some(node),
                         pinned_reason: "transaction began in a multi-statement query",
                         ..Default::default()
@@ -1630,7 +1631,8 @@ impl<'a> Engine<'a> {
         if in_tx {
             let tx = self.route.tx.as_ref().expect("in_tx");
             if !link.in_tx {
-                run_tolerant(conn, &tx.begin).await?;
+                let standby = self.view.nodes.get(link.node).is_some_and(|n| n.role == Role::Standby);
+                run_tolerant(conn, if standby { &tx.begin_standby } else { &tx.begin }).await?;
                 link.in_tx = true;
                 link.tx_applied = 0;
             }

@@ -63,6 +63,8 @@ fn route(dest: Dest, reason: impl Into<String>, label: &'static str) -> Route {
 pub struct Tx {
     /// Statement that starts it on a node joining it ("BEGIN ISOLATION LEVEL …").
     pub begin: String,
+    /// The same without READ WRITE, which a standby refuses.
+    pub begin_standby: String,
     /// Every statement runs on this node (serializable: the primary; or the node a
     /// transaction began on implicitly).
     pub pinned: Option<usize>,
@@ -252,9 +254,26 @@ impl SessionRoute {
 
     fn sent_tx(&mut self, t: &TxControl, node: usize, primary: Option<usize>, sql: &str) {
         match t {
-            TxControl::Begin { .. } if self.tx.is_none() => {
+            TxControl::Begin { read_only, isolation, deferrable } if self.tx.is_none() => {
                 let serializable = serializable_needs_primary(t) || self.default_serializable;
-                let mut tx = Tx { begin: sql.trim().trim_end_matches(';').to_string(), ..Tx::default() };
+                let mut begin_standby = String::from("BEGIN");
+                if let Some(i) = isolation {
+                    begin_standby.push_str(match i {
+                        crate::router::Isolation::ReadUncommitted => " ISOLATION LEVEL READ UNCOMMITTED",
+                        crate::router::Isolation::ReadCommitted => " ISOLATION LEVEL READ COMMITTED",
+                        crate::router::Isolation::RepeatableRead => " ISOLATION LEVEL REPEATABLE READ",
+                        crate::router::Isolation::Serializable => " ISOLATION LEVEL SERIALIZABLE",
+                    });
+                }
+                if *read_only == Some(true) {
+                    begin_standby.push_str(" READ ONLY");
+                }
+                match deferrable {
+                    Some(true) => begin_standby.push_str(" DEFERRABLE"),
+                    Some(false) => begin_standby.push_str(" NOT DEFERRABLE"),
+                    None => {}
+                }
+                let mut tx = Tx { begin: sql.trim().trim_end_matches(';').to_string(), begin_standby, ..Tx::default() };
                 if serializable {
                     tx.serializable_primary = true;
                     tx.pinned = primary;
