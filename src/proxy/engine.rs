@@ -172,6 +172,8 @@ pub(super) struct Engine<'a> {
     copy_node: Option<usize>,
     /// Bytes of a CopyData message still to pass through.
     copy_remaining: usize,
+    /// Resolves when pgvigil terminates sessions (created once, polled by every wait).
+    terminate: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
 impl<'a> Engine<'a> {
@@ -224,6 +226,7 @@ impl<'a> Engine<'a> {
             view,
             copy_node: None,
             copy_remaining: 0,
+            terminate: Box::pin(shared.terminate.clone().cancelled_owned()),
         }
     }
 
@@ -574,11 +577,8 @@ impl<'a> Engine<'a> {
     // ---- sockets ---------------------------------------------------------------------
 
     async fn io(&mut self) -> Result<(), End> {
-        let shared = self.shared;
-        let terminate = shared.terminate.cancelled();
-        tokio::pin!(terminate);
         poll_fn(|cx| {
-            if terminate.as_mut().poll(cx).is_ready() {
+            if self.terminate.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(End::Terminated));
             }
             let mut progress = false;

@@ -31,6 +31,7 @@ mod classify;
 mod functions;
 mod hint;
 mod reason;
+mod shape;
 mod session_objects;
 mod statement;
 mod transaction;

@@ -254,6 +254,27 @@ fn table() {
     assert!(TABLE.len() >= 100, "table has {} rows", TABLE.len());
 }
 
+/// Through the cache (shared by shape), with the constants changed too, every row
+/// classifies as it does on its own.
+#[test]
+fn table_through_the_shape_cache() {
+    let cache = super::ClassifierCache::new(10_000);
+    for (sql, kind, _) in TABLE {
+        cache.get_or_classify(sql);
+        let variant = sql.replace('1', "7").replace("'a'", "'zz'");
+        for text in [sql.to_string(), variant] {
+            let direct = classify(&text);
+            let cached = cache.get_or_classify(&text);
+            assert_eq!(
+                (kind_name(&cached.kind), cached.reason.to_string()),
+                (kind_name(&direct.kind), direct.reason.to_string()),
+                "{text:?} (row {sql:?}, {kind})"
+            );
+            assert_eq!(cached.setting, direct.setting, "{text:?}");
+        }
+    }
+}
+
 #[test]
 fn very_long_queries() {
     let ids: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
