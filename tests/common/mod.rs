@@ -36,6 +36,8 @@ pub struct Options {
     pub proxy: String,
     /// List the standbys before the primary in `[[backends]]`.
     pub primary_last: bool,
+    /// `weight` of each backend by node index (empty: none given, so 1 each).
+    pub weights: Vec<f64>,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
             pool: String::new(),
             proxy: String::new(),
             primary_last: false,
+            weights: Vec::new(),
         }
     }
 }
@@ -87,33 +90,17 @@ impl Env {
     /// Starts pgvigil in front of an existing cluster.
     pub async fn start_on(cluster: LocalCluster, opts: Options) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut users = format!("{SUPERUSER} = \"{SUPERPASS}\"\n");
-        for u in &opts.users {
-            users.push_str(u);
-            users.push('\n');
-        }
-        std::fs::write(dir.path().join("users.toml"), users).expect("write users file");
-        let mut order: Vec<usize> = (0..cluster.len()).collect();
-        if opts.primary_last {
-            order.rotate_left(1);
-        }
-        let mut backends = String::new();
-        for i in order {
-            let n = cluster.node(i);
-            backends.push_str(&format!("[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\n\n", n.name, n.host, n.port));
-        }
-        let text = format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\n{}\n\n[pool]\n{}\n\n[auth]\nmethod = \"{}\"\nusers_file = \"users.toml\"\n\n\
-             [health_check]\ninterval = \"200ms\"\nuser = \"{SUPERUSER}\"\n\n{}\n{}",
-            opts.proxy, opts.pool, opts.auth_method, opts.extra, backends
-        );
-        let config_path = dir.path().join("pgvigil.toml");
-        std::fs::write(&config_path, text).expect("write config");
-        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-        let handle = proxy::start(config, Some(config_path.clone())).await.expect("start pgvigil");
-        assert!(handle.wait_for_primary(Duration::from_secs(20)).await, "pgvigil found no primary");
+        let (handle, config_path) = start_proxy(&cluster, &opts, dir.path()).await;
         let addr = handle.local_addr;
         Env { proxy: Some(handle), addr, config_path, dir, cluster }
+    }
+
+    /// Another pgvigil in front of the same cluster, with its own configuration (the
+    /// `standbys` and `hba` options are ignored). Stopped when dropped.
+    pub async fn another_proxy(&self, opts: Options) -> OtherProxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (handle, _) = start_proxy(&self.cluster, &opts, dir.path()).await;
+        OtherProxy { addr: handle.local_addr, handle: Some(handle), _dir: dir }
     }
 
     pub fn pg_config(&self, user: &str, password: &str) -> tokio_postgres::Config {
@@ -138,6 +125,75 @@ impl Env {
 
     pub fn handle(&self) -> &ProxyHandle {
         self.proxy.as_ref().expect("proxy running")
+    }
+}
+
+/// Writes the config for `opts` into `dir` and starts pgvigil on it; waits for a primary.
+async fn start_proxy(cluster: &LocalCluster, opts: &Options, dir: &std::path::Path) -> (ProxyHandle, PathBuf) {
+    let mut users = format!("{SUPERUSER} = \"{SUPERPASS}\"\n");
+    for u in &opts.users {
+        users.push_str(u);
+        users.push('\n');
+    }
+    std::fs::write(dir.join("users.toml"), users).expect("write users file");
+    let mut order: Vec<usize> = (0..cluster.len()).collect();
+    if opts.primary_last {
+        order.rotate_left(1);
+    }
+    let mut backends = String::new();
+    for i in order {
+        let n = cluster.node(i);
+        backends.push_str(&format!("[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\n", n.name, n.host, n.port));
+        if let Some(w) = opts.weights.get(i) {
+            backends.push_str(&format!("weight = {w:?}\n"));
+        }
+        backends.push('\n');
+    }
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n{}\n\n[pool]\n{}\n\n[auth]\nmethod = \"{}\"\nusers_file = \"users.toml\"\n\n\
+         [health_check]\ninterval = \"200ms\"\nuser = \"{SUPERUSER}\"\n\n{}\n{}",
+        opts.proxy, opts.pool, opts.auth_method, opts.extra, backends
+    );
+    let config_path = dir.join("pgvigil.toml");
+    std::fs::write(&config_path, text).expect("write config");
+    let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let handle = proxy::start(config, Some(config_path.clone())).await.expect("start pgvigil");
+    assert!(handle.wait_for_primary(Duration::from_secs(20)).await, "pgvigil found no primary");
+    (handle, config_path)
+}
+
+/// A second pgvigil in front of an [`Env`]'s cluster.
+pub struct OtherProxy {
+    pub addr: SocketAddr,
+    pub handle: Option<ProxyHandle>,
+    _dir: tempfile::TempDir,
+}
+
+impl OtherProxy {
+    pub fn pg_config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1").port(self.addr.port()).user(SUPERUSER).password(SUPERPASS).dbname("postgres");
+        c.connect_timeout(Duration::from_secs(10));
+        c
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(self.pg_config()).await.expect("connect through the other pgvigil")
+    }
+
+    pub fn handle(&self) -> &ProxyHandle {
+        self.handle.as_ref().expect("proxy running")
+    }
+}
+
+impl Drop for OtherProxy {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            // Sessions end with the runtime; stop the accept loop and the monitor now.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(h.fast_shutdown());
+            }
+        }
     }
 }
 
@@ -339,3 +395,112 @@ impl Env {
         assert!(running, "{needle} is running");
     }
 }
+
+/// NOTICE texts a connection received, in order.
+#[derive(Clone, Default)]
+pub struct Notices(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Notices {
+    /// Everything received so far; the list starts over.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// Connects and keeps the NOTICEs the server sends. A notice sent before a statement's
+/// answer is recorded before the statement's call returns.
+pub async fn connect_with_notices(config: tokio_postgres::Config) -> (tokio_postgres::Client, Notices) {
+    use futures_util::StreamExt;
+    let (client, mut conn) = config.connect(tokio_postgres::NoTls).await.expect("connect");
+    let notices = Notices::default();
+    let sink = notices.clone();
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                sink.0.lock().unwrap().push(n.message().to_string());
+            }
+        }
+    });
+    (client, notices)
+}
+
+impl Env {
+    /// The port node `i` listens on, as `inet_server_port()` reports it.
+    pub fn port(&self, i: usize) -> i32 {
+        i32::from(self.cluster.node(i).port)
+    }
+
+    /// The node index listening on `port`.
+    pub fn node_of(&self, port: i32) -> usize {
+        (0..self.cluster.len()).find(|&i| self.port(i) == port).unwrap_or_else(|| panic!("no node on port {port}"))
+    }
+
+    /// Waits until every standby has replayed everything the primary wrote so far.
+    pub async fn wait_replicated(&self) {
+        let primary = self.direct(0).await;
+        let lsn: String = primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+        for i in 1..self.cluster.len() {
+            let standby = self.direct(i).await;
+            let done = eventually(Duration::from_secs(30), || async {
+                standby
+                    .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&lsn])
+                    .await
+                    .map(|r| r.get::<_, bool>(0))
+                    .unwrap_or(false)
+            })
+            .await;
+            assert!(done, "standby {i} replayed up to {lsn}");
+        }
+    }
+}
+
+/// Waits until `proxy`'s monitor sees every other node as an up standby less than
+/// `max_lag` bytes behind (so each can take reads).
+pub async fn wait_standbys_eligible(proxy: &ProxyHandle, max_lag: u64) {
+    let view = proxy.shared().view.clone();
+    let ok = || {
+        let v = view.borrow();
+        v.primary().is_some()
+            && (0..v.nodes.len()).filter(|&i| Some(i) != v.primary()).all(|i| {
+                v.nodes[i].up
+                    && v.nodes[i].role == pgvigil::monitor::Role::Standby
+                    && v.replay_lag_bytes(i).is_some_and(|l| l < max_lag)
+                    && v.replay_lag_time(i).is_some_and(|t| t < Duration::from_secs(1))
+            })
+    };
+    let done = eventually(Duration::from_secs(30), || async { ok() }).await;
+    assert!(done, "standbys eligible for reads: {:?}", view.borrow());
+}
+
+/// Rows of every result of a simple-protocol query, as text.
+pub async fn rows(c: &tokio_postgres::Client, sql: &str) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for m in c.simple_query(sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            out.push((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect());
+        }
+    }
+    Ok(out)
+}
+
+/// The first column of the last row of `sql`'s results as an int (callers put
+/// `inet_server_port()` there). Panics on an error.
+pub async fn port_of(c: &tokio_postgres::Client, sql: &str) -> i32 {
+    let r = rows(c, sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    let row = r.last().unwrap_or_else(|| panic!("{sql}: no rows"));
+    row[0].parse().unwrap_or_else(|_| panic!("{sql}: not a port: {row:?}"))
+}
+
+/// SHOW POOL_NODES through pgvigil, one map per node.
+pub async fn pool_nodes(c: &tokio_postgres::Client) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut out = Vec::new();
+    for m in c.simple_query("SHOW POOL_NODES").await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            let cols = r.columns().iter().map(|c| c.name().to_string());
+            out.push(cols.enumerate().map(|(i, name)| (name, r.get(i).unwrap_or("").to_string())).collect());
+        }
+    }
+    out
+}
+
