@@ -377,6 +377,11 @@ impl<'a> Engine<'a> {
                 _ => {}
             }
             let (mut forward, event) = link.on_message(header.tag, &buf[pos..pos + need]);
+            if event == Some(Event::Fatal) && forward && need == total {
+                // The server is leaving in the middle of a request: the client gets an
+                // ERROR, not a FATAL, and its session goes on without that connection.
+                link.fatal_forwarded = super::link::demote_fatal(&mut buf[pos..pos + total]);
+            }
             // A standby's in_hot_standby must not tell the client it talks to a standby.
             if header.tag == be::PARAMETER_STATUS && buf[pos + 5..].starts_with(b"in_hot_standby\0") {
                 forward = forward && self.view.nodes.get(link.node).is_some_and(|n| n.role == Role::Primary);
@@ -401,7 +406,8 @@ impl<'a> Engine<'a> {
         match event {
             Event::Fatal => {
                 let link = &mut self.links[li];
-                if link.pending_units().next().is_some() || self.batch == Some(link.node) {
+                let owed = link.pending_units().next().is_some() || self.batch == Some(link.node);
+                if owed && !link.fatal_forwarded {
                     // The client got the FATAL: it will go away.
                     return Err(End::ServerFatal);
                 }
@@ -544,13 +550,19 @@ impl<'a> Engine<'a> {
         } else {
             "Retry the statement: pgvigil sends it to another backend."
         });
+        // The server's own error (a FATAL passed on as ERROR) answers the first request.
+        let mut told = link.fatal_forwarded;
         for unit in units {
             self.units.remove(&unit);
-            error.write(&mut self.cout);
+            if !std::mem::replace(&mut told, false) {
+                error.write(&mut self.cout);
+            }
             backend::write_ready_for_query(&mut self.cout, status);
         }
         if self.batch == Some(link.node) {
-            error.write(&mut self.cout);
+            if !told {
+                error.write(&mut self.cout);
+            }
             self.batch = None;
             self.discard_until_sync = true;
         }
@@ -862,12 +874,11 @@ impl<'a> Engine<'a> {
                         return Ok(step);
                     }
                 }
-                let effects = self.effects_for(&c, &kind, sql);
                 for attempt in 0..3 {
                     let Some((node, reason)) = self.resolve(&dest, &kind, &decision.reason) else {
                         return self.no_node(&kind, true);
                     };
-                    match self.forward_query(msg, node, &c, &kind, sql, &reason, decision.label, effects.clone()).await? {
+                    match self.forward_query(msg, node, &c, &kind, sql, &reason, decision.label).await? {
                         Ok(step) => return Ok(step),
                         Err((e, node_down)) => {
                             // A read outside a transaction moves to another node.
@@ -923,7 +934,6 @@ impl<'a> Engine<'a> {
         sql: &str,
         reason: &str,
         label: &'static str,
-        effects: UnitEffects,
     ) -> Result<Result<Step, (PgError, bool)>, End> {
         let li = match self.ready_link(node, true).await? {
             Ready::Link(li) => li,
@@ -950,6 +960,8 @@ impl<'a> Engine<'a> {
             Some(li) => li,
             None => return Ok(Ok(Step::Blocked)),
         };
+        // Effects are taken once, when the statement is really sent.
+        let effects = self.effects_for(c, kind, sql);
         let unit = self.new_unit(effects);
         self.explain(li, unit, reason);
         self.record(node, label, matches!(kind, Kind::Read));
@@ -1096,6 +1108,25 @@ impl<'a> Engine<'a> {
             min_replay: self.commit_lsn,
         };
         let target = self.route.read_target();
+        let owned;
+        let reason = match (self.route.route, target) {
+            (super::route::RouteOverride::Auto, ReadTarget::Any) => reason,
+            (super::route::RouteOverride::Auto, t) => {
+                let to = match t {
+                    ReadTarget::Primary => "primary".to_string(),
+                    ReadTarget::Standby => "standby".to_string(),
+                    ReadTarget::Node(n) => self.node_name(n),
+                    ReadTarget::Any => String::new(),
+                };
+                owned = format!("{reason}; redirect rule: to {to}");
+                &owned
+            }
+            (_, ReadTarget::Standby) => {
+                owned = format!("{reason}; pgvigil.route = standby");
+                &owned
+            }
+            _ => reason,
+        };
         let session = cfg.granularity == crate::config::Granularity::Session;
         // A connection with answers still due that may serve this read keeps it: no wait.
         let busy = self.links.iter().find(|l| !l.expect.is_empty()).map(|l| l.node);
@@ -1439,7 +1470,7 @@ impl<'a> Engine<'a> {
         self.view = self.shared.view.borrow().clone();
         let Some(primary) = self.view.primary() else { return self.no_node(&Kind::Write, true) };
         let reason = "function call message".to_string();
-        match self.forward_query(msg, primary, &c, &Kind::Write, "", &reason, "function_call", UnitEffects::default()).await? {
+        match self.forward_query(msg, primary, &c, &Kind::Write, "", &reason, "function_call").await? {
             Ok(step) => Ok(step),
             Err((e, _)) => self.fail_request(e, true),
         }

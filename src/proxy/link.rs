@@ -78,6 +78,8 @@ pub(super) struct Link {
     /// Protocol-level prepared statements present here: name → generation.
     pub prepared: HashMap<String, u64>,
     pub dead: bool,
+    /// The server's FATAL was passed on as an ERROR: the client has its error already.
+    pub fatal_forwarded: bool,
 }
 
 impl Link {
@@ -98,6 +100,7 @@ impl Link {
             tx_applied: 0,
             prepared: HashMap::new(),
             dead: false,
+            fatal_forwarded: false,
         }
     }
 
@@ -204,9 +207,51 @@ pub(super) fn needed(tag: u8, total: usize) -> usize {
     match tag {
         be::READY_FOR_QUERY | be::PARSE_COMPLETE | be::BIND_COMPLETE | be::CLOSE_COMPLETE => total,
         be::NOTIFICATION_RESPONSE => 9,
+        // Whole, so a FATAL can be turned into an ERROR in place.
+        be::ERROR_RESPONSE if total <= 64 * 1024 => total,
         be::ERROR_RESPONSE => 12,
         be::PARAMETER_STATUS if total <= 64 * 1024 => total,
         _ => 5,
     }
     .min(total)
+}
+
+/// Rewrites the severity of an ErrorResponse (whole message in `msg`) from FATAL or
+/// PANIC to ERROR, in place: the session outlives its server connection. Returns
+/// whether it did.
+pub(super) fn demote_fatal(msg: &mut [u8]) -> bool {
+    let mut i = 5;
+    let mut done = false;
+    while i < msg.len() && msg[i] != 0 {
+        let field = msg[i];
+        let start = i + 1;
+        let Some(len) = msg[start..].iter().position(|&c| c == 0) else { return false };
+        if matches!(field, b'S' | b'V') && matches!(&msg[start..start + len], b"FATAL" | b"PANIC") {
+            msg[start..start + len].copy_from_slice(b"ERROR");
+            done = true;
+        }
+        i = start + len + 1;
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::demote_fatal;
+    use crate::protocol::backend::{parse_error_fields, PgError};
+    use bytes::BytesMut;
+
+    #[test]
+    fn fatal_becomes_error_with_the_same_fields() {
+        let mut out = BytesMut::new();
+        PgError::shutting_down().with_hint("h").write(&mut out);
+        assert!(demote_fatal(&mut out));
+        let e = parse_error_fields(&out[5..]).unwrap();
+        assert_eq!((e.severity.as_str(), e.code.as_str()), ("ERROR", "57P01"));
+        assert_eq!(e.message, "terminating connection due to administrator command");
+        let mut plain = BytesMut::new();
+        PgError::new(crate::protocol::backend::Severity::Error, "42P01", "x").write(&mut plain);
+        assert!(!demote_fatal(&mut plain));
+        assert!(!demote_fatal(&mut [b'E', 0, 0, 0, 9, b'S', b'F', b'A']));
+    }
 }

@@ -205,6 +205,13 @@ impl SessionRoute {
                 Some(_) => route(Dest::AllInTx, reason, "tx_control"),
                 None => route(Dest::Last, reason, "tx_control"),
             },
+            // SET TRANSACTION ISOLATION LEVEL SERIALIZABLE before anything ran on a
+            // standby: the transaction belongs on the primary.
+            TxControl::SetTransaction { .. }
+                if serializable_needs_primary(tx) && self.tx.as_ref().is_some_and(|t| t.read_node.is_none()) =>
+            {
+                route(Dest::Primary, format!("{reason}; serializable"), "tx_control")
+            }
             TxControl::Savepoint | TxControl::Release | TxControl::RollbackToSavepoint | TxControl::SetTransaction { .. } => {
                 match &self.tx {
                     Some(_) => route(Dest::AllInTx, reason, "tx_control"),
