@@ -484,3 +484,19 @@ async fn first_success(c: &Client) -> i32 {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_load_balancing_off_everything_runs_on_the_primary_unparsed() {
+    let env = Env::start(Options { standbys: 2, extra: "[routing]\nload_balance = false\n".into(), ..Options::default() }).await;
+    let (c, notices) = connect_with_notices(env.pg_config(SUPERUSER, SUPERPASS)).await;
+    c.batch_execute("SET pgvigil.explain_routing = on").await.unwrap();
+    for sql in ["SELECT inet_server_port()", "BEGIN; SELECT inet_server_port()", "SELECT inet_server_port()"] {
+        assert_eq!(port_of(&c, sql).await, env.port(0), "{sql}");
+    }
+    c.batch_execute("COMMIT").await.unwrap();
+    let said = notices.take();
+    assert!(!said.is_empty() && said.iter().all(|n| n.contains("pg0 (primary): load balancing is off")), "{said:?}");
+    // A syntax error still comes from the primary, as PostgreSQL words it.
+    let e = c.simple_query("SELEC 1").await.unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("42601"));
+}

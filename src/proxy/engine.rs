@@ -822,7 +822,7 @@ impl<'a> Engine<'a> {
             backend::write_ready_for_query(&mut self.cout, status);
             return Ok(Step::Done);
         }
-        let c = self.shared.classifier.get_or_classify(sql);
+        let c = self.classify(sql);
         if let Some((name, value)) = c.pgvigil_setting() {
             if !self.all_quiet() {
                 return Ok(Step::Blocked);
@@ -1048,6 +1048,16 @@ impl<'a> Engine<'a> {
         unit
     }
 
+    /// The statement's classification. With load balancing off everything goes to the
+    /// primary over one connection, so statements are not parsed at all (except
+    /// `SET pgvigil.…`).
+    fn classify(&self, sql: &str) -> Arc<Classification> {
+        if !self.shared.routing.load_balance && !mentions_pgvigil(sql) {
+            return self.shared.unclassified.clone();
+        }
+        self.shared.classifier.get_or_classify(sql)
+    }
+
     async fn final_kind(&self, c: &Classification) -> (Kind, Reason) {
         if c.kind != Kind::Read || c.functions.is_empty() {
             return (c.kind.clone(), c.reason.clone());
@@ -1260,7 +1270,7 @@ impl<'a> Engine<'a> {
     // ---- extended protocol -----------------------------------------------------------
 
     async fn on_parse(&mut self, msg: &Bytes, name: String, sql: String) -> Result<Step, End> {
-        let c = self.shared.classifier.get_or_classify(&sql);
+        let c = self.classify(&sql);
         let (kind, reason) = self.final_kind(&c).await;
         let node = match self.batch_node(&c, &kind, &reason)? {
             Ok(n) => n,
@@ -1772,6 +1782,10 @@ fn log_entry(c: &Classification, sql: &str) -> LogEntry {
     };
     let key = c.setting.as_ref().map(|(name, _)| format!("set:{name}"));
     LogEntry { sql: sql.to_string(), key, effect }
+}
+
+fn mentions_pgvigil(sql: &str) -> bool {
+    sql.as_bytes().windows(8).any(|w| w.eq_ignore_ascii_case(b"pgvigil."))
 }
 
 fn is_discard_all(sql: &str) -> bool {

@@ -61,6 +61,8 @@ pub struct Shared {
     pub mock_secret: [u8; 32],
     pub routing: RoutingConfig,
     pub classifier: ClassifierCache,
+    /// What a statement counts as when load balancing is off and it is not parsed.
+    pub unclassified: Arc<crate::router::Classification>,
     pub function_policy: FunctionPolicy,
     pub balancer: Balancer,
     pub catalogs: catalogs::Catalogs,
@@ -194,6 +196,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         mock_secret: rand::random(),
         routing: config.routing.clone(),
         classifier: ClassifierCache::new(config.routing.classifier_cache_size),
+        unclassified: Arc::new(crate::router::Classification::unclassified()),
         function_policy: FunctionPolicy::new(&config.routing.read_only_functions, &config.routing.write_functions)
             .map_err(ConfigError)?,
         balancer: Balancer::new(config.backends.iter().map(|b| b.weight).collect()),

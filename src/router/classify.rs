@@ -58,6 +58,11 @@ pub fn pgvigil_setting(sql: &str) -> Option<(String, String)> {
 }
 
 impl Classification {
+    /// What an unparsed statement counts as: a write (the primary), one statement.
+    pub fn unclassified() -> Self {
+        Classification { kind: Kind::Write, reason: Reason::NotClassified, statements: 1, ..unparsable() }
+    }
+
     /// See [`pgvigil_setting`].
     pub fn pgvigil_setting(&self) -> Option<(String, String)> {
         let (name, value) = self.setting.as_ref()?;

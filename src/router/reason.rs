@@ -45,6 +45,8 @@ pub enum Reason {
     MultiStatementMixed,
     /// Not parsable.
     ParseError,
+    /// Not parsed: load balancing is off, everything goes to the primary.
+    NotClassified,
     /// Forced by a leading comment; holds the comment as written.
     Hint(&'static str),
     /// "session state: SET", "session state: PREPARE"…
@@ -79,6 +81,7 @@ impl Reason {
             Reason::MultiStatement(_) => "multi_statement",
             Reason::MultiStatementMixed => "multi_statement_mixed",
             Reason::ParseError => "parse_error",
+            Reason::NotClassified => "not_classified",
             Reason::Hint(_) => "hint",
             Reason::SessionState(_) => "session_state",
             Reason::SetConfig => "set_config",
@@ -112,6 +115,7 @@ impl fmt::Display for Reason {
                 f.write_str("multi-statement with session state or transaction control")
             }
             Reason::ParseError => f.write_str("parse error"),
+            Reason::NotClassified => f.write_str("load balancing is off"),
             Reason::Hint(comment) => write!(f, "hint: {comment}"),
             Reason::SessionState(what) => write!(f, "session state: {what}"),
             Reason::SetConfig => f.write_str("session state: set_config"),
