@@ -247,28 +247,7 @@ impl ServerConn {
 
     /// Runs one statement, keeping ParameterStatus; fails on an error or unexpected message.
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), ConnectError> {
-        let mut out = BytesMut::new();
-        frontend::write_query(&mut out, sql);
-        self.send(&out).await?;
-        let mut failed = None;
-        loop {
-            let m = self.recv().await?;
-            match m.tag {
-                be::READY_FOR_QUERY => {
-                    self.tx_status = m.body.first().copied().unwrap_or(b'I');
-                    return match failed {
-                        Some(e) => Err(e),
-                        None => Ok(()),
-                    };
-                }
-                be::PARAMETER_STATUS => self.note_parameter(&m.body)?,
-                be::ERROR_RESPONSE => failed = Some(self.server_error(&m)),
-                be::COPY_IN_RESPONSE | be::COPY_OUT_RESPONSE | be::COPY_BOTH_RESPONSE => {
-                    return Err(self.protocol("reset query entered COPY mode"));
-                }
-                _ => {}
-            }
-        }
+        self.query_value(sql).await.map(drop)
     }
 
     /// Runs one statement and returns the first column of its first row (as text).
@@ -305,7 +284,7 @@ impl ServerConn {
                 be::PARAMETER_STATUS => self.note_parameter(&m.body)?,
                 be::ERROR_RESPONSE => failed = Some(self.server_error(&m)),
                 be::COPY_IN_RESPONSE | be::COPY_OUT_RESPONSE | be::COPY_BOTH_RESPONSE => {
-                    return Err(self.protocol("query entered COPY mode"));
+                    return Err(self.protocol("a statement pgvigil runs itself entered COPY mode"));
                 }
                 _ => {}
             }

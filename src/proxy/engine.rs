@@ -1272,16 +1272,15 @@ impl<'a> Engine<'a> {
     async fn on_parse(&mut self, msg: &Bytes, name: String, sql: String) -> Result<Step, End> {
         let c = self.classify(&sql);
         let (kind, reason) = self.final_kind(&c).await;
-        let node = match self.batch_node(&c, &kind, &reason)? {
-            Ok(n) => n,
+        if matches!(kind, Kind::Read) && self.lsn_needed && self.batch.is_none() {
+            if let Some(step) = self.fetch_commit_lsn().await? {
+                return Ok(step);
+            }
+        }
+        let (node, li) = match self.batch_link(&c, &kind, &reason).await? {
+            Ok(at) => at,
             Err(step) => return Ok(step),
         };
-        let li = match self.ready_link(node, self.batch.is_none()).await? {
-            Ready::Link(li) => li,
-            Ready::Blocked => return Ok(Step::Blocked),
-            Ready::Failed(e, _) => return self.fail_request(e, false),
-        };
-        self.start_batch(node);
         // A statement of this name closed earlier may still exist on this connection.
         if !name.is_empty() && !self.stmts.contains_key(&name) && self.links[li].prepared.contains_key(&name) {
             let link = &mut self.links[li];
@@ -1327,16 +1326,10 @@ impl<'a> Engine<'a> {
                 return Ok(step);
             }
         }
-        let node = match self.batch_node(&c, &kind, &reason)? {
-            Ok(n) => n,
+        let (node, li) = match self.batch_link(&c, &kind, &reason).await? {
+            Ok(at) => at,
             Err(step) => return Ok(step),
         };
-        let li = match self.ready_link(node, self.batch.is_none()).await? {
-            Ready::Link(li) => li,
-            Ready::Blocked => return Ok(Step::Blocked),
-            Ready::Failed(e, _) => return self.fail_request(e, false),
-        };
-        self.start_batch(node);
         self.ensure_prepared(li, &stmt);
         let decision = self.route.decide(&c, &kind, &reason.to_string(), &self.shared.routing, false);
         if let Some((name, value)) = c.pgvigil_setting() {
@@ -1503,6 +1496,22 @@ impl<'a> Engine<'a> {
             Some((n, _)) => Ok(Ok(n)),
             None => Ok(Err(self.no_node(kind, false)?)),
         }
+    }
+
+    /// The node and ready connection for an extended-protocol message (see
+    /// `batch_node`), with the batch begun there. `Err(step)`: the caller returns it.
+    async fn batch_link(&mut self, c: &Classification, kind: &Kind, reason: &Reason) -> Result<Result<(usize, usize), Step>, End> {
+        let node = match self.batch_node(c, kind, reason)? {
+            Ok(n) => n,
+            Err(step) => return Ok(Err(step)),
+        };
+        let li = match self.ready_link(node, self.batch.is_none()).await? {
+            Ready::Link(li) => li,
+            Ready::Blocked => return Ok(Err(Step::Blocked)),
+            Ready::Failed(e, _) => return Ok(Err(self.fail_request(e, false)?)),
+        };
+        self.start_batch(node);
+        Ok(Ok((node, li)))
     }
 
     /// Ends the open batch on its node with an injected Sync, so the rest of the batch
