@@ -817,7 +817,7 @@ def report(results, targets, combos):
                      f"CPU/tx {x(cmp_['cpu_per_tx_ratio'])}\n")
     causal = [cmp_ for cmp_ in comparisons if cmp_["compare"] == "pgvigil-causal vs pgvigil"]
     if causal:
-        text += "\n" + causal_table(causal)
+        text += ("" if text.endswith("\n\n") else "\n") + causal_table(causal)
     return text, comparisons
 
 
