@@ -27,12 +27,33 @@ import sys
 import tempfile
 import time
 
-ALL_TARGETS = ["direct", "pgbouncer", "pgpool", "pgvigil", "pgvigil-nolb"]
-# pgvigil with read/write routing over the primary and the standbys ([routing] defaults),
-# and with `load_balance = false` (everything on the primary, like the other proxies).
-PGVIGIL_TARGETS = {"pgvigil": True, "pgvigil-nolb": False}
+ALL_TARGETS = ["direct", "pgbouncer", "pgpool", "pgvigil", "pgvigil-nolb", "pgvigil-causal"]
+# What runs without --targets. pgvigil-causal is left out so that the default full run
+# keeps its length; ask for it with --targets (see bench/README.md).
+DEFAULT_TARGETS = ["direct", "pgbouncer", "pgpool", "pgvigil", "pgvigil-nolb"]
+# The [routing] keys of each pgvigil target: read/write routing over the primary and the
+# standbys ([routing] defaults); `load_balance = false` (everything on the primary, like
+# the other proxies); and load balancing with causal reads (a session reads its own writes).
+PGVIGIL_TARGETS = {
+    "pgvigil": {"load_balance": "true"},
+    "pgvigil-nolb": {"load_balance": "false"},
+    "pgvigil-causal": {"load_balance": "true", "causal_reads": "true"},
+}
 DEFAULT_STANDBYS = 2
-WORKLOADS = {"select-only": ["-S"], "tpcb-like": []}
+# pgbench options of each workload. A workload listed in SCRIPTS instead runs that custom
+# script, written into the temp dir and passed with -f (plus -s SCALE, which sets :scale).
+WORKLOADS = {"select-only": ["-S"], "tpcb-like": [], "write-read": None}
+SCRIPTS = {
+    # An autocommit write, then a read of the row just written: what causal reads are for.
+    "write-read": """\\set aid random(1, 100000 * :scale)
+\\set delta random(-5000, 5000)
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+""",
+}
+# What runs without --workloads; write-read is left out so that the default full run keeps
+# its length.
+DEFAULT_WORKLOADS = ["select-only", "tpcb-like"]
 MODES = ["simple", "extended", "prepared"]
 CLIENTS = [16, 64]
 THREADS = 2
@@ -392,7 +413,8 @@ def wait_replayed(pgbin, pgport, standbys, deadline_s=60):
 
 
 def setup_pgvigil(env, pgbin, binary, pgport, target, standbys):
-    """pgvigil in front of the primary (pg0) and the standbys; `target` picks load balancing."""
+    """pgvigil in front of the primary (pg0) and the standbys; `target` picks the [routing]
+    keys (PGVIGIL_TARGETS)."""
     port = free_port()
     env.write("users.toml", f'{USER} = "{PASSWORD}"\n')
     backends = "".join(f"""
@@ -401,7 +423,7 @@ name = "{name}"
 host = "127.0.0.1"
 port = {sport}
 """ for name, _, sport in standbys)
-    load_balance = "true" if PGVIGIL_TARGETS[target] else "false"
+    routing = "".join(f"{k} = {v}\n" for k, v in PGVIGIL_TARGETS[target].items())
     conf = env.write(f"{target}.toml", f"""[proxy]
 listen = "127.0.0.1:{port}"
 max_clients = 500
@@ -420,8 +442,7 @@ user = "{USER}"
 level = "warn"
 
 [routing]
-load_balance = {load_balance}
-
+{routing}
 [[backends]]
 name = "pg0"
 host = "127.0.0.1"
@@ -582,7 +603,7 @@ def parse_pgbench(out):
     }
 
 
-def run_one(pgbin, target, port, proc, cluster, workload, mode, clients, duration):
+def run_one(pgbin, target, port, proc, cluster, workload, wl_args, mode, clients, duration):
     pg_proc, pgport, standbys = cluster["proc"], cluster["port"], cluster["standbys"]
     # Same starting state for every run: what pgbench does itself without -n, done here
     # directly against PostgreSQL so that no proxy is involved in the maintenance.
@@ -594,7 +615,7 @@ def run_one(pgbin, target, port, proc, cluster, workload, mode, clients, duratio
     wait_replayed(pgbin, pgport, standbys)
     cmd = [os.path.join(pgbin, "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(port), "-U", USER,
            "-M", mode, "-c", str(clients), "-j", str(THREADS), "-T", str(duration)]
-    cmd += WORKLOADS[workload] + [DBNAME]
+    cmd += wl_args + [DBNAME]
     res = {"target": target, "workload": workload, "mode": mode, "clients": clients,
            "command": " ".join(cmd)}
     if proc is not None and proc.poll() is not None:
@@ -654,6 +675,8 @@ def run_one(pgbin, target, port, proc, cluster, workload, mode, clients, duratio
             except ValueError:
                 pass
         res["reads_by_node"] = reads
+        if tx:
+            res["reads_per_tx"] = round(sum(reads.values()) / tx, 3)
     if proc is not None and proc.poll() is not None:
         res["error"] = (res.get("error", "") + f"\n{target} exited with code {proc.returncode} during the run").strip()
     return res
@@ -713,7 +736,8 @@ def median_of(runs):
     if len(runs) == 1:
         return runs[0]
     row = dict(runs[-1])
-    for key in ("tps", "latency_ms", "proxy_cpu_us_per_tx", "proxy_cpu_s_per_10k_tx", "postgres_cpu_us_per_tx"):
+    for key in ("tps", "latency_ms", "proxy_cpu_us_per_tx", "proxy_cpu_s_per_10k_tx", "postgres_cpu_us_per_tx",
+                "reads_per_tx"):
         values = [r[key] for r in runs if r.get(key) is not None]
         row[key] = statistics.median(values) if values else None
     for key in ("failed", "aborted_clients"):
@@ -755,7 +779,7 @@ def report(results, targets, combos):
                          f"{fmt(r.get('proxy_cpu_us_per_tx'), '.1f')} |")
         # Like for like with PgBouncer: pgvigil sending everything to the primary.
         vname = "pgvigil-nolb" if (w, m, c, "pgvigil-nolb") in by else "pgvigil"
-        for a, b in ((vname, "pgbouncer"), ("pgvigil", "pgvigil-nolb")):
+        for a, b in ((vname, "pgbouncer"), ("pgvigil", "pgvigil-nolb"), ("pgvigil-causal", "pgvigil")):
             ra, rb = by.get((w, m, c, a)), by.get((w, m, c, b))
             if not (ra and rb):
                 continue
@@ -766,6 +790,13 @@ def report(results, targets, combos):
                                                        rb.get("postgres_cpu_us_per_tx"))}
             if ra.get("reads_by_node"):
                 cmp_["reads_by_node"] = ra["reads_by_node"]
+            if a == "pgvigil-causal":
+                # Both sides in full, for the causal reads table.
+                for side, r in (("on", ra), ("off", rb)):
+                    cmp_[f"tps_{side}"] = r.get("tps")
+                    cmp_[f"proxy_cpu_us_per_tx_{side}"] = r.get("proxy_cpu_us_per_tx")
+                    cmp_[f"reads_by_node_{side}"] = r.get("reads_by_node")
+                    cmp_[f"reads_per_tx_{side}"] = r.get("reads_per_tx")
             comparisons.append(cmp_)
     text = "\n".join(lines) + "\n\n"
     x = lambda v: "-" if v is None else "x" + format(v, ".2f")
@@ -775,15 +806,47 @@ def report(results, targets, combos):
             text += (head + f"load balancing on/off (pgvigil vs pgvigil-nolb): TPS {x(cmp_['tps_ratio'])}, "
                      f"proxy CPU/tx {x(cmp_['cpu_per_tx_ratio'])}, "
                      f"PostgreSQL CPU/tx {x(cmp_['postgres_cpu_per_tx_ratio'])}")
-            reads = cmp_.get("reads_by_node")
-            if reads and sum(reads.values()) > 0:
-                total = sum(reads.values())
-                text += "; reads by node " + ", ".join(f"{k} {v * 100 / total:.0f}%" for k, v in reads.items())
+            reads = read_shares(cmp_.get("reads_by_node"))
+            if reads:
+                text += "; reads by node " + reads
             text += "\n"
+        elif cmp_["compare"] == "pgvigil-causal vs pgvigil":
+            continue  # in the causal reads table below
         else:
             text += (head + f"{cmp_['compare']}: TPS {x(cmp_['tps_ratio'])}, "
                      f"CPU/tx {x(cmp_['cpu_per_tx_ratio'])}\n")
+    causal = [cmp_ for cmp_ in comparisons if cmp_["compare"] == "pgvigil-causal vs pgvigil"]
+    if causal:
+        text += ("" if text.endswith("\n\n") else "\n") + causal_table(causal)
     return text, comparisons
+
+
+def read_shares(reads):
+    """`pg0 34%, pg1 33%, pg2 33%` from {node: reads}, or None when there were none."""
+    if not reads or sum(reads.values()) <= 0:
+        return None
+    total = sum(reads.values())
+    pct = lambda v: format(v * 100 / total, ".1f" if 0 < v * 100 / total < 1 else ".0f") + "%"
+    return ", ".join(f"{k} {pct(v)}" for k, v in reads.items())
+
+
+def causal_table(causal):
+    """Causal reads on (pgvigil-causal) against off (pgvigil), one row per configuration."""
+    f = lambda v, spec: "-" if v is None else format(v, spec)
+    x = lambda v: "-" if v is None else "x" + format(v, ".2f")
+    lines = ["### Causal reads on/off (pgvigil-causal vs pgvigil)", "",
+             "| workload | mode | clients | TPS off | TPS on | TPS on/off | proxy µs/tx off | proxy µs/tx on "
+             "| proxy CPU/tx on/off | PostgreSQL CPU/tx on/off | reads/tx off | reads/tx on "
+             "| reads by node off | reads by node on |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for c in causal:
+        lines.append(f"| {c['workload']} | {c['mode']} | {c['clients']} | {f(c['tps_off'], ',.0f')} | "
+                     f"{f(c['tps_on'], ',.0f')} | {x(c['tps_ratio'])} | {f(c['proxy_cpu_us_per_tx_off'], '.1f')} | "
+                     f"{f(c['proxy_cpu_us_per_tx_on'], '.1f')} | {x(c['cpu_per_tx_ratio'])} | "
+                     f"{x(c['postgres_cpu_per_tx_ratio'])} | {f(c['reads_per_tx_off'], '.2f')} | "
+                     f"{f(c['reads_per_tx_on'], '.2f')} | {read_shares(c['reads_by_node_off']) or '-'} | "
+                     f"{read_shares(c['reads_by_node_on']) or '-'} |")
+    return "\n".join(lines) + "\n"
 
 
 def scan_log(path):
@@ -822,9 +885,11 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per target and configuration, interleaved; the table shows medians (default 1)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 3 s per run, 16 clients only (all workloads, modes and targets)")
-    ap.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list from " + ",".join(ALL_TARGETS))
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list from " + ",".join(WORKLOADS))
+                    help="smoke run: 3 s per run, 16 clients only (same workloads, modes and targets)")
+    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                    help="comma list from " + ",".join(ALL_TARGETS) + " (default: all but pgvigil-causal)")
+    ap.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+                    help="comma list from " + ",".join(WORKLOADS) + " (default: " + ",".join(DEFAULT_WORKLOADS) + ")")
     ap.add_argument("--modes", default=",".join(MODES), help="comma list from " + ",".join(MODES))
     ap.add_argument("--clients", default=None, help="comma list of client counts (default 16,64; 16 with --quick)")
     ap.add_argument("--pgvigil", default=os.path.join(REPO, "target", "release", "pgvigil"),
@@ -898,6 +963,13 @@ def main():
     interrupted = False
     try:
         log(f"temp dir {env.dir}")
+        wl_args = {}
+        for w in workloads:
+            if w in SCRIPTS:
+                script = env.write(f"{w}.sql", SCRIPTS[w], 0o644)
+                wl_args[w] = ["-f", script, "-s", str(args.scale)]
+            else:
+                wl_args[w] = WORKLOADS[w]
         pg_proc, pgport, versions["postgres"] = setup_postgres(env, pgbin, args.scale, n_standbys)
         ports["direct"] = pgport
         standbys = setup_standbys(env, pgbin, pgport, n_standbys) if n_standbys else []
@@ -931,9 +1003,9 @@ def main():
             order = targets[k:] + targets[:k]  # rotate who goes first
             for t in order:
                 n += 1
-                r = run_one(pgbin, t, ports[t], procs[t], cluster, w, m, c, duration)
+                r = run_one(pgbin, t, ports[t], procs[t], cluster, w, wl_args[w], m, c, duration)
                 results.append(r)
-                msg = (f"[{n}/{total}] {w:11} {m:8} c={c:<3} {t:12} tps={fmt(r.get('tps'), '.0f'):>7} "
+                msg = (f"[{n}/{total}] {w:11} {m:8} c={c:<3} {t:14} tps={fmt(r.get('tps'), '.0f'):>7} "
                        f"lat={fmt(r.get('latency_ms'), '.2f')}ms failed={fmt(r.get('failed'), 'd')}")
                 if r.get("proxy_cpu_us_per_tx") is not None:
                     msg += f" cpu={r['proxy_cpu_us_per_tx']:.1f}µs/tx"
@@ -950,7 +1022,7 @@ def main():
         exit_code = 2
     finally:
         logs = {}
-        for t, p in (("pgvigil", "pgvigil.log"), ("pgvigil-nolb", "pgvigil-nolb.log"),
+        for t, p in (*((t, f"{t}.log") for t in PGVIGIL_TARGETS),
                      ("pgbouncer", "pgbouncer.log"), ("pgpool", "pgpool.log"), ("postgres", "postgres.log"),
                      *((f"standby {i}", f"pg{i}.log") for i in range(1, n_standbys + 1))):
             if os.path.exists(env.path(p)):
