@@ -316,12 +316,23 @@ async fn causal_reads_find_the_sessions_own_writes() {
         *served.entry(r[0][0].parse().unwrap()).or_default() += 1;
     }
     assert!(!served.contains_key(&p1), "the paused standby served none: {served:?}");
+    // The same in the extended protocol, with Parse, Bind and Execute in one batch.
+    for i in 200..220 {
+        c.execute("INSERT INTO cr VALUES ($1)", &[&i]).await.unwrap();
+        let r = c
+            .query_typed("SELECT inet_server_port(), count(*) FROM cr WHERE x = $1", &[(&i, tokio_postgres::types::Type::INT4)])
+            .await
+            .unwrap();
+        let (port, n): (i32, i64) = (r[0].get(0), r[0].get(1));
+        assert_eq!(n, 1, "extended read {i} finds the row just written");
+        assert_ne!(port, p1, "the paused standby serves no extended read");
+    }
 
     resume_replay(&env, 1).await;
     let back = eventually(Duration::from_secs(20), || async { port_of(&c, "SELECT inet_server_port()").await == p1 }).await;
     assert!(back, "reads return to pg1 once it has replayed the session's writes");
     let r = rows(&c, "SELECT inet_server_port(), count(*) FROM cr WHERE x >= 0").await.unwrap();
-    assert_eq!(r[0], vec![p1.to_string(), "50".to_string()]);
+    assert_eq!(r[0], vec![p1.to_string(), "70".to_string()]);
     // A new write sends reads away from pg1 again only until pg1 replays it: they may
     // come back at once, but never miss the row.
     c.batch_execute("INSERT INTO cr VALUES (100)").await.unwrap();
