@@ -500,3 +500,51 @@ async fn with_load_balancing_off_everything_runs_on_the_primary_unparsed() {
     let e = c.simple_query("SELEC 1").await.unwrap_err();
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("42601"));
 }
+
+/// The text values of the DataRows a Raw client receives up to ReadyForQuery.
+async fn raw_rows(raw: &mut Raw) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    loop {
+        let m = raw.recv().await.expect("an answer");
+        match m.tag {
+            b'D' => {
+                let b = &m.body;
+                let n = i16::from_be_bytes([b[0], b[1]]) as usize;
+                let (mut at, mut row) = (2, Vec::new());
+                for _ in 0..n {
+                    let len = i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize;
+                    row.push(String::from_utf8_lossy(&b[at + 4..at + 4 + len]).into_owned());
+                    at += 4 + len;
+                }
+                rows.push(row);
+            }
+            b'E' => panic!("error: {:?}", pgvigil::protocol::backend::parse_error_fields(&m.body)),
+            b'Z' => return rows,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_read_after_a_multi_statement_begin_stays_in_that_transaction() {
+    let env = Env::start(Options { standbys: 2, extra: "[routing]\ngranularity = \"statement\"\n".into(), ..Options::default() }).await;
+    env.direct(0).await.batch_execute("CREATE TABLE pipe (x int)").await.unwrap();
+    env.wait_replicated().await;
+    let mut raw = Raw::connect(env.addr).await.login(SUPERUSER, SUPERPASS).await.unwrap().0;
+    // Reads prefer standbys, so the read below cannot simply follow the write.
+    let mut out = bytes::BytesMut::new();
+    pgvigil::protocol::frontend::write_query(&mut out, "SET pgvigil.route = 'standby'");
+    raw.send(&out).await;
+    raw_rows(&mut raw).await;
+    // Both queries in one write: the second waits while the first is running.
+    let mut out = bytes::BytesMut::new();
+    pgvigil::protocol::frontend::write_query(&mut out, "BEGIN; INSERT INTO pipe VALUES (1)");
+    pgvigil::protocol::frontend::write_query(&mut out, "SELECT inet_server_port(), count(*) FROM pipe");
+    pgvigil::protocol::frontend::write_query(&mut out, "ROLLBACK");
+    raw.send(&out).await;
+    assert!(raw_rows(&mut raw).await.is_empty());
+    let rows = raw_rows(&mut raw).await;
+    assert_eq!(rows, vec![vec![env.port(0).to_string(), "1".to_string()]], "the read ran in the open transaction");
+    raw_rows(&mut raw).await;
+    assert_eq!(env.direct(0).await.query_one("SELECT count(*) FROM pipe", &[]).await.unwrap().get::<_, i64>(0), 0);
+}

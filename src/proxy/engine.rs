@@ -467,7 +467,8 @@ impl<'a> Engine<'a> {
     /// Brings the session's idea of the transaction in line with a server's
     /// ReadyForQuery, once nothing else is in flight.
     fn reconcile(&mut self, li: usize, status: u8) {
-        if self.links.iter().any(|l| l.pending_units().next().is_some()) || self.held.is_some() {
+        // (A held message was not sent yet: it does not count.)
+        if self.links.iter().any(|l| l.pending_units().next().is_some()) {
             // More answers are due: the state was updated when they were sent.
             if status != b'I' || !self.route.in_tx() {
                 self.status = status;
