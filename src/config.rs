@@ -40,6 +40,8 @@ pub struct Config {
     #[serde(default)]
     pub routing: RoutingConfig,
     #[serde(default)]
+    pub failover: FailoverConfig,
+    #[serde(default)]
     pub backends: Vec<BackendConfig>,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
@@ -157,6 +159,11 @@ pub struct HealthCheckConfig {
     pub password: Option<String>,
     /// Database the checks connect to. Default "postgres".
     pub database: String,
+    /// Failed checks retried this many times (every `retry_delay`) before a backend is
+    /// marked down. Default 2.
+    pub retries: u32,
+    /// Time between those retries. Default "500ms".
+    pub retry_delay: DurationStr,
 }
 
 impl fmt::Debug for HealthCheckConfig {
@@ -167,6 +174,8 @@ impl fmt::Debug for HealthCheckConfig {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("database", &self.database)
+            .field("retries", &self.retries)
+            .field("retry_delay", &self.retry_delay)
             .finish()
     }
 }
@@ -179,6 +188,58 @@ impl Default for HealthCheckConfig {
             user: "postgres".into(),
             password: None,
             database: "postgres".into(),
+            retries: 2,
+            retry_delay: DurationStr(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// `[failover]`: what pgvigil does when the primary is down.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// Promote a standby when the primary is confirmed down. Default true.
+    pub automatic: bool,
+    /// Standbys more than this far behind the primary's last known position are not
+    /// promoted. Default "1MB".
+    pub max_lag: ByteSize,
+    /// Role that promotes and re-points standbys (superuser). Default: `health_check.user`.
+    pub user: Option<String>,
+    /// Its password. Default: the health-check password.
+    pub password: Option<String>,
+    /// How long the chosen standby may take to replay what it received. Default "10s".
+    pub replay_timeout: DurationStr,
+    /// How long promotion may take. Default "60s".
+    pub promote_timeout: DurationStr,
+    /// How long a statement that needs the primary waits for one during a failover
+    /// before it fails. Default "10s".
+    pub write_hold_timeout: DurationStr,
+}
+
+impl fmt::Debug for FailoverConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailoverConfig")
+            .field("automatic", &self.automatic)
+            .field("max_lag", &self.max_lag)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("replay_timeout", &self.replay_timeout)
+            .field("promote_timeout", &self.promote_timeout)
+            .field("write_hold_timeout", &self.write_hold_timeout)
+            .finish()
+    }
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            automatic: true,
+            max_lag: ByteSize(1 << 20),
+            user: None,
+            password: None,
+            replay_timeout: DurationStr(Duration::from_secs(10)),
+            promote_timeout: DurationStr(Duration::from_secs(60)),
+            write_hold_timeout: DurationStr(Duration::from_secs(10)),
         }
     }
 }
@@ -305,6 +366,12 @@ pub struct BackendConfig {
     /// Default 1.
     #[serde(default = "default_weight")]
     pub weight: f64,
+    /// Never promote this backend. Default false.
+    #[serde(default)]
+    pub no_failover: bool,
+    /// Among equally advanced standbys, the higher priority is promoted. Default 0.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 fn default_weight() -> f64 {

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// What a backend is, as last seen.
@@ -49,6 +49,42 @@ pub struct NodeState {
     pub wal: WalPosition,
     /// When `up` or `role` last changed; the monitor's start until the first change.
     pub last_change: SystemTime,
+    /// Set by failover: nothing is routed to this node, whatever it says it is.
+    pub fenced: bool,
+    /// Replication facts of the last successful check.
+    pub repl: ReplicationInfo,
+}
+
+/// What a check learns about replication.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicationInfo {
+    /// `timeline_id` of `pg_control_checkpoint()`.
+    pub timeline: Option<u32>,
+    /// On a primary: `synchronous_standby_names`, when not empty.
+    pub synchronous_standby_names: Option<String>,
+    /// On a primary: `pg_stat_replication`.
+    pub peers: Vec<ReplicationPeer>,
+    /// On a standby: the application name its WAL receiver uses (primary_conninfo's
+    /// `application_name`, else `cluster_name`, else "walreceiver").
+    pub replication_name: Option<String>,
+    /// On a standby: `pg_stat_wal_receiver` (sender host, sender port, status).
+    pub upstream: Option<Upstream>,
+}
+
+/// One row of a primary's `pg_stat_replication`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationPeer {
+    pub application_name: String,
+    pub state: String,
+    pub sync_state: String,
+}
+
+/// A standby's WAL receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub status: String,
 }
 
 /// An immutable snapshot of the cluster.
@@ -60,7 +96,7 @@ pub struct ClusterView {
 impl ClusterView {
     /// The one writable backend, if exactly one is up and not in recovery.
     pub fn primary(&self) -> Option<usize> {
-        let mut writable = self.nodes.iter().enumerate().filter(|(_, n)| n.up && n.role == Role::Primary);
+        let mut writable = self.nodes.iter().enumerate().filter(|(_, n)| n.up && n.role == Role::Primary && !n.fenced);
         let first = writable.next()?.0;
         if writable.next().is_some() {
             return None;
@@ -124,12 +160,29 @@ pub struct CheckSettings {
     pub database: String,
 }
 
-/// Starts one checking task per backend; returns the view receiver.
-pub fn spawn(
-    nodes: Vec<(String, String, u16, SocketAddr)>,
-    settings: CheckSettings,
-    stop: CancellationToken,
-) -> watch::Receiver<Arc<ClusterView>> {
+/// The running monitor: the view's sender (failover also writes it) and a way to ask
+/// for an immediate check of one backend.
+pub struct Monitor {
+    pub view: Arc<watch::Sender<Arc<ClusterView>>>,
+    pokes: Vec<Arc<Notify>>,
+}
+
+impl Monitor {
+    /// Asks for a check of backend `i` now, out of its interval (a session saw its
+    /// connection break). Never causes a failover by itself: the usual debounce applies.
+    pub fn poke(&self, i: usize) {
+        if let Some(p) = self.pokes.get(i) {
+            p.notify_one();
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.subscribe()
+    }
+}
+
+/// Starts one checking task per backend.
+pub fn spawn(nodes: Vec<(String, String, u16, SocketAddr)>, settings: CheckSettings, stop: CancellationToken) -> Monitor {
     let started = SystemTime::now();
     let view = ClusterView {
         nodes: nodes
@@ -141,18 +194,23 @@ pub fn spawn(
                 role: Role::Unknown,
                 wal: WalPosition::default(),
                 last_change: started,
+                fenced: false,
+                repl: ReplicationInfo::default(),
             })
             .collect(),
     };
-    let (tx, rx) = watch::channel(Arc::new(view));
+    let (tx, _) = watch::channel(Arc::new(view));
     let tx = Arc::new(tx);
+    let mut pokes = Vec::new();
     for (i, (name, host, port, _)) in nodes.into_iter().enumerate() {
         let tx = tx.clone();
         let settings = settings.clone();
         let stop = stop.clone();
-        tokio::spawn(async move { check_loop(i, name, host, port, settings, tx, stop).await });
+        let poke = Arc::new(Notify::new());
+        pokes.push(poke.clone());
+        tokio::spawn(async move { check_loop(i, name, host, port, settings, tx, poke, stop).await });
     }
-    rx
+    Monitor { view: tx, pokes }
 }
 
 async fn check_loop(
@@ -162,6 +220,7 @@ async fn check_loop(
     port: u16,
     settings: CheckSettings,
     tx: Arc<watch::Sender<Arc<ClusterView>>>,
+    poke: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let mut client: Option<tokio_postgres::Client> = None;
@@ -172,6 +231,7 @@ async fn check_loop(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = poke.notified() => tick.reset(),
         }
         let result = tokio::time::timeout(settings.timeout, check_once(&mut client, &host, port, &settings)).await;
         let outcome = match result {
@@ -300,6 +360,8 @@ mod tests {
             role,
             wal,
             last_change: started,
+            fenced: false,
+            repl: ReplicationInfo::default(),
         };
         let standby_wal = WalPosition {
             receive: Some(900),

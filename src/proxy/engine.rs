@@ -1166,6 +1166,8 @@ impl<'a> Engine<'a> {
 
     /// Remembers that a node's connection failed in this session.
     fn node_failed(&mut self, node: usize) {
+        // The monitor checks it now rather than at its next interval.
+        self.shared.monitor.poke(node);
         self.failed_nodes.retain(|(n, _)| *n != node);
         self.failed_nodes.push((node, std::time::Instant::now()));
     }

@@ -50,6 +50,7 @@ pub struct Shared {
     pub reloadable: RwLock<Arc<Reloadable>>,
     pub pools: Arc<Pools>,
     pub view: watch::Receiver<Arc<ClusterView>>,
+    pub monitor: Arc<monitor::Monitor>,
     pub cancels: cancel::CancelRegistry,
     pub client_slots: Arc<Semaphore>,
     pub max_message_size: u64,
@@ -168,7 +169,8 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         database: config.health_check.database.clone(),
     };
     let check_password = check.password.clone();
-    let view = monitor::spawn(nodes, check, background.clone());
+    let monitor = Arc::new(monitor::spawn(nodes, check, background.clone()));
+    let view = monitor.subscribe();
     let pools = Arc::new(Pools::new(PoolSettings {
         size: config.pool.size,
         idle_timeout: config.pool.idle_timeout.get(),
@@ -186,6 +188,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         reloadable: RwLock::new(Arc::new(reloadable)),
         pools,
         view,
+        monitor: monitor.clone(),
         cancels: cancel::CancelRegistry::default(),
         client_slots: Arc::new(Semaphore::new(config.proxy.max_clients)),
         max_message_size: config.proxy.max_message_size.0,
@@ -242,6 +245,7 @@ impl ProxyHandle {
             ("health_check.*", old.health_check != next.health_check),
             ("log.*", old.log != next.log),
             ("routing.*", old.routing != next.routing),
+            ("failover.*", old.failover != next.failover),
             ("backends", old.backends != next.backends),
         ]
         .into_iter()

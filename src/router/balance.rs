@@ -45,6 +45,9 @@ pub fn ineligible(view: &ClusterView, i: usize, needs: &ReadNeeds) -> Option<Str
     if !node.up {
         return Some(format!("{} is down", node.name));
     }
+    if node.fenced {
+        return Some(format!("{} is fenced", node.name));
+    }
     match node.role {
         Role::Primary => None,
         Role::Unknown => Some(format!("{}'s role is unknown", node.name)),
@@ -222,6 +225,8 @@ mod tests {
             role,
             wal: WalPosition::default(),
             last_change: std::time::SystemTime::UNIX_EPOCH,
+            fenced: false,
+            repl: Default::default(),
         }
     }
 
