@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod failover;
 pub mod logging;
 pub mod monitor;
 pub mod pool;

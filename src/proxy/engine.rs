@@ -875,6 +875,9 @@ impl<'a> Engine<'a> {
                         return Ok(step);
                     }
                 }
+                if dest == Dest::Primary {
+                    self.hold_for_primary().await;
+                }
                 for attempt in 0..3 {
                     let Some((node, reason)) = self.resolve(&dest, &kind, &decision.reason) else {
                         return self.no_node(&kind, true);
@@ -1164,6 +1167,25 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// A statement that needs the primary while there is none (a failover in progress)
+    /// waits for one, up to `failover.write_hold_timeout`.
+    async fn hold_for_primary(&mut self) {
+        if self.shared.view.borrow().primary().is_some() {
+            return;
+        }
+        if matches!(self.shared.failover.status(), crate::failover::Status::ReadOnly { .. } | crate::failover::Status::Manual) {
+            // No promotion is coming.
+            return;
+        }
+        let mut rx = self.shared.view.clone();
+        let wait = tokio::time::timeout(self.shared.write_hold, rx.wait_for(|v| v.primary().is_some()));
+        tokio::select! {
+            _ = wait => {}
+            _ = self.terminate.as_mut() => {}
+        }
+        self.view = self.shared.view.borrow().clone();
+    }
+
     /// Remembers that a node's connection failed in this session.
     fn node_failed(&mut self, node: usize) {
         // The monitor checks it now rather than at its next interval.
@@ -1367,7 +1389,7 @@ impl<'a> Engine<'a> {
             _ if tag == fe::DESCRIBE => match self.stmts.get(&name).map(|s| s.class.clone()) {
                 Some(c) if self.batch.is_none() => {
                     let (k, reason) = self.final_kind(&c).await;
-                    match self.batch_node(&c, &k, &reason)? {
+                    match self.batch_node(&c, &k, &reason).await? {
                         Ok(n) => Some(n),
                         Err(step) => return Ok(step),
                     }
@@ -1473,7 +1495,7 @@ impl<'a> Engine<'a> {
 
     async fn on_function_call(&mut self, msg: &Bytes) -> Result<Step, End> {
         let c = crate::router::classify("SELECT pg_catalog.nextval(NULL)");
-        self.view = self.shared.view.borrow().clone();
+        self.hold_for_primary().await;
         let Some(primary) = self.view.primary() else { return self.no_node(&Kind::Write, true) };
         let reason = "function call message".to_string();
         match self.forward_query(msg, primary, &c, &Kind::Write, "", &reason, "function_call").await? {
@@ -1485,7 +1507,7 @@ impl<'a> Engine<'a> {
     /// The node for an extended-protocol message: the open batch's, unless the batch
     /// runs on a standby and this needs the primary (then the batch is ended there
     /// first); else a new decision. `Err(step)`: the caller returns it.
-    fn batch_node(&mut self, c: &Classification, kind: &Kind, reason: &Reason) -> Result<Result<usize, Step>, End> {
+    async fn batch_node(&mut self, c: &Classification, kind: &Kind, reason: &Reason) -> Result<Result<usize, Step>, End> {
         let decision = self.route.decide(c, kind, &reason.to_string(), &self.shared.routing, false);
         if let Some(b) = self.batch {
             let primary = self.view.primary();
@@ -1494,6 +1516,9 @@ impl<'a> Engine<'a> {
                 return Ok(Err(self.end_batch_early()));
             }
             return Ok(Ok(b));
+        }
+        if decision.dest == Dest::Primary {
+            self.hold_for_primary().await;
         }
         match self.resolve(&decision.dest, kind, &decision.reason) {
             Some((n, _)) => Ok(Ok(n)),
@@ -1504,7 +1529,7 @@ impl<'a> Engine<'a> {
     /// The node and ready connection for an extended-protocol message (see
     /// `batch_node`), with the batch begun there. `Err(step)`: the caller returns it.
     async fn batch_link(&mut self, c: &Classification, kind: &Kind, reason: &Reason) -> Result<Result<(usize, usize), Step>, End> {
-        let node = match self.batch_node(c, kind, reason)? {
+        let node = match self.batch_node(c, kind, reason).await? {
             Ok(n) => n,
             Err(step) => return Ok(Err(step)),
         };

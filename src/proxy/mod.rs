@@ -51,6 +51,9 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     pub view: watch::Receiver<Arc<ClusterView>>,
     pub monitor: Arc<monitor::Monitor>,
+    pub failover: Arc<crate::failover::Failover>,
+    /// `failover.write_hold_timeout`.
+    pub write_hold: Duration,
     pub cancels: cancel::CancelRegistry,
     pub client_slots: Arc<Semaphore>,
     pub max_message_size: u64,
@@ -171,6 +174,31 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let check_password = check.password.clone();
     let monitor = Arc::new(monitor::spawn(nodes, check, background.clone()));
     let view = monitor.subscribe();
+    let failover = crate::failover::spawn(
+        monitor.clone(),
+        crate::failover::Settings {
+            automatic: config.failover.automatic,
+            max_lag: config.failover.max_lag.0,
+            user: config.failover.user.clone().unwrap_or_else(|| config.health_check.user.clone()),
+            password: config.failover.password.clone().or_else(|| config.health_check_password(&reloadable.users)),
+            database: config.health_check.database.clone(),
+            connect_timeout: config.health_check.timeout.get(),
+            replay_timeout: config.failover.replay_timeout.get(),
+            promote_timeout: config.failover.promote_timeout.get(),
+            backends: config
+                .backends
+                .iter()
+                .map(|b| crate::failover::Backend {
+                    name: b.name.clone(),
+                    host: b.host.clone(),
+                    port: b.port,
+                    no_failover: b.no_failover,
+                    priority: b.priority,
+                })
+                .collect(),
+        },
+        background.clone(),
+    );
     let pools = Arc::new(Pools::new(PoolSettings {
         size: config.pool.size,
         idle_timeout: config.pool.idle_timeout.get(),
@@ -189,6 +217,8 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         pools,
         view,
         monitor: monitor.clone(),
+        failover,
+        write_hold: config.failover.write_hold_timeout.get(),
         cancels: cancel::CancelRegistry::default(),
         client_slots: Arc::new(Semaphore::new(config.proxy.max_clients)),
         max_message_size: config.proxy.max_message_size.0,

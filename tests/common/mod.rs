@@ -38,6 +38,10 @@ pub struct Options {
     pub primary_last: bool,
     /// `weight` of each backend by node index (empty: none given, so 1 each).
     pub weights: Vec<f64>,
+    /// More `[[backends]]` lines by node index (e.g. `no_failover = true`).
+    pub backend_extra: Vec<String>,
+    /// More `[health_check]` lines.
+    pub health_check: String,
 }
 
 impl Default for Options {
@@ -52,6 +56,8 @@ impl Default for Options {
             proxy: String::new(),
             primary_last: false,
             weights: Vec::new(),
+            backend_extra: Vec::new(),
+            health_check: String::new(),
         }
     }
 }
@@ -147,12 +153,16 @@ async fn start_proxy(cluster: &LocalCluster, opts: &Options, dir: &std::path::Pa
         if let Some(w) = opts.weights.get(i) {
             backends.push_str(&format!("weight = {w:?}\n"));
         }
+        if let Some(extra) = opts.backend_extra.get(i) {
+            backends.push_str(extra);
+            backends.push('\n');
+        }
         backends.push('\n');
     }
     let text = format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\n{}\n\n[pool]\n{}\n\n[auth]\nmethod = \"{}\"\nusers_file = \"users.toml\"\n\n\
-         [health_check]\ninterval = \"200ms\"\nuser = \"{SUPERUSER}\"\n\n{}\n{}",
-        opts.proxy, opts.pool, opts.auth_method, opts.extra, backends
+         [health_check]\ninterval = \"200ms\"\nuser = \"{SUPERUSER}\"\n{}\n\n{}\n{}",
+        opts.proxy, opts.pool, opts.auth_method, opts.health_check, opts.extra, backends
     );
     let config_path = dir.join("pgvigil.toml");
     std::fs::write(&config_path, text).expect("write config");

@@ -1,0 +1,312 @@
+//! Automatic failover: when the monitor has confirmed the primary down, promote the most
+//! advanced eligible standby, fence the old primary, and re-point the other standbys.
+//!
+//! One task watches the cluster view. While a primary is up it remembers that primary's
+//! last WAL position and synchronous-replication facts, which decide who may be promoted
+//! once it is gone (`candidate.rs`). A failover:
+//!
+//! 1. asks every up standby for its received and replayed WAL position (fresher than the
+//!    last check) and chooses the candidate; with none eligible the cluster stays
+//!    read-only and says why;
+//! 2. waits (up to `failover.replay_timeout`) until the candidate has replayed all it
+//!    received, then runs `pg_promote(true, …)` on it;
+//! 3. publishes, in one view change, the old primary fenced and the candidate primary,
+//!    so sessions route writes there at once (those holding writes stop waiting);
+//! 4. for every other standby: creates a physical replication slot for it on the new
+//!    primary, points its `primary_conninfo` (the same connection string, with the new
+//!    primary's host and port) and `primary_slot_name` there with `ALTER SYSTEM`,
+//!    reloads it, and checks in `pg_stat_wal_receiver` that it streams from the new
+//!    primary, reporting any that does not.
+//!
+//! Each step is logged as a structured event with its timing. A fenced node gets no
+//! statement, whatever it says it is when it comes back.
+
+pub mod candidate;
+pub mod conninfo;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::monitor::{ClusterView, Monitor, Role};
+use candidate::{choose, Choice, LastPrimary, Standby};
+
+/// One backend as failover sees it.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub no_failover: bool,
+    pub priority: i32,
+}
+
+/// Settings from `[failover]` and `[health_check]`.
+#[derive(Clone)]
+pub struct Settings {
+    pub automatic: bool,
+    pub max_lag: u64,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+    pub connect_timeout: Duration,
+    pub replay_timeout: Duration,
+    pub promote_timeout: Duration,
+    pub backends: Vec<Backend>,
+}
+
+/// What failover is doing, for logs now and the admin interface later.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Status {
+    #[default]
+    Idle,
+    InProgress { from: String },
+    /// The primary is down and no standby may be promoted.
+    ReadOnly { reasons: Vec<String> },
+    /// The primary is down and `failover.automatic` is off.
+    Manual,
+}
+
+/// The last primary, as remembered while it was up.
+#[derive(Debug, Clone)]
+struct Remembered {
+    node: usize,
+    last: LastPrimary,
+    /// Standbys it reported as `sync` or `quorum` (by replication application name).
+    synchronous: Vec<String>,
+}
+
+pub struct Failover {
+    pub status: Mutex<Status>,
+    /// Number of completed promotions.
+    pub promotions: std::sync::atomic::AtomicU64,
+}
+
+impl Failover {
+    pub fn status(&self) -> Status {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, s: Status) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+}
+
+/// Starts the failover task.
+pub fn spawn(monitor: Arc<Monitor>, settings: Settings, stop: CancellationToken) -> Arc<Failover> {
+    let state = Arc::new(Failover { status: Mutex::new(Status::Idle), promotions: 0.into() });
+    tokio::spawn(run(monitor, settings, state.clone(), stop));
+    state
+}
+
+async fn run(monitor: Arc<Monitor>, settings: Settings, state: Arc<Failover>, stop: CancellationToken) {
+    let mut rx = monitor.subscribe();
+    let mut remembered: Option<Remembered> = None;
+    loop {
+        let view = rx.borrow_and_update().clone();
+        if let Some(p) = view.primary() {
+            remembered = Some(remember(&view, p));
+            if state.status() != Status::Idle {
+                state.set(Status::Idle);
+            }
+        } else if let Some(r) = remembered.clone() {
+            let old = &view.nodes[r.node];
+            // Down as the monitor decided it (after its retries), and still ours to replace.
+            if !old.up && !old.fenced {
+                if !settings.automatic {
+                    if state.status() != Status::Manual {
+                        tracing::error!(node = %old.name, "primary is down and failover.automatic is off: the cluster is read-only");
+                        state.set(Status::Manual);
+                    }
+                } else if let Some(next) = failover(&monitor, &settings, &state, &view, &r).await {
+                    remembered = Some(next);
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+fn remember(view: &ClusterView, p: usize) -> Remembered {
+    let n = &view.nodes[p];
+    let synchronous = n
+        .repl
+        .peers
+        .iter()
+        .filter(|peer| matches!(peer.sync_state.as_str(), "sync" | "quorum"))
+        .map(|peer| peer.application_name.clone())
+        .collect();
+    Remembered {
+        node: p,
+        last: LastPrimary { lsn: n.wal.current, synchronous_replication: n.repl.synchronous_standby_names.is_some() },
+        synchronous,
+    }
+}
+
+/// Runs one failover; returns the new primary as remembered, or `None` when nobody was
+/// promoted (the next view change tries again).
+async fn failover(monitor: &Monitor, settings: &Settings, state: &Failover, view: &ClusterView, r: &Remembered) -> Option<Remembered> {
+    let started = Instant::now();
+    let old_name = view.nodes[r.node].name.clone();
+    let before = state.status();
+    if !matches!(before, Status::ReadOnly { .. }) {
+        tracing::warn!(event = "failover_started", node = %old_name, last_lsn = ?r.last.lsn, "primary is down: failover started");
+        state.set(Status::InProgress { from: old_name.clone() });
+    }
+    let mut standbys = Vec::new();
+    for (i, n) in view.nodes.iter().enumerate() {
+        if i == r.node || n.role != Role::Standby {
+            continue;
+        }
+        let b = &settings.backends[i];
+        let mut s = Standby {
+            node: i,
+            name: n.name.clone(),
+            up: n.up,
+            fenced: n.fenced,
+            no_failover: b.no_failover,
+            priority: b.priority,
+            received: n.wal.receive,
+            replayed: n.wal.replay,
+            synchronous: n.repl.replication_name.as_ref().is_some_and(|a| r.synchronous.contains(a)),
+        };
+        if n.up {
+            // Fresher than the last check.
+            if let Ok(c) = connect(settings, i).await {
+                if let Ok((rx, rp)) = positions(&c).await {
+                    s.received = rx.or(s.received);
+                    s.replayed = rp.or(s.replayed);
+                }
+            }
+        }
+        standbys.push(s);
+    }
+    let (node, name, why) = match choose(&standbys, &r.last, settings.max_lag) {
+        Choice::Promote { node, name, why } => (node, name, why),
+        Choice::NoCandidate { reasons } => {
+            if before != (Status::ReadOnly { reasons: reasons.clone() }) {
+                tracing::error!(event = "failover_impossible", node = %old_name, reasons = %reasons.join("; "), "no standby may be promoted: the cluster is read-only");
+            }
+            state.set(Status::ReadOnly { reasons });
+            return None;
+        }
+    };
+    tracing::warn!(event = "failover_candidate", node = %name, why = %why, elapsed_ms = started.elapsed().as_millis() as u64, "promoting");
+    let promoted = promote(settings, node).await;
+    if let Err(e) = promoted {
+        tracing::error!(event = "failover_failed", node = %name, error = %e, "promotion failed");
+        state.set(Status::ReadOnly { reasons: vec![format!("promotion of {name} failed: {e}")] });
+        return None;
+    }
+    // One view change: the old primary fenced, the new one primary.
+    monitor.view.send_modify(|v| {
+        let mut next = (**v).clone();
+        next.nodes[r.node].fenced = true;
+        next.nodes[node].role = Role::Primary;
+        next.nodes[node].last_change = std::time::SystemTime::now();
+        *v = Arc::new(next);
+    });
+    state.promotions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let promoted_ms = started.elapsed().as_millis() as u64;
+    tracing::warn!(event = "failover_promoted", node = %name, fenced = %old_name, elapsed_ms = promoted_ms, "new primary");
+    // Re-point the other standbys.
+    for s in standbys.iter().filter(|s| s.node != node && s.up) {
+        match follow(settings, node, s.node).await {
+            Ok(()) => tracing::info!(event = "standby_follows", node = %s.name, primary = %name, elapsed_ms = started.elapsed().as_millis() as u64, "standby streams from the new primary"),
+            Err(e) => tracing::error!(event = "standby_not_following", node = %s.name, primary = %name, error = %e, "standby does not stream from the new primary"),
+        }
+    }
+    tracing::warn!(event = "failover_finished", node = %name, elapsed_ms = started.elapsed().as_millis() as u64, promoted_ms, "failover finished");
+    state.set(Status::Idle);
+    let view = monitor.view.borrow().clone();
+    Some(remember(&view, node))
+}
+
+async fn connect(settings: &Settings, i: usize) -> Result<Client, tokio_postgres::Error> {
+    let b = &settings.backends[i];
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&b.host).port(b.port).user(&settings.user).dbname(&settings.database);
+    cfg.application_name("pgvigil failover").connect_timeout(settings.connect_timeout);
+    if let Some(p) = &settings.password {
+        cfg.password(p);
+    }
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// (received, replayed) of a standby.
+async fn positions(c: &Client) -> Result<(Option<u64>, Option<u64>), tokio_postgres::Error> {
+    let row = c
+        .query_one("SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text", &[])
+        .await?;
+    let lsn = |i: usize| row.get::<_, Option<String>>(i).as_deref().and_then(crate::monitor::parse_lsn);
+    Ok((lsn(0), lsn(1)))
+}
+
+/// Waits for the candidate to replay what it received, then promotes it.
+async fn promote(settings: &Settings, node: usize) -> anyhow::Result<()> {
+    let c = connect(settings, node).await?;
+    let deadline = Instant::now() + settings.replay_timeout;
+    loop {
+        let (received, replayed) = positions(&c).await?;
+        match (received, replayed) {
+            (Some(rx), Some(rp)) if rp < rx && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (Some(rx), Some(rp)) if rp < rx => {
+                tracing::warn!(received = rx, replayed = rp, "candidate did not replay everything within failover.replay_timeout; promoting anyway");
+                break;
+            }
+            _ => break,
+        }
+    }
+    let wait = settings.promote_timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
+    let done: bool = c.query_one("SELECT pg_promote(true, $1)", &[&wait]).await?.get(0);
+    if !done {
+        anyhow::bail!("pg_promote did not finish within {wait} s (failover.promote_timeout)");
+    }
+    Ok(())
+}
+
+/// Points standby `s` at the new primary `p` and checks that it streams from it.
+async fn follow(settings: &Settings, p: usize, s: usize) -> anyhow::Result<()> {
+    let primary = &settings.backends[p];
+    let standby = &settings.backends[s];
+    let slot = conninfo::slot_name(&standby.name);
+    let pc = connect(settings, p).await?;
+    if let Err(e) = pc.execute("SELECT pg_create_physical_replication_slot($1)", &[&slot]).await {
+        // 42710: it exists already (a second failover).
+        if e.code().map(|c| c.code()) != Some("42710") {
+            return Err(e.into());
+        }
+    }
+    let sc = connect(settings, s).await?;
+    let current: String = sc.query_one("SHOW primary_conninfo", &[]).await?.get(0);
+    let next = conninfo::repoint(&current, &primary.host, primary.port, &standby.name);
+    // One statement each: ALTER SYSTEM refuses to run in a (implicit) transaction.
+    sc.batch_execute(&format!("ALTER SYSTEM SET primary_conninfo = {}", conninfo::sql_literal(&next))).await?;
+    sc.batch_execute(&format!("ALTER SYSTEM SET primary_slot_name = {}", conninfo::sql_literal(&slot))).await?;
+    sc.batch_execute("SELECT pg_reload_conf()").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = sc
+            .query_opt("SELECT sender_port, status FROM pg_stat_wal_receiver", &[])
+            .await?;
+        if let Some(row) = &row {
+            let (port, status): (Option<i32>, Option<String>) = (row.get(0), row.get(1));
+            if port == Some(i32::from(primary.port)) && status.as_deref() == Some("streaming") {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("not streaming from port {} after 10 s (pg_stat_wal_receiver: {:?})", primary.port, row.map(|r| (r.get::<_, Option<i32>>(0), r.get::<_, Option<String>>(1))));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,185 @@
+//! Automatic failover on a real primary + 2 standbys, under a write load through pgvigil.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// Sessions that insert one row with a unique id every 10 ms through pgvigil, keeping
+/// the ids PostgreSQL acknowledged.
+struct WriteLoad {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeSet<i64>>>,
+    errors: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WriteLoad {
+    async fn start(env: &Env, sessions: i64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeSet::new()));
+        let errors = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for s in 0..sessions {
+            let client = env.client().await;
+            let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = s * 1_000_000 + n;
+                    n += 1;
+                    match client.execute("INSERT INTO w (id) VALUES ($1)", &[&id]).await {
+                        Ok(_) => {
+                            acked.lock().unwrap().insert(id);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }));
+        }
+        Self { stop, acked, errors, tasks }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn finish(self) -> (BTreeSet<i64>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        (acked, self.errors.load(Ordering::Relaxed))
+    }
+}
+
+async fn primary_of(env: &Env) -> Option<usize> {
+    env.handle().shared().view.borrow().primary()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_primary_promotes_the_synchronous_standby_and_loses_no_acknowledged_write() {
+    failover_under_write_load(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_primary_under_write_load_fails_over_to_a_standby() {
+    failover_under_write_load(false).await;
+}
+
+/// Kills the primary under a write load. With `synchronous`, pg1 is the primary's
+/// synchronous standby: it must be the one promoted, and no acknowledged write may be
+/// lost. Without, writes acknowledged after the failover must all be there.
+async fn failover_under_write_load(synchronous: bool) {
+    let mut env = Env::start(Options { standbys: 2, ..Options::default() }).await;
+    let setup = env.direct(0).await;
+    setup.batch_execute("CREATE TABLE w (id bigint PRIMARY KEY)").await.unwrap();
+    if synchronous {
+        setup.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (pg1)'").await.unwrap();
+        setup.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+        // The monitor sees pg1 as synchronous before the load starts.
+        let sync_seen = eventually(Duration::from_secs(15), || async {
+            let view = env.handle().shared().view.borrow().clone();
+            view.nodes[0].repl.peers.iter().any(|p| p.application_name == "pg1" && p.sync_state == "sync")
+        })
+        .await;
+        assert!(sync_seen, "pg1 is reported synchronous");
+    }
+    env.wait_replicated().await;
+
+    let load = WriteLoad::start(&env, 4).await;
+    assert!(eventually(Duration::from_secs(10), || async { load.acked() >= 50 }).await, "writes flow before the crash");
+    tokio::task::block_in_place(|| env.cluster.kill9(0)).unwrap();
+    let at_kill = load.acked();
+    // Writes resume through pgvigil, on the promoted synchronous standby.
+    let resumed = eventually(Duration::from_secs(30), || async { load.acked() >= at_kill + 50 }).await;
+    let (acked, errors) = load.finish().await;
+    assert!(resumed, "writes resumed after the primary's crash ({} acknowledged, {errors} errors)", acked.len());
+    let new = primary_of(&env).await.expect("a new primary");
+    assert_ne!(new, 0);
+    if synchronous {
+        assert_eq!(new, 1, "the synchronous standby pg1 was promoted");
+    }
+    let other = 3 - new;
+    assert!(env.handle().shared().view.borrow().nodes[0].fenced, "the old primary is fenced");
+
+    // Acknowledged ids are on the new primary: all of them with a synchronous standby.
+    let new_primary = env.direct(new).await;
+    let rows = new_primary.query("SELECT id FROM w", &[]).await.unwrap();
+    let stored: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let lost: Vec<_> = acked.difference(&stored).copied().collect();
+    if synchronous {
+        assert!(lost.is_empty(), "{} acknowledged ids missing, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
+    } else {
+        eprintln!("asynchronous replication: {} of {} acknowledged ids were lost with the old primary", lost.len(), acked.len());
+        assert!(lost.len() < acked.len() - at_kill, "writes after the failover are on the new primary");
+    }
+
+    // The other standby streams from the new primary.
+    let follower = env.direct(other).await;
+    let p1 = i32::from(env.cluster.node(new).port);
+    let follows = eventually(Duration::from_secs(15), || async {
+        match follower.query_opt("SELECT sender_port, status FROM pg_stat_wal_receiver", &[]).await {
+            Ok(Some(r)) => r.get::<_, Option<i32>>(0) == Some(p1) && r.get::<_, Option<String>>(1).as_deref() == Some("streaming"),
+            _ => false,
+        }
+    })
+    .await;
+    assert!(follows, "the other standby streams from the new primary");
+
+    // The old primary comes back writable, and gets nothing.
+    tokio::task::block_in_place(|| env.cluster.start(0)).unwrap();
+    let old_up = eventually(Duration::from_secs(20), || async { env.handle().shared().view.borrow().nodes[0].up }).await;
+    assert!(old_up, "the monitor sees the old primary again");
+    assert!(!tokio::task::block_in_place(|| env.cluster.is_in_recovery(0)).unwrap(), "it says it is a primary");
+    let c = env.client().await;
+    for _ in 0..5 {
+        let port: i32 = c.query_one("/*NO LOAD BALANCE*/ SELECT inet_server_port()", &[]).await.unwrap().get(0);
+        assert_eq!(port, p1, "writes go to the new primary, never the fenced one");
+    }
+    for _ in 0..20 {
+        let port: i32 = c.query_one("SELECT inet_server_port()", &[]).await.unwrap().get(0);
+        assert_ne!(port, i32::from(env.cluster.node(0).port), "no read reaches the fenced node");
+    }
+    assert_eq!(primary_of(&env).await, Some(new));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_eligible_standby_the_cluster_stays_read_only() {
+    let mut env = Env::start(Options {
+        standbys: 1,
+        backend_extra: vec![String::new(), "no_failover = true".into()],
+        ..Options::default()
+    })
+    .await;
+    env.direct(0).await.batch_execute("CREATE TABLE r (x int); INSERT INTO r VALUES (1)").await.unwrap();
+    env.wait_replicated().await;
+    let reader = env.client().await;
+    assert_eq!(reader.query_one("SELECT count(*) FROM r", &[]).await.unwrap().get::<_, i64>(0), 1);
+    tokio::task::block_in_place(|| env.cluster.kill9(0)).unwrap();
+    let read_only = eventually(Duration::from_secs(20), || async {
+        matches!(env.handle().shared().failover.status(), pgvigil::failover::Status::ReadOnly { .. })
+    })
+    .await;
+    assert!(read_only, "failover status: {:?}", env.handle().shared().failover.status());
+    match env.handle().shared().failover.status() {
+        pgvigil::failover::Status::ReadOnly { reasons } => {
+            assert!(reasons.iter().any(|r| r.contains("pg1 has no_failover")), "{reasons:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(tokio::task::block_in_place(|| env.cluster.is_in_recovery(1)).unwrap(), "nobody was promoted");
+    // Reads go on from the standby; a write fails at once with a clear error.
+    let c = env.client().await;
+    assert_eq!(c.query_one("SELECT count(*) FROM r", &[]).await.unwrap().get::<_, i64>(0), 1);
+    let e = c.execute("INSERT INTO r VALUES (2)", &[]).await.unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("57P03"), "{e:?}");
+}
