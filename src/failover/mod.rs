@@ -106,6 +106,21 @@ async fn run(monitor: Arc<Monitor>, settings: Settings, state: Arc<Failover>, st
     let mut remembered: Option<Remembered> = None;
     loop {
         let view = rx.borrow_and_update().clone();
+        if let Some(fence) = split_brain(&view) {
+            // Two nodes say they are primary: keep the one the standbys follow (else the
+            // newer timeline), fence the others. The next view change routes again.
+            for i in fence {
+                tracing::error!(event = "node_fenced", node = %view.nodes[i].name, "two primaries: fencing the one the standbys do not follow");
+            }
+            monitor.view.send_modify(|v| {
+                let mut next = (**v).clone();
+                for i in split_brain(v).unwrap_or_default() {
+                    next.nodes[i].fenced = true;
+                }
+                *v = Arc::new(next);
+            });
+            continue;
+        }
         if let Some(p) = view.primary() {
             remembered = Some(remember(&view, p));
             if state.status() != Status::Idle {
@@ -130,6 +145,37 @@ async fn run(monitor: Arc<Monitor>, settings: Settings, state: Arc<Failover>, st
             changed = rx.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// With two or more unfenced up primaries: the ones to fence. The primary that
+/// standbys stream from wins; failing that, the newest timeline; failing that, nobody is
+/// fenced (pgvigil cannot tell, and routes no write until an operator decides).
+fn split_brain(view: &ClusterView) -> Option<Vec<usize>> {
+    let primaries: Vec<usize> =
+        view.nodes.iter().enumerate().filter(|(_, n)| n.up && !n.fenced && n.role == Role::Primary).map(|(i, _)| i).collect();
+    if primaries.len() < 2 {
+        return None;
+    }
+    let followers = |p: usize| {
+        let port = view.nodes[p].addr.port();
+        view.nodes
+            .iter()
+            .filter(|n| n.up && n.role == Role::Standby)
+            .filter(|n| n.repl.upstream.as_ref().is_some_and(|u| u.port == port && u.status == "streaming"))
+            .count()
+    };
+    let best_followed = primaries.iter().copied().max_by_key(|&p| followers(p))?;
+    let keep = if followers(best_followed) > 0 && primaries.iter().filter(|&&p| followers(p) == followers(best_followed)).count() == 1 {
+        best_followed
+    } else {
+        let newest = primaries.iter().copied().max_by_key(|&p| view.nodes[p].repl.timeline)?;
+        let tl = view.nodes[newest].repl.timeline;
+        if tl.is_none() || primaries.iter().filter(|&&p| view.nodes[p].repl.timeline == tl).count() > 1 {
+            return None;
+        }
+        newest
+    };
+    Some(primaries.into_iter().filter(|&p| p != keep).collect())
 }
 
 fn remember(view: &ClusterView, p: usize) -> Remembered {
@@ -308,5 +354,46 @@ async fn follow(settings: &Settings, p: usize, s: usize) -> anyhow::Result<()> {
             anyhow::bail!("not streaming from port {} after 10 s (pg_stat_wal_receiver: {:?})", primary.port, row.map(|r| (r.get::<_, Option<i32>>(0), r.get::<_, Option<String>>(1))));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::{NodeState, ReplicationInfo, Upstream, WalPosition};
+
+    fn node(port: u16, role: Role, timeline: u32, upstream: Option<u16>) -> NodeState {
+        NodeState {
+            name: format!("n{port}"),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            up: true,
+            role,
+            wal: WalPosition::default(),
+            last_change: std::time::SystemTime::UNIX_EPOCH,
+            fenced: false,
+            repl: ReplicationInfo {
+                timeline: Some(timeline),
+                upstream: upstream.map(|port| Upstream { host: "127.0.0.1".into(), port, status: "streaming".into() }),
+                ..ReplicationInfo::default()
+            },
+        }
+    }
+
+    #[test]
+    fn two_primaries_keep_the_followed_one_then_the_newer_timeline() {
+        let followed = ClusterView {
+            nodes: vec![node(1, Role::Primary, 2, None), node(2, Role::Primary, 1, None), node(3, Role::Standby, 1, Some(2))],
+        };
+        assert_eq!(split_brain(&followed), Some(vec![0]), "the standby follows node 1 (port 2)");
+        let unfollowed = ClusterView { nodes: vec![node(1, Role::Primary, 2, None), node(2, Role::Primary, 3, None)] };
+        assert_eq!(split_brain(&unfollowed), Some(vec![0]), "newer timeline wins");
+        let tie = ClusterView { nodes: vec![node(1, Role::Primary, 2, None), node(2, Role::Primary, 2, None)] };
+        assert_eq!(split_brain(&tie), None, "no way to tell: nobody fenced");
+        let one = ClusterView { nodes: vec![node(1, Role::Primary, 2, None), node(2, Role::Standby, 2, Some(1))] };
+        assert_eq!(split_brain(&one), None);
+        let mut fenced = unfollowed.clone();
+        fenced.nodes[0].fenced = true;
+        assert_eq!(split_brain(&fenced), None);
+        assert_eq!(fenced.primary(), Some(1));
     }
 }
