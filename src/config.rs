@@ -214,6 +214,9 @@ pub struct FailoverConfig {
     /// How long a statement that needs the primary waits for one during a failover
     /// before it fails. Default "10s".
     pub write_hold_timeout: DurationStr,
+    /// Directory where pgvigil keeps which nodes are fenced, so a restart does not route
+    /// to them. Default: unset (not kept).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for FailoverConfig {
@@ -226,6 +229,7 @@ impl fmt::Debug for FailoverConfig {
             .field("replay_timeout", &self.replay_timeout)
             .field("promote_timeout", &self.promote_timeout)
             .field("write_hold_timeout", &self.write_hold_timeout)
+            .field("state_dir", &self.state_dir)
             .finish()
     }
 }
@@ -240,6 +244,7 @@ impl Default for FailoverConfig {
             replay_timeout: DurationStr(Duration::from_secs(10)),
             promote_timeout: DurationStr(Duration::from_secs(60)),
             write_hold_timeout: DurationStr(Duration::from_secs(10)),
+            state_dir: None,
         }
     }
 }
@@ -597,6 +602,11 @@ impl Config {
     /// The listen address, already checked by `validate`.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.proxy.listen.parse().map_err(|_| ConfigError(format!("proxy.listen: {:?} is not an address", self.proxy.listen)))
+    }
+
+    /// `failover.state_dir`, resolved against the config file's directory.
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        self.failover.state_dir.as_ref().map(|p| if p.is_absolute() { p.clone() } else { self.base_dir.join(p) })
     }
 
     /// The users file path, resolved against the config file's directory.

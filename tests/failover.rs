@@ -79,7 +79,9 @@ async fn kill9_of_the_primary_under_write_load_fails_over_to_a_standby() {
 /// synchronous standby: it must be the one promoted, and no acknowledged write may be
 /// lost. Without, writes acknowledged after the failover must all be there.
 async fn failover_under_write_load(synchronous: bool) {
-    let mut env = Env::start(Options { standbys: 2, ..Options::default() }).await;
+    let state = tempfile::tempdir().unwrap();
+    let failover = format!("[failover]\nstate_dir = {:?}\n", state.path().display().to_string());
+    let mut env = Env::start(Options { standbys: 2, extra: failover.clone(), ..Options::default() }).await;
     let setup = env.direct(0).await;
     setup.batch_execute("CREATE TABLE w (id bigint PRIMARY KEY)").await.unwrap();
     if synchronous {
@@ -150,6 +152,22 @@ async fn failover_under_write_load(synchronous: bool) {
         assert_ne!(port, i32::from(env.cluster.node(0).port), "no read reaches the fenced node");
     }
     assert_eq!(primary_of(&env).await, Some(new));
+
+    // A restarted pgvigil keeps the old primary fenced (state_dir) …
+    let restarted = env.another_proxy(Options { extra: failover, ..Options::default() }).await;
+    // … and one without that memory sees two primaries and fences the one nobody follows.
+    let fresh = env.another_proxy(Options::default()).await;
+    for proxy in [&restarted, &fresh] {
+        let settled = eventually(Duration::from_secs(20), || async {
+            let v = proxy.handle().shared().view.borrow().clone();
+            v.primary() == Some(new) && v.nodes[0].fenced
+        })
+        .await;
+        assert!(settled, "{:?}", proxy.handle().shared().view.borrow().nodes.iter().map(|n| (&n.name, n.up, n.role, n.fenced)).collect::<Vec<_>>());
+        let c = connect(proxy.pg_config()).await.unwrap();
+        let port: i32 = c.query_one("/*NO LOAD BALANCE*/ SELECT inet_server_port()", &[]).await.unwrap().get(0);
+        assert_eq!(port, p1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

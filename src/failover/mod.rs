@@ -55,6 +55,8 @@ pub struct Settings {
     pub replay_timeout: Duration,
     pub promote_timeout: Duration,
     pub backends: Vec<Backend>,
+    /// Where the fenced nodes are kept (`failover.state_dir`).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// What failover is doing, for logs now and the admin interface later.
@@ -97,15 +99,32 @@ impl Failover {
 /// Starts the failover task.
 pub fn spawn(monitor: Arc<Monitor>, settings: Settings, stop: CancellationToken) -> Arc<Failover> {
     let state = Arc::new(Failover { status: Mutex::new(Status::Idle), promotions: 0.into() });
-    tokio::spawn(run(monitor, settings, state.clone(), stop));
+    // Before anything is routed.
+    let fenced = load_fenced(&settings, &monitor);
+    tokio::spawn(run(monitor, settings, state.clone(), fenced, stop));
     state
 }
 
-async fn run(monitor: Arc<Monitor>, settings: Settings, state: Arc<Failover>, stop: CancellationToken) {
+async fn run(monitor: Arc<Monitor>, settings: Settings, state: Arc<Failover>, mut fenced_saved: Vec<String>, stop: CancellationToken) {
     let mut rx = monitor.subscribe();
     let mut remembered: Option<Remembered> = None;
     loop {
         let view = rx.borrow_and_update().clone();
+        let fenced: Vec<String> = view.nodes.iter().filter(|n| n.fenced).map(|n| n.name.clone()).collect();
+        if fenced != fenced_saved {
+            save_fenced(&settings, &fenced);
+            fenced_saved = fenced;
+        }
+        if let Some(i) = rejoined(&view) {
+            // An operator made the old primary a standby of the current one: use it again.
+            tracing::warn!(event = "node_rejoined", node = %view.nodes[i].name, "fenced node streams from the primary: no longer fenced");
+            monitor.view.send_modify(|v| {
+                let mut next = (**v).clone();
+                next.nodes[i].fenced = false;
+                *v = Arc::new(next);
+            });
+            continue;
+        }
         if let Some(fence) = split_brain(&view) {
             // Two nodes say they are primary: keep the one the standbys follow (else the
             // newer timeline), fence the others. The next view change routes again.
@@ -145,6 +164,54 @@ async fn run(monitor: Arc<Monitor>, settings: Settings, state: Arc<Failover>, st
             changed = rx.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// One fenced node name per line (names are letters, digits, `_` and `-`).
+const STATE_FILE: &str = "fenced";
+
+/// Applies the fenced nodes kept in `state_dir` (before anything is routed by them).
+fn load_fenced(settings: &Settings, monitor: &Monitor) -> Vec<String> {
+    let Some(dir) = &settings.state_dir else { return Vec::new() };
+    let path = dir.join(STATE_FILE);
+    let names: Vec<String> = match std::fs::read_to_string(&path) {
+        Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot read the fenced nodes; fencing nothing");
+            return Vec::new();
+        }
+    };
+    monitor.view.send_modify(|v| {
+        let mut next = (**v).clone();
+        for n in &mut next.nodes {
+            if names.contains(&n.name) {
+                n.fenced = true;
+                tracing::warn!(node = %n.name, path = %path.display(), "node fenced by an earlier failover");
+            }
+        }
+        *v = Arc::new(next);
+    });
+    names
+}
+
+fn save_fenced(settings: &Settings, names: &[String]) {
+    let Some(dir) = &settings.state_dir else { return };
+    let path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+    let written = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&tmp, text)).and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::error!(path = %path.display(), error = %e, "cannot save the fenced nodes (failover.state_dir)");
+    }
+}
+
+/// A fenced node that is now a standby streaming from the current primary.
+fn rejoined(view: &ClusterView) -> Option<usize> {
+    let p = view.primary()?;
+    let port = view.nodes[p].addr.port();
+    view.nodes.iter().position(|n| {
+        n.fenced && n.up && n.role == Role::Standby && n.repl.upstream.as_ref().is_some_and(|u| u.port == port && u.status == "streaming")
+    })
 }
 
 /// With two or more unfenced up primaries: the ones to fence. The primary that

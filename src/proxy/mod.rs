@@ -196,6 +196,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
                     priority: b.priority,
                 })
                 .collect(),
+            state_dir: config.state_dir(),
         },
         background.clone(),
     );
