@@ -1,18 +1,47 @@
 //! Watches every backend and publishes the cluster view the proxy routes by.
 //!
-//! One task per backend keeps a tokio-postgres connection and asks
-//! `pg_is_in_recovery()` and the WAL positions every `health_check.interval`; a failed
-//! check closes that connection and the next check reconnects. Each result is folded into one immutable
-//! [`ClusterView`] published on a `watch` channel, so readers never lock.
+//! One task per backend ([`spawn`]) keeps a tokio-postgres connection and, in one round
+//! trip, samples the role, the WAL positions and the replication facts (timeline; on a
+//! primary `synchronous_standby_names` and `pg_stat_replication`; on a standby its WAL
+//! receiver). A failed check closes that connection and the next one reconnects.
+//! Each task wakes for three reasons only: its interval, a retry after a failure, or a
+//! poke ([`Monitor::poke`], from a session whose connection to the backend broke). A
+//! poke is a `Notify` permit, so any number of pokes during a check cause one more
+//! check, not one each: sessions failing together do not stampede a backend.
+//!
+//! A state flips only after consecutive results (`debounce`): an up backend is marked
+//! down after `1 + health_check.retries` failed checks in a row, `retry_delay` apart
+//! rather than an interval apart. A down backend, or one not seen yet, is marked up by
+//! its first successful check: a recovered backend, or a freshly started proxy, serves
+//! at once, and a flapping backend is still only taken out after a full run of failures.
+//!
+//! Results are folded into one immutable [`ClusterView`] published on a `watch`
+//! channel, so readers never lock. Failover writes the same channel (it sets `fenced`
+//! and may set `role`): every update here starts from the current view and changes only
+//! the fields a check owns. A node that goes down keeps the `wal` and `repl` of its last
+//! successful check (only `up` and `role` change), so failover still knows a dead
+//! primary's last LSN, peers and `synchronous_standby_names`.
+//!
+//! Per-backend counters for `SHOW POOL_HEALTH_CHECK_STATS` ([`Monitor::stats`]) sit
+//! behind one small mutex each, taken once per check and once per read.
 
 pub mod catalog;
+mod check;
+mod debounce;
+mod stats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use check::{PgProbe, Probe, Sample};
+use debounce::{Debounce, Decision};
+use stats::CheckStats;
+pub use stats::CheckStatsSnapshot;
 
 /// What a backend is, as last seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +75,13 @@ pub struct NodeState {
     pub addr: SocketAddr,
     pub up: bool,
     pub role: Role,
+    /// As of its last successful check; kept while it is down.
     pub wal: WalPosition,
     /// When `up` or `role` last changed; the monitor's start until the first change.
     pub last_change: SystemTime,
     /// Set by failover: nothing is routed to this node, whatever it says it is.
     pub fenced: bool,
-    /// Replication facts of the last successful check.
+    /// Replication facts of its last successful check; kept while it is down.
     pub repl: ReplicationInfo,
 }
 
@@ -125,21 +155,37 @@ impl ClusterView {
         node.wal.replay_lag_time
     }
 
-    /// The view with node `index`'s check result applied, or `None` when nothing
-    /// changed. `now` becomes its `last_change` when `up` or `role` changed.
-    fn with_check(&self, index: usize, up: bool, role: Role, wal: WalPosition, now: SystemTime) -> Option<Self> {
+    /// The view with node `index` up as `sample` saw it, or `None` when nothing changed.
+    /// `now` becomes its `last_change` when `up` or `role` changed.
+    fn with_up(&self, index: usize, sample: &Sample, now: SystemTime) -> Option<Self> {
         let node = self.nodes.get(index)?;
-        if node.up == up && node.role == role && node.wal == wal {
+        if node.up && node.role == sample.role && node.wal == sample.wal && node.repl == sample.repl {
             return None;
         }
         let mut next = self.clone();
         let node = &mut next.nodes[index];
-        if node.up != up || node.role != role {
+        if !node.up || node.role != sample.role {
             node.last_change = now;
         }
-        node.up = up;
-        node.role = role;
-        node.wal = wal;
+        node.up = true;
+        node.role = sample.role;
+        node.wal = sample.wal;
+        node.repl = sample.repl.clone();
+        Some(next)
+    }
+
+    /// The view with node `index` down and its role unknown, or `None` when it already
+    /// was. Its `wal` and `repl` stay those of its last successful check.
+    fn with_down(&self, index: usize, now: SystemTime) -> Option<Self> {
+        let node = self.nodes.get(index)?;
+        if !node.up && node.role == Role::Unknown {
+            return None;
+        }
+        let mut next = self.clone();
+        let node = &mut next.nodes[index];
+        node.last_change = now;
+        node.up = false;
+        node.role = Role::Unknown;
         Some(next)
     }
 }
@@ -155,16 +201,21 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
 pub struct CheckSettings {
     pub interval: Duration,
     pub timeout: Duration,
+    /// Failed checks of an up backend are retried this many times before it is marked down.
+    pub retries: u32,
+    /// Time between those retries.
+    pub retry_delay: Duration,
     pub user: String,
     pub password: Option<String>,
     pub database: String,
 }
 
-/// The running monitor: the view's sender (failover also writes it) and a way to ask
-/// for an immediate check of one backend.
+/// The running monitor: the view's sender (failover also writes it), a way to ask for
+/// an immediate check of one backend, and each backend's check statistics.
 pub struct Monitor {
     pub view: Arc<watch::Sender<Arc<ClusterView>>>,
     pokes: Vec<Arc<Notify>>,
+    stats: Vec<Arc<CheckStats>>,
 }
 
 impl Monitor {
@@ -179,15 +230,31 @@ impl Monitor {
     pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
         self.view.subscribe()
     }
+
+    /// Backend `i`'s health-check statistics so far.
+    pub fn stats(&self, i: usize) -> Option<CheckStatsSnapshot> {
+        self.stats.get(i).map(|s| s.snapshot())
+    }
 }
 
-/// Starts one checking task per backend.
+/// Starts one checking task per backend, each given as `(name, host, port, addr)`.
 pub fn spawn(nodes: Vec<(String, String, u16, SocketAddr)>, settings: CheckSettings, stop: CancellationToken) -> Monitor {
+    let mut named = Vec::with_capacity(nodes.len());
+    let mut probes = Vec::with_capacity(nodes.len());
+    for (name, host, port, addr) in nodes {
+        named.push((name, addr));
+        probes.push(PgProbe::new(host, port, settings.clone()));
+    }
+    start(named, probes, &settings, stop)
+}
+
+/// [`spawn`] with any probe: one task per `(node, probe)`.
+fn start<P: Probe>(nodes: Vec<(String, SocketAddr)>, probes: Vec<P>, settings: &CheckSettings, stop: CancellationToken) -> Monitor {
     let started = SystemTime::now();
     let view = ClusterView {
         nodes: nodes
             .iter()
-            .map(|(name, _, _, addr)| NodeState {
+            .map(|(name, addr)| NodeState {
                 name: name.clone(),
                 addr: *addr,
                 up: false,
@@ -201,131 +268,96 @@ pub fn spawn(nodes: Vec<(String, String, u16, SocketAddr)>, settings: CheckSetti
     };
     let (tx, _) = watch::channel(Arc::new(view));
     let tx = Arc::new(tx);
-    let mut pokes = Vec::new();
-    for (i, (name, host, port, _)) in nodes.into_iter().enumerate() {
-        let tx = tx.clone();
-        let settings = settings.clone();
-        let stop = stop.clone();
-        let poke = Arc::new(Notify::new());
-        pokes.push(poke.clone());
-        tokio::spawn(async move { check_loop(i, name, host, port, settings, tx, poke, stop).await });
+    let (mut pokes, mut stats) = (Vec::new(), Vec::new());
+    for (index, ((name, _), probe)) in nodes.into_iter().zip(probes).enumerate() {
+        let checker = Checker {
+            index,
+            name,
+            interval: settings.interval,
+            retry_delay: settings.retry_delay,
+            retries: settings.retries,
+            view: tx.clone(),
+            poke: Arc::new(Notify::new()),
+            stats: Arc::new(CheckStats::default()),
+            stop: stop.clone(),
+        };
+        pokes.push(checker.poke.clone());
+        stats.push(checker.stats.clone());
+        tokio::spawn(checker.run(probe));
     }
-    Monitor { view: tx, pokes }
+    Monitor { view: tx, pokes, stats }
 }
 
-async fn check_loop(
+/// One backend's checking task.
+struct Checker {
     index: usize,
     name: String,
-    host: String,
-    port: u16,
-    settings: CheckSettings,
-    tx: Arc<watch::Sender<Arc<ClusterView>>>,
+    interval: Duration,
+    retry_delay: Duration,
+    retries: u32,
+    view: Arc<watch::Sender<Arc<ClusterView>>>,
     poke: Arc<Notify>,
+    stats: Arc<CheckStats>,
     stop: CancellationToken,
-) {
-    let mut client: Option<tokio_postgres::Client> = None;
-    let mut last_error: Option<String> = None;
-    let mut tick = tokio::time::interval(settings.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            _ = poke.notified() => tick.reset(),
-        }
-        let result = tokio::time::timeout(settings.timeout, check_once(&mut client, &host, port, &settings)).await;
-        let outcome = match result {
-            Ok(Ok(sample)) => Ok(sample),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?} (health_check.timeout)", settings.timeout)),
-        };
-        let (up, role, wal) = match outcome {
-            Ok((role, wal)) => {
-                last_error = None;
-                (true, role, wal)
+}
+
+impl Checker {
+    async fn run(self, mut probe: impl Probe) {
+        let mut last_error: Option<String> = None;
+        let mut debounce = Debounce::new(self.retries);
+        let mut next = Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep_until(next) => {}
+                _ = self.poke.notified() => {}
             }
-            Err(e) => {
-                client = None;
-                // Say why once per distinct reason, not every interval.
-                if last_error.as_deref() != Some(e.as_str()) {
-                    tracing::warn!(node = %name, error = %e, "health check failed");
+            let retry = debounce.retrying();
+            let started = Instant::now();
+            let outcome = probe.check().await;
+            // Counted before the view changes: whoever sees the change sees the check.
+            self.stats.record(outcome.is_ok(), retry, started.elapsed(), SystemTime::now());
+            let decision = debounce.on_result(outcome.is_ok());
+            match outcome {
+                Ok(sample) => {
+                    last_error = None;
+                    self.publish(|view, now| view.with_up(self.index, &sample, now));
+                }
+                // Say why once per distinct reason, not every check.
+                Err(e) if last_error.as_deref() != Some(e.as_str()) => {
+                    tracing::warn!(node = %self.name, error = %e, "health check failed");
                     last_error = Some(e);
                 }
-                (false, Role::Unknown, WalPosition::default())
+                Err(_) => {}
             }
-        };
-        tx.send_if_modified(|view| {
-            let Some(next) = view.with_check(index, up, role, wal, SystemTime::now()) else { return false };
-            let (before, after) = (&view.nodes[index], &next.nodes[index]);
+            next = match decision {
+                Decision::Retry { attempt } => {
+                    tracing::debug!(node = %self.name, attempt, retries = self.retries, "retrying health check");
+                    Instant::now() + self.retry_delay
+                }
+                Decision::Down { changed: true } => {
+                    self.stats.marked_down();
+                    self.publish(|view, now| view.with_down(self.index, now));
+                    started + self.interval
+                }
+                Decision::Up { .. } | Decision::Down { changed: false } => started + self.interval,
+            };
+        }
+    }
+
+    /// Applies `change` to the view as it is now (failover's writes included) and
+    /// publishes the result, if there is one.
+    fn publish(&self, change: impl FnOnce(&ClusterView, SystemTime) -> Option<ClusterView>) {
+        self.view.send_if_modified(|view| {
+            let Some(next) = change(view, SystemTime::now()) else { return false };
+            let (before, after) = (&view.nodes[self.index], &next.nodes[self.index]);
             if before.up != after.up || before.role != after.role {
-                tracing::info!(node = %name, up, role = ?role, "backend state changed");
+                tracing::info!(node = %self.name, up = after.up, role = ?after.role, "backend state changed");
             }
             *view = Arc::new(next);
             true
         });
     }
-}
-
-/// The check query: role, WAL positions and replay lag in one round trip.
-/// `pg_current_wal_lsn()` fails during recovery, so it is only evaluated on a primary.
-/// The lag is zero when replay has reached what was received (`>=`, not `=`: right after
-/// a restart the receiver restarts at the start of a segment, behind replay), else the
-/// age of the last replayed commit.
-const CHECK_QUERY: &str = "SELECT pg_is_in_recovery(), \
-     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
-     pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
-     extract(epoch FROM pg_last_xact_replay_timestamp())::float8, \
-     (CASE WHEN NOT pg_is_in_recovery() THEN NULL \
-           WHEN pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() THEN 0 \
-           ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END)::float8";
-
-async fn check_once(
-    client: &mut Option<tokio_postgres::Client>,
-    host: &str,
-    port: u16,
-    settings: &CheckSettings,
-) -> Result<(Role, WalPosition), tokio_postgres::Error> {
-    if client.as_ref().is_some_and(|c| c.is_closed()) {
-        *client = None;
-    }
-    let c = match client {
-        Some(c) => c,
-        None => {
-            let mut cfg = tokio_postgres::Config::new();
-            cfg.host(host).port(port).user(&settings.user).dbname(&settings.database);
-            cfg.application_name("pgvigil health check").connect_timeout(settings.timeout);
-            if let Some(p) = &settings.password {
-                cfg.password(p);
-            }
-            let (c, connection) = cfg.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            client.insert(c)
-        }
-    };
-    let row = c.query_one(CHECK_QUERY, &[]).await?;
-    let in_recovery: bool = row.try_get(0)?;
-    let lsn = |i: usize| -> Result<Option<u64>, tokio_postgres::Error> {
-        Ok(row.try_get::<_, Option<String>>(i)?.as_deref().and_then(parse_lsn))
-    };
-    let wal = WalPosition {
-        current: lsn(1)?,
-        receive: lsn(2)?,
-        replay: lsn(3)?,
-        last_replayed_commit: row
-            .try_get::<_, Option<f64>>(4)?
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(s)),
-        replay_lag_time: row.try_get::<_, Option<f64>>(5)?.map(lag_from_seconds),
-    };
-    Ok((if in_recovery { Role::Standby } else { Role::Primary }, wal))
-}
-
-/// Seconds of lag as the server computed them; a negative value (a commit stamped
-/// after the check's `now()`) is no lag.
-fn lag_from_seconds(seconds: f64) -> Duration {
-    Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -340,16 +372,6 @@ mod tests {
         for bad in ["", "16", "/1", "1/", "x/1", "1/2/3", "100000000/0"] {
             assert_eq!(parse_lsn(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn lag_seconds() {
-        assert_eq!(lag_from_seconds(0.0), Duration::ZERO);
-        assert_eq!(lag_from_seconds(1.5), Duration::from_millis(1500));
-        assert_eq!(lag_from_seconds(-0.002), Duration::ZERO);
-        assert_eq!(lag_from_seconds(f64::NAN), Duration::ZERO);
-        assert_eq!(lag_from_seconds(f64::INFINITY), Duration::MAX);
-        assert_eq!(lag_from_seconds(1e30), Duration::MAX);
     }
 
     fn view(started: SystemTime) -> ClusterView {
@@ -389,25 +411,121 @@ mod tests {
         assert_eq!(v.replay_lag_time(2), None);
     }
 
+    fn sample(role: Role, wal: WalPosition) -> Sample {
+        Sample { role, wal, repl: ReplicationInfo::default() }
+    }
+
     #[test]
     fn last_change_moves_only_when_up_or_role_changes() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let (t1, t2) = (t0 + Duration::from_secs(5), t0 + Duration::from_secs(9));
         let v = view(t0);
         let same = v.nodes[1].wal;
-        assert_eq!(v.with_check(1, true, Role::Standby, same, t1), None, "nothing changed");
+        assert_eq!(v.with_up(1, &sample(Role::Standby, same), t1), None, "nothing changed");
 
         let caught_up = WalPosition { replay: Some(900), replay_lag_time: Some(Duration::ZERO), ..same };
-        let v1 = v.with_check(1, true, Role::Standby, caught_up, t1).unwrap_or_else(|| panic!("wal changed"));
+        let v1 = v.with_up(1, &sample(Role::Standby, caught_up), t1).unwrap_or_else(|| panic!("wal changed"));
         assert_eq!(v1.nodes[1].wal, caught_up);
         assert_eq!(v1.nodes[1].last_change, t0, "WAL progress is no status change");
 
-        let v2 = v1.with_check(1, false, Role::Unknown, WalPosition::default(), t2).unwrap_or_else(|| panic!("down"));
+        let v2 = v1.with_down(1, t2).unwrap_or_else(|| panic!("down"));
         assert_eq!((v2.nodes[1].up, v2.nodes[1].role, v2.nodes[1].last_change), (false, Role::Unknown, t2));
         assert_eq!(v2.nodes[0].last_change, t0, "other nodes keep theirs");
+        assert_eq!(v2.with_down(1, t2 + Duration::from_secs(1)), None, "already down");
 
-        let v3 = v.with_check(2, true, Role::Primary, WalPosition::default(), t1).unwrap_or_else(|| panic!("promoted"));
+        let v3 = v.with_up(2, &sample(Role::Primary, WalPosition::default()), t1).unwrap_or_else(|| panic!("promoted"));
         assert_eq!(v3.nodes[2].last_change, t1);
-        assert_eq!(v.with_check(7, true, Role::Primary, same, t1), None, "no such node");
+        assert_eq!(v.with_up(7, &sample(Role::Primary, same), t1), None, "no such node");
+        assert_eq!(v.with_down(7, t1), None, "no such node");
+    }
+
+    #[test]
+    fn a_down_node_keeps_its_last_wal_and_replication_facts() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let repl = ReplicationInfo {
+            timeline: Some(3),
+            synchronous_standby_names: Some("ANY 1 (b, c)".into()),
+            peers: vec![ReplicationPeer { application_name: "b".into(), state: "streaming".into(), sync_state: "quorum".into() }],
+            ..ReplicationInfo::default()
+        };
+        let wal = WalPosition { current: Some(5000), ..WalPosition::default() };
+        let seen = Sample { role: Role::Primary, wal, repl: repl.clone() };
+        let v = view(t0).with_up(0, &seen, t0).unwrap_or_else(|| panic!("new facts"));
+        assert_eq!(v.nodes[0].repl, repl, "published on success");
+        let down = v.with_down(0, t0).unwrap_or_else(|| panic!("down"));
+        assert_eq!((down.nodes[0].wal, &down.nodes[0].repl), (wal, &repl));
+        assert_eq!(down.primary(), None);
+        assert_eq!(down.replay_lag_bytes(1), None, "no lag against a dead primary");
+    }
+
+    #[test]
+    fn checks_leave_fenced_alone() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let mut v = view(t0);
+        v.nodes[1].fenced = true;
+        let up = v.with_up(1, &sample(Role::Primary, WalPosition::default()), t0).unwrap_or_else(|| panic!("changed"));
+        assert!(up.nodes[1].fenced);
+        let down = up.with_down(1, t0).unwrap_or_else(|| panic!("changed"));
+        assert!(down.nodes[1].fenced);
+    }
+
+    /// Answers as told and counts its checks.
+    #[derive(Clone, Default)]
+    struct Scripted {
+        failing: Arc<std::sync::atomic::AtomicBool>,
+        calls: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Probe for Scripted {
+        async fn check(&mut self) -> Result<Sample, String> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.calls.fetch_add(1, SeqCst);
+            if self.failing.load(SeqCst) {
+                Err("refused".into())
+            } else {
+                Ok(sample(Role::Primary, WalPosition { current: Some(42), ..WalPosition::default() }))
+            }
+        }
+    }
+
+    /// True when the view satisfies `f` within 10 s.
+    async fn until(rx: &mut watch::Receiver<Arc<ClusterView>>, f: impl FnMut(&Arc<ClusterView>) -> bool) -> bool {
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(f)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    #[tokio::test]
+    async fn a_poke_checks_at_once_then_retries_retry_delay_apart() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let settings = CheckSettings {
+            // Only a poke or a retry can cause a second check within this test.
+            interval: Duration::from_secs(600),
+            timeout: Duration::from_secs(1),
+            retries: 2,
+            retry_delay: Duration::from_millis(10),
+            user: String::new(),
+            password: None,
+            database: String::new(),
+        };
+        let probe = Scripted::default();
+        let stop = CancellationToken::new();
+        let monitor = start(vec![("a".into(), ([127, 0, 0, 1], 1).into())], vec![probe.clone()], &settings, stop.clone());
+        let mut rx = monitor.subscribe();
+        assert!(until(&mut rx, |v| v.nodes[0].up).await, "the first check marks it up");
+        assert_eq!(probe.calls.load(SeqCst), 1);
+
+        probe.failing.store(true, SeqCst);
+        monitor.poke(0);
+        assert!(until(&mut rx, |v| !v.nodes[0].up).await, "a poke and two retries mark it down");
+        assert_eq!(probe.calls.load(SeqCst), 4, "the poke's check and its 2 retries");
+        let s = monitor.stats(0).unwrap_or_else(|| panic!("stats of node 0"));
+        assert_eq!((s.total, s.successes, s.failures, s.retries, s.max_retries, s.marked_down), (4, 1, 3, 2, 2, 1));
+        assert_eq!(rx.borrow().nodes[0].wal.current, Some(42), "last known WAL kept");
+
+        probe.failing.store(false, SeqCst);
+        monitor.poke(0);
+        assert!(until(&mut rx, |v| v.nodes[0].up).await, "one success marks it up again");
+        assert_eq!(probe.calls.load(SeqCst), 5);
+        assert_eq!(monitor.stats(1), None);
+        stop.cancel();
     }
 }

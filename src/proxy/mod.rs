@@ -167,6 +167,8 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         // WAL positions (lag) are sampled by the same check.
         interval: config.health_check.interval.get().min(config.routing.lag_check_interval.get()),
         timeout: config.health_check.timeout.get(),
+        retries: config.health_check.retries,
+        retry_delay: config.health_check.retry_delay.get(),
         user: config.health_check.user.clone(),
         password: config.health_check_password(&reloadable.users),
         database: config.health_check.database.clone(),
