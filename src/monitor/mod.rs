@@ -307,10 +307,13 @@ impl Checker {
         let mut debounce = Debounce::new(self.retries);
         let mut next = Instant::now();
         loop {
+            // A poke checks at once, but does not shorten the retries: a burst of
+            // sessions seeing broken connections must not turn retry_delay into nothing.
+            let retrying = debounce.retrying();
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep_until(next) => {}
-                _ = self.poke.notified() => {}
+                _ = self.poke.notified(), if !retrying => {}
             }
             let retry = debounce.retrying();
             let started = Instant::now();
