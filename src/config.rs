@@ -217,6 +217,12 @@ pub struct FailoverConfig {
     /// Directory where pgvigil keeps which nodes are fenced, so a restart does not route
     /// to them. Default: unset (not kept).
     pub state_dir: Option<PathBuf>,
+    /// Rejoin a fenced old primary as a standby of the new one as soon as it is back
+    /// (needs its `data_dir` on this host). Default false.
+    pub auto_rejoin: bool,
+    /// Directory of pg_ctl and pg_rewind. Default: the newest /usr/lib/postgresql/*/bin,
+    /// else PATH.
+    pub pg_bindir: Option<PathBuf>,
 }
 
 impl fmt::Debug for FailoverConfig {
@@ -230,6 +236,8 @@ impl fmt::Debug for FailoverConfig {
             .field("promote_timeout", &self.promote_timeout)
             .field("write_hold_timeout", &self.write_hold_timeout)
             .field("state_dir", &self.state_dir)
+            .field("auto_rejoin", &self.auto_rejoin)
+            .field("pg_bindir", &self.pg_bindir)
             .finish()
     }
 }
@@ -245,6 +253,8 @@ impl Default for FailoverConfig {
             promote_timeout: DurationStr(Duration::from_secs(60)),
             write_hold_timeout: DurationStr(Duration::from_secs(10)),
             state_dir: None,
+            auto_rejoin: false,
+            pg_bindir: None,
         }
     }
 }
@@ -377,6 +387,10 @@ pub struct BackendConfig {
     /// Among equally advanced standbys, the higher priority is promoted. Default 0.
     #[serde(default)]
     pub priority: i32,
+    /// Its data directory, when it is on this host: lets pgvigil stop, rewind and start it
+    /// to rejoin it. Default: unset.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
 }
 
 fn default_weight() -> f64 {

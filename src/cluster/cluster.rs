@@ -324,6 +324,24 @@ impl Drop for LocalCluster {
                 tracing::warn!(node = %node.name, error = %e, "cluster teardown");
             }
         }
+        // A server started by someone else in a node's data dir (a rejoin by pgvigil)
+        // is not our child: stop it by the pid it recorded.
+        for node in &self.nodes {
+            let pid_file = node.data_dir.join("postmaster.pid");
+            let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.lines().next()?.trim().parse::<u32>().ok()) else {
+                continue;
+            };
+            // Only a live postgres (the pid may have been reused).
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if !String::from_utf8_lossy(&cmdline).contains("postgres") {
+                continue;
+            }
+            crate::cluster::process::signal(pid, Signal::SIGQUIT);
+            let deadline = std::time::Instant::now() + DROP_TIMEOUT;
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 
 pub mod candidate;
 pub mod conninfo;
+pub mod rejoin;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +42,7 @@ pub struct Backend {
     pub port: u16,
     pub no_failover: bool,
     pub priority: i32,
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// Settings from `[failover]` and `[health_check]`.
@@ -57,6 +59,8 @@ pub struct Settings {
     pub backends: Vec<Backend>,
     /// Where the fenced nodes are kept (`failover.state_dir`).
     pub state_dir: Option<std::path::PathBuf>,
+    pub auto_rejoin: bool,
+    pub pg_bindir: Option<std::path::PathBuf>,
 }
 
 /// What failover is doing, for logs now and the admin interface later.
@@ -84,9 +88,16 @@ pub struct Failover {
     pub status: Mutex<Status>,
     /// Number of completed promotions.
     pub promotions: std::sync::atomic::AtomicU64,
+    rejoin_requests: tokio::sync::mpsc::UnboundedSender<usize>,
 }
 
 impl Failover {
+    /// Asks for node `i` (a fenced old primary with a `data_dir` here) to be rejoined as
+    /// a standby of the current primary.
+    pub fn request_rejoin(&self, i: usize) {
+        let _ = self.rejoin_requests.send(i);
+    }
+
     pub fn status(&self) -> Status {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -98,16 +109,28 @@ impl Failover {
 
 /// Starts the failover task.
 pub fn spawn(monitor: Arc<Monitor>, settings: Settings, stop: CancellationToken) -> Arc<Failover> {
-    let state = Arc::new(Failover { status: Mutex::new(Status::Idle), promotions: 0.into() });
+    let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
+    let state = Arc::new(Failover { status: Mutex::new(Status::Idle), promotions: 0.into(), rejoin_requests: tx });
     // Before anything is routed.
     let fenced = load_fenced(&settings, &monitor);
-    tokio::spawn(run(monitor, settings, state.clone(), fenced, stop));
+    tokio::spawn(run(monitor, settings, state.clone(), fenced, requests, stop));
     state
 }
 
-async fn run(monitor: Arc<Monitor>, settings: Settings, state: Arc<Failover>, mut fenced_saved: Vec<String>, stop: CancellationToken) {
+async fn run(
+    monitor: Arc<Monitor>,
+    settings: Settings,
+    state: Arc<Failover>,
+    mut fenced_saved: Vec<String>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<usize>,
+    stop: CancellationToken,
+) {
     let mut rx = monitor.subscribe();
     let mut remembered: Option<Remembered> = None;
+    // Automatic rejoins tried, by node, so a failing one is not retried in a loop.
+    let mut tried: Vec<(usize, Instant)> = Vec::new();
+    // Nodes pgvigil itself rewound: known to be on the primary's timeline.
+    let mut rewound: Vec<usize> = Vec::new();
     loop {
         let view = rx.borrow_and_update().clone();
         let fenced: Vec<String> = view.nodes.iter().filter(|n| n.fenced).map(|n| n.name.clone()).collect();
@@ -115,7 +138,8 @@ async fn run(monitor: Arc<Monitor>, settings: Settings, state: Arc<Failover>, mu
             save_fenced(&settings, &fenced);
             fenced_saved = fenced;
         }
-        if let Some(i) = rejoined(&view) {
+        if let Some(i) = rejoined(&view, &rewound) {
+            rewound.retain(|&r| r != i);
             // An operator made the old primary a standby of the current one: use it again.
             tracing::warn!(event = "node_rejoined", node = %view.nodes[i].name, "fenced node streams from the primary: no longer fenced");
             monitor.view.send_modify(|v| {
@@ -159,9 +183,57 @@ async fn run(monitor: Arc<Monitor>, settings: Settings, state: Arc<Failover>, mu
                 }
             }
         }
+        if settings.auto_rejoin {
+            let view = rx.borrow().clone();
+            if let Some(p) = view.primary() {
+                let due = view.nodes.iter().enumerate().find(|(i, n)| {
+                    n.fenced && n.up && settings.backends[*i].data_dir.is_some() && !tried.iter().any(|(t, at)| t == i && at.elapsed() < Duration::from_secs(60))
+                });
+                if let Some((i, _)) = due {
+                    tried.retain(|(t, _)| *t != i);
+                    tried.push((i, Instant::now()));
+                    if run_rejoin(&settings, &view, i, p).await {
+                        rewound.push(i);
+                    }
+                    continue;
+                }
+            }
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
+            Some(i) = requests.recv() => {
+                let view = rx.borrow().clone();
+                match view.primary() {
+                    Some(p) if view.nodes.get(i).is_some_and(|n| n.fenced) => {
+                        if run_rejoin(&settings, &view, i, p).await {
+                            rewound.push(i);
+                        }
+                    }
+                    _ => tracing::warn!(node = i, "rejoin refused: only a fenced node can rejoin, and only while there is a primary"),
+                }
+            }
+        }
+    }
+}
+
+/// Rejoins node `i` as a standby of `p`; true when it was rewound and started.
+async fn run_rejoin(settings: &Settings, view: &ClusterView, i: usize, p: usize) -> bool {
+    let name = &view.nodes[i].name;
+    let Some(data_dir) = settings.backends[i].data_dir.as_deref() else {
+        tracing::error!(event = "rejoin_failed", node = %name, "rejoin needs the node's data_dir on this host ([[backends]] data_dir)");
+        return false;
+    };
+    let started = Instant::now();
+    tracing::warn!(event = "rejoin_started", node = %name, primary = %view.nodes[p].name, "rejoining the old primary as a standby");
+    match rejoin::rejoin(settings, p, rejoin::Target { data_dir, name, port: settings.backends[i].port }).await {
+        Ok(()) => {
+            tracing::warn!(event = "rejoin_started_standby", node = %name, elapsed_ms = started.elapsed().as_millis() as u64, "rewound and started as a standby; it is used again once it streams");
+            true
+        }
+        Err(e) => {
+            tracing::error!(event = "rejoin_failed", node = %name, error = %format!("{e:#}"), "rejoin failed");
+            false
         }
     }
 }
@@ -205,12 +277,20 @@ fn save_fenced(settings: &Settings, names: &[String]) {
     }
 }
 
-/// A fenced node that is now a standby streaming from the current primary.
-fn rejoined(view: &ClusterView) -> Option<usize> {
+/// A fenced node that is now a standby streaming from the current primary. One pgvigil
+/// did not rewind itself must also show the primary's timeline in its control file.
+fn rejoined(view: &ClusterView, rewound: &[usize]) -> Option<usize> {
     let p = view.primary()?;
     let port = view.nodes[p].addr.port();
-    view.nodes.iter().position(|n| {
-        n.fenced && n.up && n.role == Role::Standby && n.repl.upstream.as_ref().is_some_and(|u| u.port == port && u.status == "streaming")
+    let timeline = view.nodes[p].repl.timeline;
+    // On the primary's timeline too: a standby that forked off earlier (not rewound)
+    // may show "streaming" for a moment while it keeps failing to follow.
+    view.nodes.iter().enumerate().position(|(i, n)| {
+        n.fenced
+            && n.up
+            && n.role == Role::Standby
+            && (rewound.contains(&i) || (timeline.is_some() && n.repl.timeline == timeline))
+            && n.repl.upstream.as_ref().is_some_and(|u| u.port == port && u.status == "streaming")
     })
 }
 
@@ -340,7 +420,7 @@ async fn failover(monitor: &Monitor, settings: &Settings, state: &Failover, view
     Some(remember(&view, node))
 }
 
-async fn connect(settings: &Settings, i: usize) -> Result<Client, tokio_postgres::Error> {
+pub(crate) async fn connect(settings: &Settings, i: usize) -> Result<Client, tokio_postgres::Error> {
     let b = &settings.backends[i];
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&b.host).port(b.port).user(&settings.user).dbname(&settings.database);

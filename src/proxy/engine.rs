@@ -1772,7 +1772,8 @@ impl<'a> Engine<'a> {
                     node_id: i,
                     hostname: host,
                     port,
-                    status: n.up,
+                    // As pgvigil routes: a fenced node is "down" whatever the server says.
+                    status: n.up && !n.fenced,
                     pg_status: n.up,
                     lb_weight: self.shared.balancer.share(i),
                     role: n.role,

@@ -196,9 +196,12 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
                     port: b.port,
                     no_failover: b.no_failover,
                     priority: b.priority,
+                    data_dir: b.data_dir.as_ref().map(|d| if d.is_absolute() { d.clone() } else { config.base_dir.join(d) }),
                 })
                 .collect(),
             state_dir: config.state_dir(),
+            auto_rejoin: config.failover.auto_rejoin,
+            pg_bindir: config.failover.pg_bindir.clone(),
         },
         background.clone(),
     );

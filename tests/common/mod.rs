@@ -42,6 +42,8 @@ pub struct Options {
     pub backend_extra: Vec<String>,
     /// More `[health_check]` lines.
     pub health_check: String,
+    /// Give every backend its `data_dir` (so pgvigil can rejoin it).
+    pub data_dirs: bool,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             weights: Vec::new(),
             backend_extra: Vec::new(),
             health_check: String::new(),
+            data_dirs: false,
         }
     }
 }
@@ -152,6 +155,9 @@ async fn start_proxy(cluster: &LocalCluster, opts: &Options, dir: &std::path::Pa
         backends.push_str(&format!("[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\n", n.name, n.host, n.port));
         if let Some(w) = opts.weights.get(i) {
             backends.push_str(&format!("weight = {w:?}\n"));
+        }
+        if opts.data_dirs {
+            backends.push_str(&format!("data_dir = {:?}\n", n.data_dir.display().to_string()));
         }
         if let Some(extra) = opts.backend_extra.get(i) {
             backends.push_str(extra);
