@@ -174,6 +174,21 @@ pub(super) struct Engine<'a> {
     copy_remaining: usize,
     /// Resolves when pgvigil terminates sessions (created once, polled by every wait).
     terminate: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    /// Resolves when the cluster view changes (a node fenced must lose its connections
+    /// at once, even while the session waits on one); gives the receiver back.
+    view_changed: tokio_util::sync::ReusableBoxFuture<'static, ViewRx>,
+    /// The view changed since the connections were last checked against it.
+    view_dirty: bool,
+}
+
+type ViewRx = tokio::sync::watch::Receiver<Arc<ClusterView>>;
+
+async fn next_view(mut rx: ViewRx) -> ViewRx {
+    if rx.changed().await.is_err() {
+        // The monitor is gone (shutdown): never again.
+        std::future::pending::<()>().await;
+    }
+    rx
 }
 
 impl<'a> Engine<'a> {
@@ -227,6 +242,8 @@ impl<'a> Engine<'a> {
             copy_node: None,
             copy_remaining: 0,
             terminate: Box::pin(shared.terminate.clone().cancelled_owned()),
+            view_changed: tokio_util::sync::ReusableBoxFuture::new(next_view(shared.view.clone())),
+            view_dirty: false,
         }
     }
 
@@ -299,6 +316,19 @@ impl<'a> Engine<'a> {
 
     /// Walks every connection's buffered input; handles events and failed connections.
     fn drain_links(&mut self) -> Result<(), End> {
+        if std::mem::take(&mut self.view_dirty) {
+            // Fenced since: nothing more goes to (or comes from) that node.
+            let view = self.shared.view.borrow().clone();
+            for link in &mut self.links {
+                if view.nodes.get(link.node).is_some_and(|n| n.fenced) && !link.dead {
+                    tracing::info!(peer = %self.peer, node = %view.nodes[link.node].name, "dropping the connection to a fenced node");
+                    link.dead = true;
+                    // What it sends from now on is not passed on.
+                    link.checkout.conn.buf.clear();
+                }
+            }
+            self.view = view;
+        }
         let mut i = 0;
         while i < self.links.len() {
             let busy = !self.links[i].expect.is_empty() || self.links[i].remaining > 0;
@@ -551,6 +581,13 @@ impl<'a> Engine<'a> {
         } else {
             "Retry the statement: pgvigil sends it to another backend."
         });
+        let owed = link.pending_units().next().is_some() || self.batch == Some(link.node);
+        if in_tx && !owed {
+            // Nobody is waiting now: the transaction's next statement gets this error.
+            if let Some(tx) = &mut self.route.tx {
+                tx.broken_error = Some(error.clone());
+            }
+        }
         // The server's own error (a FATAL passed on as ERROR) answers the first request.
         let mut told = link.fatal_forwarded;
         for unit in units {
@@ -595,6 +632,11 @@ impl<'a> Engine<'a> {
                 return Poll::Ready(Err(End::Terminated));
             }
             let mut progress = false;
+            if let Poll::Ready(rx) = self.view_changed.poll(cx) {
+                self.view_changed.set(next_view(rx));
+                self.view_dirty = true;
+                progress = true;
+            }
             while !self.cout.is_empty() {
                 match Pin::new(&mut self.client).poll_write(cx, &self.cout) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(End::ClientLost)),
@@ -841,7 +883,8 @@ impl<'a> Engine<'a> {
             if !self.all_quiet() {
                 return Ok(Step::Blocked);
             }
-            in_failed_tx().write(&mut self.cout);
+            let e = self.route.tx.as_mut().and_then(|t| t.broken_error.take()).unwrap_or_else(in_failed_tx);
+            e.write(&mut self.cout);
             backend::write_ready_for_query(&mut self.cout, b'E');
             return Ok(Step::Done);
         }
@@ -886,8 +929,15 @@ impl<'a> Engine<'a> {
                         Ok(step) => return Ok(step),
                         Err((e, node_down)) => {
                             // A read outside a transaction moves to another node.
-                            let retry = node_down && matches!(kind, Kind::Read) && !self.route.in_tx() && matches!(dest, Dest::Read) && attempt < 2;
-                            if !retry {
+                            let read_retry = node_down && matches!(kind, Kind::Read) && !self.route.in_tx() && matches!(dest, Dest::Read) && attempt < 2;
+                            // A statement for a primary that cannot be reached (nothing was
+                            // sent) waits for the failover, then goes to the new primary.
+                            let write_retry = node_down && dest == Dest::Primary && !self.route.in_tx() && attempt < 2;
+                            if write_retry && self.hold_while_primary_is(node).await {
+                                tracing::info!(peer = %self.peer, error = %e, "statement waits for the new primary");
+                                continue;
+                            }
+                            if !read_retry {
                                 return self.fail_request(e, true);
                             }
                             tracing::info!(peer = %self.peer, error = %e, "read moves to another backend");
@@ -1186,6 +1236,22 @@ impl<'a> Engine<'a> {
         self.view = self.shared.view.borrow().clone();
     }
 
+    /// Waits (up to `failover.write_hold_timeout`) until the primary is another node than
+    /// `node`; true when it is.
+    async fn hold_while_primary_is(&mut self, node: usize) -> bool {
+        if matches!(self.shared.failover.status(), crate::failover::Status::ReadOnly { .. } | crate::failover::Status::Manual) {
+            return false;
+        }
+        let mut rx = self.shared.view.clone();
+        let wait = tokio::time::timeout(self.shared.write_hold, rx.wait_for(|v| v.primary().is_some_and(|p| p != node)));
+        let moved = tokio::select! {
+            r = wait => matches!(r, Ok(Ok(_))),
+            _ = self.terminate.as_mut() => false,
+        };
+        self.view = self.shared.view.borrow().clone();
+        moved
+    }
+
     /// Remembers that a node's connection failed in this session.
     fn node_failed(&mut self, node: usize) {
         // The monitor checks it now rather than at its next interval.
@@ -1335,7 +1401,8 @@ impl<'a> Engine<'a> {
             if !self.all_quiet() {
                 return Ok(Step::Blocked);
             }
-            return self.fail_request(in_failed_tx(), false);
+            let e = self.route.tx.as_mut().and_then(|t| t.broken_error.take()).unwrap_or_else(in_failed_tx);
+            return self.fail_request(e, false);
         }
         let (c, sql) = match self.stmts.get(&stmt) {
             Some(s) => (s.class.clone(), s.sql.clone()),

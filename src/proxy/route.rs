@@ -82,6 +82,8 @@ pub struct Tx {
     pub failed: bool,
     /// A node the transaction used was lost: only its end is accepted.
     pub broken: bool,
+    /// Why, for the transaction's next statement (once).
+    pub broken_error: Option<crate::protocol::backend::PgError>,
 }
 
 /// A session's routing state.
