@@ -3,63 +3,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-
-/// Sessions that insert one row with a unique id every 10 ms through pgvigil, keeping
-/// the ids PostgreSQL acknowledged.
-struct WriteLoad {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<BTreeSet<i64>>>,
-    errors: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl WriteLoad {
-    async fn start(env: &Env, sessions: i64) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(BTreeSet::new()));
-        let errors = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for s in 0..sessions {
-            let client = env.client().await;
-            let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0i64;
-                while !stop.load(Ordering::Relaxed) {
-                    let id = s * 1_000_000 + n;
-                    n += 1;
-                    match client.execute("INSERT INTO w (id) VALUES ($1)", &[&id]).await {
-                        Ok(_) => {
-                            acked.lock().unwrap().insert(id);
-                        }
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }));
-        }
-        Self { stop, acked, errors, tasks }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    async fn finish(self) -> (BTreeSet<i64>, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
-        (acked, self.errors.load(Ordering::Relaxed))
-    }
-}
 
 async fn primary_of(env: &Env) -> Option<usize> {
     env.handle().shared().view.borrow().primary()

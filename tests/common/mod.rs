@@ -520,3 +520,66 @@ pub async fn pool_nodes(c: &tokio_postgres::Client) -> Vec<std::collections::BTr
     out
 }
 
+
+/// Sessions that insert one row with a unique id (`session * 1_000_000 + n`) into
+/// `w (id bigint PRIMARY KEY)` every 10 ms through pgvigil, keeping the ids PostgreSQL
+/// acknowledged and the errors (`SQLSTATE message`) it answered.
+pub struct WriteLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<i64>>>,
+    errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WriteLoad {
+    pub async fn start(env: &Env, sessions: i64) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for s in 0..sessions {
+            let client = env.client().await;
+            let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = s * 1_000_000 + n;
+                    n += 1;
+                    match client.execute("INSERT INTO w (id) VALUES ($1)", &[&id]).await {
+                        Ok(_) => {
+                            acked.lock().unwrap().insert(id);
+                        }
+                        Err(e) => {
+                            let text = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+                            errors.lock().unwrap().push(format!("{} {text}", sqlstate(&e)));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }));
+        }
+        Self { stop, acked, errors, tasks }
+    }
+
+    /// Number of acknowledged writes so far.
+    pub fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// The errors so far.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
+    }
+
+    /// Stops the sessions; the acknowledged ids and the number of errors.
+    pub async fn finish(self) -> (std::collections::BTreeSet<i64>, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        let errors = self.errors.lock().unwrap().len() as u64;
+        (acked, errors)
+    }
+}
