@@ -1,0 +1,963 @@
+#!/usr/bin/env python3
+"""Failover benchmark: what clients see when the primary dies, pgvigil against Pgpool-II.
+
+For every run and target a fresh cluster (a primary and two streaming standbys with
+replication slots and hot_standby_feedback) is built in its own temporary directory, the
+proxy is started in front of it, and a probe of N sessions (half writing, half reading)
+runs through the proxy. After a few seconds the primary's postmaster gets SIGKILL; the
+probe goes on for a while, then the script checks which standby was promoted, whether
+every acknowledged write is on it and whether the other standby streams from it.
+
+Usage:  sudo python3 bench/failover.py [--runs 5] [--targets pgvigil,pgvigil-tuned,pgpool]
+See bench/README.md.  Python 3.11 standard library only (plus the PostgreSQL binaries).
+"""
+
+import argparse
+import base64
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+sys.dont_write_bytecode = True  # no bench/__pycache__ from the import below
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pgbench as pb  # noqa: E402  (helpers: temp dir and processes, PostgreSQL setup)
+from pgbench import BenchError, log  # noqa: E402
+
+USER, PASSWORD, DBNAME = pb.USER, pb.PASSWORD, pb.DBNAME
+ALL_TARGETS = ["pgvigil", "pgvigil-tuned", "pgpool", "pgpool-nofollow"]
+DEFAULT_TARGETS = ["pgvigil", "pgvigil-tuned", "pgpool"]
+# [health_check] keys of the pgvigil targets; everything else is at its default
+# (in particular [failover] automatic = true).
+PGVIGIL_HEALTH = {
+    "pgvigil": {},
+    "pgvigil-tuned": {"interval": '"200ms"', "retries": "1", "retry_delay": '"100ms"'},
+}
+FOLLOW_WITHIN_S = 5.0
+TABLE = "failover_probe"
+
+
+# --------------------------------------------------------------------------- wire protocol
+
+
+class Dropped(Exception):
+    """The connection is gone (closed, reset, FATAL, timed out): the session must reconnect."""
+
+    def __init__(self, msg, sqlstate=None):
+        super().__init__(msg)
+        self.sqlstate = sqlstate
+
+
+class PgError(Exception):
+    """An ERROR answer to a statement; the connection is still usable."""
+
+    def __init__(self, msg, sqlstate=None):
+        super().__init__(msg)
+        self.sqlstate = sqlstate
+
+
+def _error_fields(body):
+    fields = {}
+    for part in body.split(b"\0"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode(errors="replace")
+    sev = fields.get("V") or fields.get("S") or "ERROR"
+    return sev, fields.get("C"), fields.get("M", "")
+
+
+class PgConn:
+    """A minimal PostgreSQL client (protocol 3.0, simple query; trust, password, md5 and
+    SCRAM-SHA-256 authentication), so that every error and every closed connection is seen
+    exactly as a client sees it."""
+
+    def __init__(self, host, port, user, password, database, timeout, appname="failover-probe"):
+        self.user, self.password = user, password
+        self.buf = bytearray()
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as e:
+            raise Dropped(f"connect: {e}")
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            params = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in
+                              (("user", user), ("database", database), ("application_name", appname)))
+            body = struct.pack("!I", 196608) + params + b"\0"
+            self.sock.sendall(struct.pack("!I", len(body) + 4) + body)
+            self._startup()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def abort(self):
+        """Unblock a thread waiting on this connection (used when the probe stops)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _send(self, kind, body):
+        try:
+            self.sock.sendall(kind + struct.pack("!I", len(body) + 4) + body)
+        except socket.timeout:
+            raise Dropped("timeout while sending")
+        except OSError as e:
+            raise Dropped(f"send: {e}")
+
+    def _recv(self):
+        while True:
+            if len(self.buf) >= 5:
+                n = struct.unpack("!I", self.buf[1:5])[0]
+                if len(self.buf) >= 1 + n:
+                    kind, body = bytes(self.buf[:1]), bytes(self.buf[5:1 + n])
+                    del self.buf[:1 + n]
+                    return kind, body
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise Dropped("timeout: no answer")
+            except OSError as e:
+                raise Dropped(f"recv: {e}")
+            if not chunk:
+                raise Dropped("connection closed by the server")
+            self.buf += chunk
+
+    def _fatal_or_error(self, body):
+        sev, code, msg = _error_fields(body)
+        if sev in ("FATAL", "PANIC"):
+            raise Dropped(f"{sev} {code}: {msg}", code)
+        return PgError(f"{sev} {code}: {msg}", code)
+
+    def _startup(self):
+        while True:
+            kind, body = self._recv()
+            if kind == b"R":
+                self._auth(struct.unpack("!I", body[:4])[0], body[4:])
+            elif kind == b"E":
+                err = self._fatal_or_error(body)
+                raise Dropped(str(err), err.sqlstate)  # any error at startup ends the connection
+            elif kind == b"Z":
+                return
+            # S (ParameterStatus), K (BackendKeyData), N (notice): nothing to do
+
+    def _auth(self, code, data):
+        if code == 0:
+            return
+        if code == 3:
+            self._send(b"p", self.password.encode() + b"\0")
+        elif code == 5:
+            inner = hashlib.md5((self.password + self.user).encode()).hexdigest()
+            self._send(b"p", b"md5" + hashlib.md5(inner.encode() + data[:4]).hexdigest().encode() + b"\0")
+        elif code == 10:
+            self._scram(data)
+        else:
+            raise Dropped(f"unsupported authentication request {code}")
+
+    def _scram(self, mechanisms):
+        if b"SCRAM-SHA-256\0" not in mechanisms:
+            raise Dropped(f"no supported SASL mechanism in {mechanisms!r}")
+        nonce = base64.b64encode(os.urandom(18)).decode()
+        first_bare = f"n=,r={nonce}"
+        first = ("n,," + first_bare).encode()
+        self._send(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first)
+        kind, body = self._recv()
+        if kind == b"E":
+            raise Dropped(str(self._fatal_or_error(body)))
+        if kind != b"R" or struct.unpack("!I", body[:4])[0] != 11:
+            raise Dropped("unexpected answer to SCRAM client-first")
+        server_first = body[4:].decode()
+        attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+        if not attrs["r"].startswith(nonce):
+            raise Dropped("SCRAM nonce mismatch")
+        salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(), base64.b64decode(attrs["s"]),
+                                     int(attrs["i"]))
+        client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+        stored_key = hashlib.sha256(client_key).digest()
+        final_wo_proof = f"c=biws,r={attrs['r']}"
+        auth_msg = f"{first_bare},{server_first},{final_wo_proof}".encode()
+        sig = hmac.new(stored_key, auth_msg, hashlib.sha256).digest()
+        proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, sig))).decode()
+        self._send(b"p", f"{final_wo_proof},p={proof}".encode())
+        kind, body = self._recv()
+        if kind == b"E":
+            raise Dropped(str(self._fatal_or_error(body)))
+        # R 12 (SASLFinal) follows; R 0 comes through _startup.
+
+    def query(self, sql):
+        """Rows (lists of str/None) of a simple query. PgError on ERROR, Dropped when the
+        connection is gone."""
+        self._send(b"Q", sql.encode() + b"\0")
+        rows, err = [], None
+        while True:
+            kind, body = self._recv()
+            if kind == b"D":
+                n = struct.unpack("!H", body[:2])[0]
+                pos, row = 2, []
+                for _ in range(n):
+                    ln = struct.unpack("!i", body[pos:pos + 4])[0]
+                    pos += 4
+                    if ln < 0:
+                        row.append(None)
+                    else:
+                        row.append(body[pos:pos + ln].decode())
+                        pos += ln
+                rows.append(row)
+            elif kind == b"E":
+                err = self._fatal_or_error(body)
+            elif kind == b"Z":
+                if err:
+                    raise err
+                return rows
+
+
+def direct(port, timeout=3):
+    return PgConn("127.0.0.1", port, USER, PASSWORD, DBNAME, timeout, appname="failover-monitor")
+
+
+# --------------------------------------------------------------------------- probe
+
+
+class Session(threading.Thread):
+    """One client session through the proxy: a writer INSERTs a new id every interval, a
+    reader SELECTs every interval. Every error and every lost connection is recorded; after
+    a lost connection the session reconnects (at the next tick) and goes on."""
+
+    def __init__(self, idx, role, port, interval, stmt_timeout):
+        super().__init__(daemon=True, name=f"{role}{idx}")
+        self.idx, self.role, self.port, self.interval = idx, role, port, interval
+        self.stmt_timeout = stmt_timeout
+        self.stop_at = None
+        self.conn = None
+        self.seq = 0
+        self.acked = []          # (id, t_sent, t_acked, server port)
+        self.in_doubt = []       # ids sent whose outcome is unknown (connection lost meanwhile)
+        self.ok = []             # (t_sent, t_done, server port) of successful statements
+        self.errors = []         # {t, kind, sqlstate, message}
+        self.drops = []          # times the connection was lost
+        # All times are time.monotonic(); analyse() makes them relative to the kill.
+        self.connects = 0
+        self.ready = threading.Event()
+
+    @staticmethod
+    def now():
+        return time.monotonic()
+
+    def _err(self, kind, e):
+        t = self.now()
+        if self.stop_at is not None and t >= self.stop_at:
+            return
+        self.errors.append({"t": t, "kind": kind, "sqlstate": getattr(e, "sqlstate", None),
+                            "message": str(e)[:300]})
+
+    def run(self):
+        next_t = time.monotonic()
+        while self.stop_at is None:
+            if self.conn is None:
+                try:
+                    self.conn = PgConn("127.0.0.1", self.port, USER, PASSWORD, DBNAME,
+                                       self.stmt_timeout, appname=f"probe-{self.role}{self.idx}")
+                    self.connects += 1
+                except (Dropped, OSError) as e:
+                    self._err("connect", e)
+            if self.conn is not None:
+                self.step()
+            self.ready.set()
+            next_t += self.interval
+            now = time.monotonic()
+            if next_t < now:
+                next_t = now
+            else:
+                time.sleep(next_t - now)
+        if self.conn is not None:
+            self.conn.close()
+
+    def step(self):
+        t_sent = self.now()
+        new_id = None
+        if self.role == "writer":
+            self.seq += 1
+            new_id = (self.idx + 1) * 1_000_000 + self.seq
+            sql = f"INSERT INTO {TABLE} (id, writer) VALUES ({new_id}, {self.idx}) RETURNING inet_server_port()"
+        else:
+            sql = f"SELECT inet_server_port(), count(*) FROM {TABLE}"
+        try:
+            rows = self.conn.query(sql)
+        except PgError as e:
+            self._err("statement", e)
+            return
+        except (Dropped, OSError) as e:
+            gone = self.stop_at is not None and self.now() >= self.stop_at
+            if not gone:
+                self._err("statement", e)
+                self.drops.append(self.now())
+            if new_id is not None:
+                self.in_doubt.append(new_id)
+            self.conn.close()
+            self.conn = None
+            return
+        t_done = self.now()
+        # inet_server_port(): the PostgreSQL server that ran the statement.
+        port = int(rows[0][0]) if rows and rows[0][0] else None
+        if new_id is not None:
+            # Acknowledged, also when it finished after the probe window closed.
+            self.acked.append((new_id, t_sent, t_done, port))
+        if self.stop_at is None or t_done < self.stop_at:
+            self.ok.append((t_sent, t_done, port))
+
+    def stop(self, t):
+        self.stop_at = t
+        conn = self.conn
+        if conn is not None:
+            conn.abort()
+
+
+class Monitor(threading.Thread):
+    """Polls the standbys directly (not through the proxy) every 100 ms: in recovery or
+    not, and where their WAL receiver streams from (pg_stat_wal_receiver)."""
+
+    SQL = ("SELECT pg_is_in_recovery(), (SELECT status || ' ' || coalesce(sender_port::text, '') "
+           "FROM pg_stat_wal_receiver)")
+
+    def __init__(self, standbys):
+        super().__init__(daemon=True, name="monitor")
+        self.standbys = standbys  # [(name, port)]
+        self.stopping = threading.Event()
+        self.samples = {name: [] for name, _ in standbys}  # changes only: (t, in_recovery, status, sender_port)
+
+    def run(self):
+        conns = {}
+        while not self.stopping.is_set():
+            for name, port in self.standbys:
+                state = ("unreachable", None, None)
+                try:
+                    if name not in conns:
+                        conns[name] = direct(port, timeout=2)
+                    row = conns[name].query(self.SQL)[0]
+                    status, _, sport = (row[1] or "none ").partition(" ")
+                    state = (row[0] == "t", status, int(sport) if sport else None)
+                except (Dropped, PgError, OSError) as e:
+                    c = conns.pop(name, None)
+                    if c:
+                        c.close()
+                    state = ("unreachable", str(e)[:100], None)
+                s = self.samples[name]
+                if not s or s[-1][1:] != state:
+                    s.append((time.monotonic(),) + state)
+            self.stopping.wait(0.1)
+        for c in conns.values():
+            c.close()
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def setup_cluster(env, pgbin):
+    """Primary pg0 and standbys pg1, pg2 (pgbench.py's setup), with synchronous_commit = on
+    so that an acknowledged commit is in the primary's WAL (pgbench.py turns it off) and a
+    probe table."""
+    proc, port, version = pb.setup_postgres(env, pgbin, 1, 2)
+    r = pb.psql(pgbin, port, "ALTER SYSTEM SET synchronous_commit = on", "SELECT pg_reload_conf()",
+                f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, writer int, at timestamptz DEFAULT now())")
+    if r.returncode != 0:
+        raise BenchError(f"preparing the primary failed: {r.stderr}")
+    standbys = pb.setup_standbys(env, pgbin, port, 2)
+    return {"proc": proc, "port": port, "version": version, "standbys": standbys}
+
+
+def setup_pgvigil(env, pgbin, binary, target, cluster):
+    port = pb.free_port()
+    env.write("users.toml", f'{USER} = "{PASSWORD}"\n')
+    health = "".join(f"{k} = {v}\n" for k, v in PGVIGIL_HEALTH[target].items())
+    backends = "".join(f'\n[[backends]]\nname = "{name}"\nhost = "127.0.0.1"\nport = {sport}\n'
+                       for name, sport in [("pg0", cluster["port"])] +
+                       [(n, p) for n, _, p in cluster["standbys"]])
+    conf = env.write(f"{target}.toml", f"""[proxy]
+listen = "127.0.0.1:{port}"
+
+[auth]
+method = "scram-sha-256"
+users_file = "users.toml"
+
+[health_check]
+user = "{USER}"
+{health}
+[log]
+level = "info"
+{backends}""")
+    r = subprocess.run([binary, "check-config", "--config", conf], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BenchError(f"pgvigil check-config failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    p = env.spawn(target, [binary, "run", "--config", conf], f"{target}.log", signal.SIGINT,
+                  as_server_user=False)
+    pb.wait_ready(pgbin, target, port, p, env.path(f"{target}.log"))
+    pb.wait_nodes_up(pgbin, target, port, 3)
+    return p, port, f"{target}.log"
+
+
+FAILOVER_SH = """#!/bin/sh
+# failover_command: promote the standby that received the most WAL.
+# Arguments: %d %h %p %D %m %H %M %P %r %R %N %S
+FAILED="$1"; NEW_MAIN="$5"; OLD_PRIMARY="$8"
+PSQL="{psql}"
+export PGPASSWORD='{password}' PGCONNECT_TIMEOUT=3 PGSSLMODE=disable
+say() {{ echo "failover.sh $(date +%H:%M:%S.%N | cut -c1-12): $*"; }}
+say "node $FAILED detached (old primary $OLD_PRIMARY, Pgpool's new main node $NEW_MAIN)"
+if [ "$FAILED" != "$OLD_PRIMARY" ]; then say "not the primary: nothing to promote"; exit 0; fi
+BEST=""; BEST_LSN=-1
+for NODE in {nodes}; do
+    ID=${{NODE%%:*}}; PORT=${{NODE##*:}}
+    [ "$ID" = "$FAILED" ] && continue
+    R=$("$PSQL" -X -At -h 127.0.0.1 -p "$PORT" -U {user} -d postgres -c \\
+        "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0'" 2>&1)
+    if [ $? -ne 0 ]; then say "node $ID unreachable: $R"; continue; fi
+    INREC=${{R%%|*}}; LSN=${{R##*|}}
+    say "node $ID in_recovery=$INREC received_lsn=$LSN"
+    [ "$INREC" = "t" ] || continue
+    if [ "$LSN" -gt "$BEST_LSN" ]; then BEST="$ID:$PORT"; BEST_LSN="$LSN"; fi
+done
+if [ -z "$BEST" ]; then say "no standby to promote"; exit 1; fi
+ID=${{BEST%%:*}}; PORT=${{BEST##*:}}
+say "promoting node $ID (port $PORT)"
+R=$("$PSQL" -X -At -h 127.0.0.1 -p "$PORT" -U {user} -d postgres -c "SELECT pg_promote()" 2>&1)
+say "pg_promote() on node $ID: $R"
+[ "$R" = "t" ] || exit 1
+exit 0
+"""
+
+FOLLOW_SH = """#!/bin/sh
+# follow_primary_command: point a standby at the new primary (slot + primary_conninfo +
+# reload; no restart, no pg_rewind), then attach it again in Pgpool-II.
+# Arguments: %d %h %p %D %m %H %M %P %r %R
+NODE="$1"; HOST="$2"; PORT="$3"; NEW_PRIMARY="$5"; NEW_HOST="$6"; NEW_PORT="$9"
+PSQL="{psql}"
+export PGPASSWORD='{password}' PGCONNECT_TIMEOUT=3 PGSSLMODE=disable PCPPASSFILE='{pcppass}'
+say() {{ echo "follow_primary.sh $(date +%H:%M:%S.%N | cut -c1-12): $*"; }}
+say "node $NODE ($HOST:$PORT) to follow node $NEW_PRIMARY ($NEW_HOST:$NEW_PORT)"
+R=$("$PSQL" -X -At -h "$HOST" -p "$PORT" -U {user} -d postgres -c "SELECT pg_is_in_recovery()" 2>&1)
+if [ "$R" != "t" ]; then say "node $NODE not running as a standby ($R): skipped, stays detached"; exit 0; fi
+SLOT="pg$NODE"
+R=$("$PSQL" -X -At -h "$NEW_HOST" -p "$NEW_PORT" -U {user} -d postgres \\
+    -c "SELECT pg_create_physical_replication_slot('$SLOT')" 2>&1) || say "slot $SLOT: $R"
+R=$("$PSQL" -X -At -h "$HOST" -p "$PORT" -U {user} -d postgres -v ON_ERROR_STOP=1 \\
+    -c "ALTER SYSTEM SET primary_conninfo = 'host=$NEW_HOST port=$NEW_PORT user={user} password={password} application_name=pg$NODE'" \\
+    -c "ALTER SYSTEM SET primary_slot_name = '$SLOT'" \\
+    -c "SELECT pg_reload_conf()" 2>&1)
+if [ $? -ne 0 ]; then say "re-pointing node $NODE failed: $R"; exit 1; fi
+say "node $NODE re-pointed; pcp_attach_node"
+R=$({pcp_attach} -h 127.0.0.1 -p {pcp_port} -U {user} -w -n "$NODE" 2>&1)
+RC=$?
+say "pcp_attach_node $NODE: rc=$RC $R"
+exit $RC
+"""
+
+
+def setup_pgpool(env, pgbin, binary, target, cluster):
+    port, pcp_port = pb.free_port(), pb.free_port()
+    env.write("pool_passwd", f"{USER}:TEXT{PASSWORD}\n")
+    env.write("pcp.conf", f"{USER}:{hashlib.md5(PASSWORD.encode()).hexdigest()}\n")
+    pcppass = env.write("pcppass", f"127.0.0.1:{pcp_port}:{USER}:{PASSWORD}\n")
+    os.makedirs(env.path("pgpool_log"), exist_ok=True)
+    env.chown(env.path("pgpool_log"))
+    nodes = [("pg0", cluster["port"], "pgdata")] + [(n, p, f"{n}data") for n, _, p in cluster["standbys"]]
+    psql_bin = os.path.join(pgbin, "psql")
+    fo = env.write("failover.sh", FAILOVER_SH.format(
+        psql=psql_bin, password=PASSWORD, user=USER,
+        nodes=" ".join(f"{i}:{p}" for i, (_, p, _) in enumerate(nodes))), 0o755)
+    follow_line = "follow_primary_command = ''\n"
+    if target == "pgpool":
+        pcp_attach = os.path.join(os.path.dirname(binary), "pcp_attach_node")
+        if not os.access(pcp_attach, os.X_OK):
+            raise BenchError(f"{pcp_attach} not found (it comes with pgpool2)")
+        fp = env.write("follow_primary.sh", FOLLOW_SH.format(
+            psql=psql_bin, password=PASSWORD, user=USER, pcppass=pcppass, pcp_attach=pcp_attach,
+            pcp_port=pcp_port), 0o755)
+        follow_line = f"follow_primary_command = '{fp} %d %h %p %D %m %H %M %P %r %R'\n"
+    backends = "".join(f"""backend_hostname{i} = '127.0.0.1'
+backend_port{i} = {p}
+backend_weight{i} = 1
+backend_data_directory{i} = '{env.path(d)}'
+backend_flag{i} = 'ALLOW_TO_FAILOVER'
+backend_application_name{i} = '{n}'
+""" for i, (n, p, d) in enumerate(nodes))
+    conf = env.write("pgpool.conf", f"""backend_clustering_mode = 'streaming_replication'
+listen_addresses = '127.0.0.1'
+port = {port}
+socket_dir = '{env.dir}'
+pcp_listen_addresses = '127.0.0.1'
+pcp_port = {pcp_port}
+pcp_socket_dir = '{env.dir}'
+wd_ipc_socket_dir = '{env.dir}'
+{backends}enable_pool_hba = off
+pool_passwd = 'pool_passwd'
+allow_clear_text_frontend_auth = off
+num_init_children = 32
+max_pool = 4
+load_balance_mode = on
+health_check_period = 1
+health_check_max_retries = 0
+health_check_user = '{USER}'
+health_check_password = ''
+sr_check_period = 10
+sr_check_user = '{USER}'
+sr_check_password = ''
+failover_command = '{fo} %d %h %p %D %m %H %M %P %r %R %N %S'
+{follow_line}failover_on_backend_error = on
+use_watchdog = off
+memory_cache_enabled = off
+ssl = off
+log_destination = 'stderr'
+logging_collector = off
+log_min_messages = log
+log_connections = off
+pid_file_name = '{env.path('pgpool.pid')}'
+logdir = '{env.path('pgpool_log')}'
+""")
+    p = env.spawn(target, [binary, "-n", "-D", "-f", conf, "-F", env.path("pcp.conf")],
+                  f"{target}.log", signal.SIGINT)
+    pb.wait_ready(pgbin, "Pgpool-II", port, p, env.path(f"{target}.log"))
+    pb.wait_nodes_up(pgbin, target, port, 3)
+    return p, port, f"{target}.log"
+
+
+# --------------------------------------------------------------------------- one trial
+
+
+def trial(args, pgbin, bins, target, run_no):
+    env = pb.Env(args.keep)
+    res = {"target": target, "run": run_no, "dir": env.dir if args.keep else None}
+    sessions, monitor = [], None
+    try:
+        cluster = setup_cluster(env, pgbin)
+        res["postgres"] = cluster["version"]
+        names = {cluster["port"]: "pg0"}
+        names.update({p: n for n, _, p in cluster["standbys"]})
+        if target.startswith("pgvigil"):
+            proxy, port, logname = setup_pgvigil(env, pgbin, bins["pgvigil"], target, cluster)
+        else:
+            proxy, port, logname = setup_pgpool(env, pgbin, bins["pgpool"], target, cluster)
+        log(f"{target} run {run_no}: proxy on 127.0.0.1:{port}, {args.sessions} sessions")
+
+        monitor = Monitor([(n, p) for n, _, p in cluster["standbys"]])
+        n_writers = args.sessions // 2
+        for i in range(args.sessions):
+            role = "writer" if i < n_writers else "reader"
+            sessions.append(Session(i if role == "writer" else i - n_writers, role, port,
+                                    args.interval_ms / 1000, args.stmt_timeout))
+        for s in sessions:
+            s.start()
+        for s in sessions:
+            if not s.ready.wait(15) or s.conn is None:
+                raise BenchError(f"{target}: probe session {s.name} could not connect: "
+                                 f"{s.errors[-1]['message'] if s.errors else 'no answer'}")
+        time.sleep(args.warmup)
+        monitor.start()
+        time.sleep(0.3)  # a first monitor sample before the kill
+
+        # ---- the crash
+        pgproc = cluster["proc"]
+        t_kill = time.monotonic()
+        os.kill(pgproc.pid, signal.SIGKILL)
+        log(f"{target} run {run_no}: SIGKILL to the primary's postmaster (pid {pgproc.pid})")
+        time.sleep(args.observe)
+        t_end = time.monotonic()
+
+        # ---- final state, still with the probe window closed at t_end
+        for s in sessions:
+            s.stop(t_end)
+        monitor.stopping.set()
+        for s in sessions:
+            s.join(3)
+        monitor.join(3)
+        res.update(analyse(sessions, monitor, cluster, t_kill, t_end))
+        res["proxy_nodes_at_end"] = pb.pool_nodes(pgbin, port)
+        res["proxy_alive_at_end"] = proxy.poll() is None
+        res["proxy_log"] = interesting_log_lines(env.path(logname))
+        res["proxy_log_counts"] = pb.scan_log(env.path(logname))
+        if res["dir"] is None:
+            del res["dir"]
+        return res
+    finally:
+        for s in sessions:
+            s.stop(0)
+        if monitor is not None:
+            monitor.stopping.set()
+        env.cleanup()
+
+
+def analyse(sessions, monitor, cluster, t_kill, t_end):
+    """The trial's measurements; every time in seconds after the kill."""
+    out = {"observe_s": round(t_end - t_kill, 3)}
+    rel = lambda t: round(t - t_kill, 3)
+    # -- who was promoted, who follows (monitor samples)
+    samples_rel = {name: [(rel(x[0]),) + tuple(x[1:]) for x in samples]
+                   for name, samples in monitor.samples.items()}
+    promoted = {}
+    for name, samples in samples_rel.items():
+        for t, inrec, status, sport in samples:
+            if t > 0 and inrec is False:
+                promoted[name] = t
+                break
+    out["monitor"] = {name: [list(x) for x in samples] for name, samples in samples_rel.items()}
+    ports = {n: p for n, _, p in cluster["standbys"]}
+    new_primary = min(promoted, key=promoted.get) if promoted else None
+    out["promoted"] = {k: round(v, 3) for k, v in promoted.items()}
+    out["new_primary"] = new_primary
+    out["promoted_at_s"] = promoted.get(new_primary) if new_primary else None
+    out["split_brain"] = len(promoted) > 1
+    follow_t = None
+    other = None
+    if new_primary:
+        others = [n for n in ports if n != new_primary]
+        other = others[0] if others else None
+        for t, inrec, status, sport in samples_rel.get(other, []):
+            if t > promoted[new_primary] and inrec is True and status == "streaming" \
+                    and sport == ports[new_primary]:
+                follow_t = t
+                break
+    out["other_standby"] = other
+    out["follow_at_s"] = follow_t
+    out["follow_after_promotion_s"] = (round(follow_t - promoted[new_primary], 3)
+                                       if follow_t is not None else None)
+    out["follows_within_5s"] = (follow_t is not None and
+                                follow_t - promoted[new_primary] <= FOLLOW_WITHIN_S)
+    # -- at the end: ask the nodes directly
+    follows_end = None
+    present = None
+    end_err = None
+    if new_primary:
+        try:
+            c = direct(ports[new_primary], timeout=5)
+            present = {int(r[0]) for r in c.query(f"SELECT id FROM {TABLE}")}
+            c.close()
+        except (Dropped, PgError) as e:
+            end_err = f"reading {TABLE} on {new_primary}: {e}"
+        if other:
+            try:
+                c = direct(ports[other], timeout=5)
+                row = c.query("SELECT status, sender_port FROM pg_stat_wal_receiver")
+                c.close()
+                follows_end = bool(row) and row[0][0] == "streaming" and row[0][1] == str(ports[new_primary])
+                out["other_wal_receiver_at_end"] = row[0] if row else None
+            except (Dropped, PgError) as e:
+                end_err = f"asking {other}: {e}"
+    out["follows_at_end"] = follows_end
+    if end_err:
+        out["end_error"] = end_err
+    # -- sessions
+    per = []
+    acked, in_doubt = set(), set()
+    first_write = None
+    node_of = {cluster["port"]: "pg0"}
+    node_of.update({p: n for n, _, p in cluster["standbys"]})
+    new_port = ports.get(new_primary)
+    old_acks_after_kill = 0
+    for s in sessions:
+        errors = [dict(e, t=rel(e["t"])) for e in s.errors]
+        after = [e for e in errors if e["t"] >= 0]
+        ok = [(rel(a), rel(b), port) for a, b, port in s.ok]
+        ok_after = [x for x in ok if x[0] >= 0]
+        drops = [rel(d) for d in s.drops]
+        # Longest time without a successful statement, from the last success before the
+        # kill to the end of the window.
+        ts = [b for _, b, _ in ok if b < 0][-1:] + [b for _, b, _ in ok if b >= 0] + [rel(t_end)]
+        gaps = [b - a for a, b in zip(ts, ts[1:])]
+        # The servers that answered this session, in order: [[from_s, node], ...].
+        served = []
+        for _, b, port in ok:
+            name = node_of.get(port, str(port))
+            if not served or served[-1][1] != name:
+                served.append([b, name])
+        per.append({
+            "session": s.name, "role": s.role,
+            "errors_before_kill": len(errors) - len(after),
+            "statement_errors": sum(1 for e in after if e["kind"] == "statement"),
+            "connect_errors": sum(1 for e in after if e["kind"] == "connect"),
+            "dropped": len([d for d in drops if d >= 0]),
+            "drops_before_kill": len([d for d in drops if d < 0]),
+            "ok_after_kill": len(ok_after),
+            "first_ok_after_kill_s": round(ok_after[0][1], 3) if ok_after else None,
+            "longest_gap_s": round(max(gaps), 3) if gaps else None,
+            "connects": s.connects,
+            "served_by": served,
+            "errors": after[:30],
+            "errors_left_off": max(0, len(after) - 30),
+        })
+        if s.role == "writer":
+            acked.update(x[0] for x in s.acked)
+            in_doubt.update(s.in_doubt)
+            old_acks_after_kill += sum(1 for _, _, b, port in s.acked
+                                       if b >= t_kill and port == cluster["port"])
+            # The first write the new primary acknowledged (one the dying primary's
+            # orphaned backends still acknowledged right after the kill does not count).
+            first = next((b for a, b, port in ok_after if port == new_port), None)
+            if first is not None:
+                first_write = first if first_write is None else min(first_write, first)
+    out["sessions"] = per
+    out["time_to_first_write_s"] = round(first_write, 3) if first_write is not None else None
+    out["acked_by_old_primary_after_kill"] = old_acks_after_kill
+    out["acked_writes"] = len(acked)
+    out["in_doubt_writes"] = len(in_doubt)
+    if present is not None:
+        lost = sorted(acked - present)
+        out["acked_writes_lost"] = len(lost)
+        out["lost_ids"] = lost[:50]
+        out["in_doubt_committed"] = len(in_doubt & present)
+    else:
+        out["acked_writes_lost"] = None
+    readers = [p for p in per if p["role"] == "reader"]
+    writers = [p for p in per if p["role"] == "writer"]
+    out["statement_errors"] = sum(p["statement_errors"] for p in per)
+    out["connect_errors"] = sum(p["connect_errors"] for p in per)
+    out["errors"] = out["statement_errors"] + out["connect_errors"]
+    out["readers"], out["writers"] = len(readers), len(writers)
+    out["readers_dropped"] = sum(1 for p in readers if p["dropped"])
+    out["writers_dropped"] = sum(1 for p in writers if p["dropped"])
+    out["drops"] = sum(p["dropped"] for p in per)
+    out["readers_with_errors"] = sum(1 for p in readers if p["statement_errors"] or p["connect_errors"])
+    gaps = [p["longest_gap_s"] for p in readers if p["longest_gap_s"] is not None]
+    out["reader_longest_gap_s"] = max(gaps) if gaps else None
+    return out
+
+
+def interesting_log_lines(path, limit=80):
+    keep = re.compile(r"failover|follow|promot|fence|primary|degenerat|detach|attach|failback|"
+                      r"event=|health check|panic", re.I)
+    lines = []
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                if keep.search(line):
+                    lines.append(line.rstrip()[:300])
+    except OSError:
+        pass
+    return lines[:limit] + ([f"... {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def med(values):
+    v = [x for x in values if x is not None]
+    return statistics.median(v) if v else None
+
+
+def fmt(v, spec=".1f"):
+    return "-" if v is None else format(v, spec)
+
+
+def num(v):
+    """Median of counts: an integer when it is one."""
+    if v is None:
+        return "-"
+    return str(int(v)) if float(v).is_integer() else format(v, ".1f")
+
+
+def summary(target, runs):
+    ok = [r for r in runs if "error" not in r]
+    s = {"target": target, "runs": len(runs), "completed": len(ok)}
+    if not ok:
+        return s
+    s["time_to_first_write_s"] = med([r["time_to_first_write_s"] for r in ok])
+    s["no_write_runs"] = sum(1 for r in ok if r["time_to_first_write_s"] is None)
+    for k in ("errors", "statement_errors", "connect_errors", "readers_dropped", "writers_dropped", "drops",
+              "acked_writes_lost", "reader_longest_gap_s", "promoted_at_s", "acked_by_old_primary_after_kill",
+              "in_doubt_writes"):
+        s[k] = med([r.get(k) for r in ok])
+    s["acked_writes_lost_max"] = max((r["acked_writes_lost"] for r in ok if r.get("acked_writes_lost") is not None),
+                                     default=None)
+    s["readers"], s["writers"] = ok[0]["readers"], ok[0]["writers"]
+    s["follows_within_5s"] = sum(1 for r in ok if r["follows_within_5s"])
+    s["follows_at_end"] = sum(1 for r in ok if r["follows_at_end"])
+    s["follow_at_s"] = med([r["follow_at_s"] for r in ok])
+    s["promotions"] = sum(1 for r in ok if r["new_primary"])
+    s["split_brain"] = sum(1 for r in ok if r["split_brain"])
+    return s
+
+
+def table(summaries):
+    lines = ["| target | time to first write (s) | client-visible errors: total (statements + connects) "
+             "| sessions dropped (read-only / writers) | acked writes lost | other standby follows new primary "
+             "| longest read gap (s) |",
+             "|---|---:|---|---|---|---|---:|"]
+    for s in summaries:
+        if not s.get("completed"):
+            lines.append(f"| {s['target']} | no run completed | | | | | |")
+            continue
+        n = s["completed"]
+        ttfw = fmt(s["time_to_first_write_s"], ".2f")
+        if s["no_write_runs"]:
+            ttfw += f" (no write in {s['no_write_runs']}/{n} runs)"
+        lost = num(s["acked_writes_lost"])
+        if s["acked_writes_lost_max"] not in (None, 0) and s["acked_writes_lost_max"] != s["acked_writes_lost"]:
+            lost += f" (max {s['acked_writes_lost_max']})"
+        if s["follows_within_5s"]:
+            follows = (f"yes {s['follows_within_5s']}/{n} within 5 s of the promotion, "
+                       f"median {fmt(s['follow_at_s'], '.1f')} s after the kill")
+        else:
+            follows = f"no (0/{n} within 5 s)"
+        follows += f"; at the end {s['follows_at_end']}/{n}"
+        if s["promotions"] < n:
+            follows += f"; promoted a standby in {s['promotions']}/{n} runs"
+        if s["split_brain"]:
+            follows += f"; TWO PRIMARIES in {s['split_brain']} runs"
+        lines.append(
+            f"| {s['target']} | {ttfw} | {num(s['errors'])} ({num(s['statement_errors'])} + "
+            f"{num(s['connect_errors'])}) | {num(s['readers_dropped'])}/{s['readers']} / "
+            f"{num(s['writers_dropped'])}/{s['writers']} ({num(s['drops'])} drops) | {lost} | {follows} | "
+            f"{fmt(s['reader_longest_gap_s'], '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_line(r):
+    if "error" in r:
+        return f"- {r['target']} run {r['run']}: FAILED: {r['error'].splitlines()[0][:200]}"
+    return (f"- {r['target']} run {r['run']}: first write {fmt(r['time_to_first_write_s'], '.2f')} s, "
+            f"promoted {r['new_primary'] or 'none'} at {fmt(r['promoted_at_s'], '.2f')} s, "
+            f"errors {r['statement_errors']}+{r['connect_errors']}, dropped readers {r['readers_dropped']}/"
+            f"{r['readers']} writers {r['writers_dropped']}/{r['writers']} ({r['drops']} drops), acked {r['acked_writes']} "
+            f"lost {r['acked_writes_lost']} in doubt {r['in_doubt_writes']} "
+            f"(old primary acked {r['acked_by_old_primary_after_kill']} after the kill), "
+            f"{r['other_standby'] or '-'} follows at {fmt(r['follow_at_s'], '.2f')} s "
+            f"(end: {r['follows_at_end']}), longest read gap {fmt(r['reader_longest_gap_s'], '.2f')} s")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5, help="runs per target; the table shows medians (default 5)")
+    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                    help="comma list from " + ",".join(ALL_TARGETS) + " (default: " + ",".join(DEFAULT_TARGETS) + ")")
+    ap.add_argument("--sessions", type=int, default=8, help="probe sessions, half writing, half reading (default 8)")
+    ap.add_argument("--interval-ms", type=int, default=50, help="time between a session's statements (default 50)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of probing before the kill (default 3)")
+    ap.add_argument("--observe", type=float, default=15.0, help="seconds of probing after the kill (default 15)")
+    ap.add_argument("--stmt-timeout", type=float, default=15.0,
+                    help="seconds a statement or connection attempt may take before the client gives up "
+                         "and reconnects (default 15, above pgvigil's write_hold_timeout of 10 s)")
+    ap.add_argument("--pgvigil", default=os.path.join(pb.REPO, "target", "release", "pgvigil"),
+                    help="pgvigil binary (default: target/release/pgvigil of this repository)")
+    ap.add_argument("--pgpool", default="/usr/sbin/pgpool", help="Pgpool-II binary (default /usr/sbin/pgpool)")
+    ap.add_argument("--json", metavar="FILE", help="also write every run and the summaries as JSON")
+    ap.add_argument("--keep", action="store_true", help="keep each run's temp dir (configs, logs)")
+    args = ap.parse_args()
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    bad = [t for t in targets if t not in ALL_TARGETS]
+    if bad:
+        ap.error(f"unknown target(s): {', '.join(bad)}")
+    if args.sessions < 2:
+        ap.error("--sessions must be at least 2 (half write, half read)")
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    pgbin = pb.find_pg_bin()
+    bins = {}
+    skipped = {}
+    if any(t.startswith("pgvigil") for t in targets):
+        if not os.access(args.pgvigil, os.X_OK):
+            raise BenchError(f"pgvigil binary {args.pgvigil} not found; pass --pgvigil")
+        bins["pgvigil"] = args.pgvigil
+    if any(t.startswith("pgpool") for t in targets):
+        if os.access(args.pgpool, os.X_OK):
+            bins["pgpool"] = args.pgpool
+        else:
+            for t in [t for t in targets if t.startswith("pgpool")]:
+                skipped[t] = f"{args.pgpool} not found (apt-get install -y pgpool2)"
+                targets.remove(t)
+    for t, why in skipped.items():
+        log(f"skipping {t}: {why}")
+    versions = {}
+    if "pgvigil" in bins:
+        versions["pgvigil"] = subprocess.run([bins["pgvigil"], "--version"], capture_output=True,
+                                             text=True).stdout.strip()
+        st = os.stat(bins["pgvigil"])
+        versions["pgvigil_binary"] = (f"{bins['pgvigil']} (modified "
+                                      f"{datetime.datetime.fromtimestamp(st.st_mtime).isoformat(timespec='seconds')})")
+    if "pgpool" in bins:
+        v = subprocess.run([bins["pgpool"], "--version"], capture_output=True, text=True)
+        versions["pgpool"] = (v.stdout + v.stderr).strip()
+
+    results = []
+    interrupted = False
+    exit_code = 0
+    try:
+        for run_no in range(1, args.runs + 1):
+            k = (run_no - 1) % len(targets)
+            for t in targets[k:] + targets[:k]:  # rotate who goes first
+                t0 = time.monotonic()
+                try:
+                    r = trial(args, pgbin, bins, t, run_no)
+                except BenchError as e:
+                    r = {"target": t, "run": run_no, "error": str(e)}
+                    exit_code = 1
+                r["wall_s"] = round(time.monotonic() - t0, 1)
+                if "postgres" in r:
+                    versions.setdefault("postgres", r["postgres"])
+                results.append(r)
+                log(run_line(r)[2:])
+    except KeyboardInterrupt:
+        interrupted = True
+        exit_code = 130
+        log("interrupted; cleaned up")
+
+    summaries = [summary(t, [r for r in results if r["target"] == t]) for t in targets]
+    meta = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
+        "runs": args.runs, "sessions": args.sessions, "interval_ms": args.interval_ms,
+        "warmup_s": args.warmup, "observe_s": args.observe, "stmt_timeout_s": args.stmt_timeout,
+        "targets": targets, "skipped": skipped, "versions": versions, "interrupted": interrupted,
+    }
+    try:
+        meta["pgvigil_git"] = subprocess.run(["git", "-C", pb.REPO, "rev-parse", "--short", "HEAD"],
+                                             capture_output=True, text=True).stdout.strip()
+    except OSError:
+        pass
+    print()
+    print(f"## Failover ({meta['date']}, {meta['cpus']} CPUs, kernel {meta['kernel']})")
+    print()
+    print(f"{args.sessions} sessions ({args.sessions // 2} writers, {args.sessions - args.sessions // 2} readers), "
+          f"one statement every {args.interval_ms} ms each; SIGKILL to the primary's postmaster after "
+          f"{args.warmup:g} s, then {args.observe:g} s of probing; medians over {args.runs} run(s); "
+          + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in versions.items()))
+    for t, why in skipped.items():
+        print(f"skipped {t}: {why}")
+    print()
+    print(table(summaries))
+    print("Runs:")
+    for r in results:
+        print(run_line(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "summaries": summaries, "runs": results}, f, indent=2)
+        print(f"\nJSON written to {args.json}")
+    return exit_code
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"failover.py: {e}", file=sys.stderr)
+        sys.exit(2)
