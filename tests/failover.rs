@@ -146,6 +146,20 @@ async fn without_an_eligible_standby_the_cluster_stays_read_only() {
     assert_eq!(c.query_one("SELECT count(*) FROM r", &[]).await.unwrap().get::<_, i64>(0), 1);
     let e = c.execute("INSERT INTO r VALUES (2)", &[]).await.unwrap_err();
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("57P03"), "{e:?}");
+    // The health checks that decided it, as Pgpool-II's SHOW shows them.
+    let mut rows = Vec::new();
+    for m in c.simple_query("SHOW POOL_HEALTH_CHECK_STATS").await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            let get = |k: &str| r.get(k).unwrap_or_default().to_string();
+            rows.push((get("node_id"), get("status"), get("fail_count"), get("retry_count"), get("success_count")));
+        }
+    }
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (_, status, fails, retries, _) = &rows[0];
+    assert_eq!(status, "down");
+    assert!(fails.parse::<u64>().unwrap() >= 3 && retries.parse::<u64>().unwrap() >= 2, "1 + 2 retries before down: {rows:?}");
+    assert_eq!(rows[1].1, "up");
+    assert!(rows[1].4.parse::<u64>().unwrap() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -856,11 +856,14 @@ impl<'a> Engine<'a> {
             // A Query inside an unfinished batch belongs to the batch's node.
             return self.extended_to(msg, Some(n), Expect::Ready).await;
         }
-        if is_show_pool_nodes(sql) {
+        if let Some(which) = show_command(sql) {
             if !self.all_quiet() {
                 return Ok(Step::Blocked);
             }
-            self.show_pool_nodes();
+            match which {
+                Show::PoolNodes => self.show_pool_nodes(),
+                Show::HealthCheckStats => self.show_health_check_stats(),
+            }
             let status = self.status_outside();
             backend::write_ready_for_query(&mut self.cout, status);
             return Ok(Step::Done);
@@ -1827,6 +1830,28 @@ impl<'a> Engine<'a> {
         }
     }
 
+    fn show_health_check_stats(&mut self) {
+        let view = self.shared.view.borrow().clone();
+        let rows: Vec<super::show::HealthCheckRow> = view
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let (hostname, port) = self.shared.backend_host(i);
+                super::show::HealthCheckRow {
+                    node_id: i,
+                    hostname,
+                    port,
+                    status: n.up && !n.fenced,
+                    role: n.role,
+                    last_status_change: n.last_change,
+                    stats: self.shared.monitor.stats(i).unwrap_or_default(),
+                }
+            })
+            .collect();
+        super::show::write_health_check_stats(&mut self.cout, &rows);
+    }
+
     fn show_pool_nodes(&mut self) {
         let view = self.shared.view.borrow().clone();
         let rows: Vec<super::show::PoolNodeRow> = view
@@ -1898,9 +1923,29 @@ fn is_discard_all(sql: &str) -> bool {
     words == ["discard", "all"]
 }
 
-fn is_show_pool_nodes(sql: &str) -> bool {
-    let words: Vec<String> = sql.trim().trim_end_matches(';').split_whitespace().map(str::to_ascii_lowercase).collect();
-    matches!(words.iter().map(String::as_str).collect::<Vec<_>>().as_slice(), ["show", "pool_nodes"] | ["pgpool", "show", "pool_nodes"])
+/// The Pgpool-II SHOW commands pgvigil answers on the proxy port.
+enum Show {
+    PoolNodes,
+    HealthCheckStats,
+}
+
+fn show_command(sql: &str) -> Option<Show> {
+    let trimmed = sql.trim().trim_end_matches(';');
+    // Cheap test first: most statements are not SHOW.
+    if trimmed.len() > 48 || !(trimmed.get(..4).is_some_and(|w| w.eq_ignore_ascii_case("show")) || trimmed.get(..6).is_some_and(|w| w.eq_ignore_ascii_case("pgpool"))) {
+        return None;
+    }
+    let words: Vec<String> = trimmed.split_whitespace().map(str::to_ascii_lowercase).collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let name = match words.as_slice() {
+        ["show", name] | ["pgpool", "show", name] => *name,
+        _ => return None,
+    };
+    match name {
+        "pool_nodes" => Some(Show::PoolNodes),
+        "pool_health_check_stats" => Some(Show::HealthCheckStats),
+        _ => None,
+    }
 }
 
 fn cstr(body: &[u8]) -> Result<&str, PgError> {

@@ -62,6 +62,85 @@ pub fn write_pool_nodes(out: &mut BytesMut, rows: &[PoolNodeRow]) {
     write_command_complete(out, "SHOW");
 }
 
+/// Columns of Pgpool-II 4.x's `SHOW POOL_HEALTH_CHECK_STATS`, in order.
+pub const HEALTH_CHECK_STATS_COLUMNS: [&str; 20] = [
+    "node_id",
+    "hostname",
+    "port",
+    "status",
+    "role",
+    "last_status_change",
+    "total_count",
+    "success_count",
+    "fail_count",
+    "skip_count",
+    "retry_count",
+    "average_retry_count",
+    "max_retry_count",
+    "max_duration",
+    "min_duration",
+    "average_duration",
+    "last_health_check",
+    "last_successful_health_check",
+    "last_skip_health_check",
+    "last_failed_health_check",
+];
+
+/// One backend's row of `SHOW POOL_HEALTH_CHECK_STATS`.
+#[derive(Debug, Clone)]
+pub struct HealthCheckRow {
+    pub node_id: usize,
+    pub hostname: String,
+    pub port: u16,
+    pub status: bool,
+    pub role: Role,
+    pub last_status_change: SystemTime,
+    pub stats: crate::monitor::CheckStatsSnapshot,
+}
+
+/// RowDescription, one DataRow per backend and CommandComplete "SHOW", with Pgpool-II's
+/// formats: durations in milliseconds, averages with 6 decimals, unset times empty.
+pub fn write_health_check_stats(out: &mut BytesMut, rows: &[HealthCheckRow]) {
+    write_text_row_description(out, &HEALTH_CHECK_STATS_COLUMNS);
+    for row in rows {
+        let s = &row.stats;
+        let time = |t: Option<SystemTime>| t.map(utc_timestamp).unwrap_or_default();
+        let values = [
+            row.node_id.to_string(),
+            row.hostname.clone(),
+            row.port.to_string(),
+            if row.status { "up" } else { "down" }.to_string(),
+            role_name(row.role).to_string(),
+            utc_timestamp(row.last_status_change),
+            s.total.to_string(),
+            s.successes.to_string(),
+            s.failures.to_string(),
+            s.skipped.to_string(),
+            s.retries.to_string(),
+            // Retries per health check, as Pgpool-II averages them.
+            format!("{:.6}", if s.total == 0 { 0.0 } else { s.retries as f64 / s.total as f64 }),
+            s.max_retries.to_string(),
+            s.max_duration_ms.to_string(),
+            s.min_duration_ms.to_string(),
+            format!("{:.6}", s.average_duration_ms),
+            time(s.last_check),
+            time(s.last_success),
+            String::new(),
+            time(s.last_failure),
+        ];
+        write_data_row(out, &values.map(Some));
+    }
+    write_command_complete(out, "SHOW");
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Primary => "primary",
+        Role::Standby => "standby",
+        Role::Unknown => "unknown",
+    }
+}
+
 /// The row's values as Pgpool-II prints them.
 fn pool_node_values(row: &PoolNodeRow) -> [String; 14] {
     let up_down = |up: bool| if up { "up" } else { "down" }.to_string();
@@ -257,6 +336,44 @@ mod tests {
             let want: Vec<Option<String>> = want.iter().map(|v| Some(v.to_string())).collect();
             assert_eq!(row, &want);
         }
+    }
+
+    #[test]
+    fn health_check_stats_as_pgpool_prints_them() {
+        let stats = crate::monitor::CheckStatsSnapshot {
+            total: 10,
+            successes: 7,
+            failures: 3,
+            retries: 2,
+            max_retries: 2,
+            marked_down: 1,
+            average_duration_ms: 1.5,
+            min_duration_ms: 1,
+            max_duration_ms: 4,
+            last_check: Some(at(1_764_214_800)),
+            last_success: Some(at(1_764_214_790)),
+            last_failure: Some(at(1_764_214_800)),
+            ..Default::default()
+        };
+        let row = HealthCheckRow {
+            node_id: 1,
+            hostname: "db2".into(),
+            port: 5433,
+            status: false,
+            role: Role::Unknown,
+            last_status_change: at(1_764_214_800),
+            stats,
+        };
+        let mut out = BytesMut::new();
+        write_health_check_stats(&mut out, &[row]);
+        let (columns, rows, tag) = decode(&mut out);
+        assert_eq!(columns, HEALTH_CHECK_STATS_COLUMNS);
+        assert_eq!(tag, "SHOW");
+        let v: Vec<String> = rows[0].iter().map(|c| c.clone().unwrap_or_default()).collect();
+        assert_eq!(&v[..6], ["1", "db2", "5433", "down", "unknown", "2025-11-27 03:40:00"]);
+        assert_eq!(&v[6..16], ["10", "7", "3", "0", "2", "0.200000", "2", "4", "1", "1.500000"]);
+        assert_eq!(v[18], "", "never skipped");
+        assert_eq!(v[19], "2025-11-27 03:40:00");
     }
 
     #[test]
