@@ -553,9 +553,19 @@ async fn a_write_sent_right_after_the_primary_is_killed_waits_for_the_new_primar
     assert_eq!(try_port(&used, "INSERT INTO w (id) VALUES (1) RETURNING inet_server_port()").await, Ok(env.port(0)));
     let fresh = env.client().await;
     try_port(&fresh, "SELECT inet_server_port()").await.unwrap();
+    // And one that speaks the extended protocol (Parse/Bind/Execute), as most drivers do.
+    let ext = env.client().await;
+    let port: i32 = ext.query_one("INSERT INTO w (id) VALUES ($1) RETURNING inet_server_port()", &[&10i64]).await.unwrap().get(0);
+    assert_eq!(port, env.port(0));
 
     let fault = Instant::now();
     block(|| env.cluster.kill9(0)).unwrap();
+    let extended = tokio::spawn(async move {
+        ext.query_one("INSERT INTO w (id) VALUES ($1) RETURNING inet_server_port()", &[&11i64])
+            .await
+            .map(|r| r.get::<_, i32>(0))
+            .map_err(|e| describe(&e))
+    });
     let writes: Vec<_> = [(used, 2i64), (fresh, 3)]
         .into_iter()
         .map(|(c, id)| {
@@ -577,4 +587,5 @@ async fn a_write_sent_right_after_the_primary_is_killed_waits_for_the_new_primar
     for (who, (r, _)) in ["session that used the primary", "session that did not"].iter().zip(&answers) {
         assert_eq!(r, &Ok(env.port(new)), "{who}: the write waits for the new primary and succeeds there");
     }
+    assert_eq!(extended.await.unwrap(), Ok(env.port(new)), "the extended-protocol write waits too");
 }

@@ -1599,17 +1599,30 @@ impl<'a> Engine<'a> {
     /// The node and ready connection for an extended-protocol message (see
     /// `batch_node`), with the batch begun there. `Err(step)`: the caller returns it.
     async fn batch_link(&mut self, c: &Classification, kind: &Kind, reason: &Reason) -> Result<Result<(usize, usize), Step>, End> {
-        let node = match self.batch_node(c, kind, reason).await? {
-            Ok(n) => n,
-            Err(step) => return Ok(Err(step)),
-        };
-        let li = match self.ready_link(node, self.batch.is_none()).await? {
-            Ready::Link(li) => li,
-            Ready::Blocked => return Ok(Err(Step::Blocked)),
-            Ready::Failed(e, _) => return Ok(Err(self.fail_request(e, false)?)),
-        };
-        self.start_batch(node);
-        Ok(Ok((node, li)))
+        for attempt in 0..2 {
+            let fresh = self.batch.is_none();
+            let node = match self.batch_node(c, kind, reason).await? {
+                Ok(n) => n,
+                Err(step) => return Ok(Err(step)),
+            };
+            match self.ready_link(node, fresh).await? {
+                Ready::Link(li) => {
+                    self.start_batch(node);
+                    return Ok(Ok((node, li)));
+                }
+                Ready::Blocked => return Ok(Err(Step::Blocked)),
+                Ready::Failed(e, node_down) => {
+                    // The primary cannot be reached and nothing of this batch was sent:
+                    // wait for the failover, then start the batch on the new primary.
+                    let primary = self.view.primary() == Some(node);
+                    if fresh && node_down && primary && !self.route.in_tx() && attempt == 0 && self.hold_while_primary_is(node).await {
+                        continue;
+                    }
+                    return Ok(Err(self.fail_request(e, false)?));
+                }
+            }
+        }
+        Ok(Err(Step::Blocked))
     }
 
     /// Ends the open batch on its node with an injected Sync, so the rest of the batch
