@@ -223,6 +223,12 @@ pub struct FailoverConfig {
     /// Directory of pg_ctl and pg_rewind. Default: the newest /usr/lib/postgresql/*/bin,
     /// else PATH.
     pub pg_bindir: Option<PathBuf>,
+    /// Shell command that promotes the chosen standby instead of `pg_promote()`, with
+    /// Pgpool-II's placeholders (%d %h %p %D %m %H %r %R %M %P %N %S %%). Default: unset.
+    pub promote_command: Option<String>,
+    /// Shell command that re-points a standby to the new primary instead of the built-in
+    /// slot + primary_conninfo, with the same placeholders. Default: unset.
+    pub follow_command: Option<String>,
 }
 
 impl fmt::Debug for FailoverConfig {
@@ -238,6 +244,8 @@ impl fmt::Debug for FailoverConfig {
             .field("state_dir", &self.state_dir)
             .field("auto_rejoin", &self.auto_rejoin)
             .field("pg_bindir", &self.pg_bindir)
+            .field("promote_command", &self.promote_command.as_ref().map(|_| "<set>"))
+            .field("follow_command", &self.follow_command.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -255,6 +263,8 @@ impl Default for FailoverConfig {
             state_dir: None,
             auto_rejoin: false,
             pg_bindir: None,
+            promote_command: None,
+            follow_command: None,
         }
     }
 }

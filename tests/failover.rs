@@ -211,3 +211,34 @@ async fn the_old_primary_with_extra_wal_rejoins_as_a_standby_after_pg_rewind() {
     .await;
     assert!(replicated);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_and_follow_commands_get_pgpool_placeholders() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("follow.log");
+    // Promotion through psql (as a script would do it); following only records its
+    // arguments.
+    let promote = format!(
+        "PGPASSWORD='{SUPERPASS}' psql -X -q -h %H -p %r -U {SUPERUSER} -d postgres -c 'SELECT pg_promote()' && echo promoted %m from %P >> {}",
+        log.display()
+    );
+    let follow = format!("echo follow %d %h %p to %m %H %r >> {}", log.display());
+    let extra = format!("[failover]\npromote_command = {promote:?}\nfollow_command = {follow:?}\n");
+    let mut env = Env::start(Options { standbys: 2, extra, ..Options::default() }).await;
+    env.wait_replicated().await;
+    tokio::task::block_in_place(|| env.cluster.kill9(0)).unwrap();
+    let promoted = eventually(Duration::from_secs(30), || async { primary_of(&env).await.is_some_and(|p| p != 0) }).await;
+    assert!(promoted, "the standby promoted by the command is routed to");
+    let new = primary_of(&env).await.unwrap();
+    let other = 3 - new;
+    let expected = format!(
+        "promoted {new} from 0\nfollow {other} {} {} to {new} {} {}\n",
+        env.cluster.node(other).host,
+        env.cluster.node(other).port,
+        env.cluster.node(new).host,
+        env.cluster.node(new).port
+    );
+    let written = eventually(Duration::from_secs(10), || async { std::fs::read_to_string(&log).unwrap_or_default() == expected }).await;
+    assert!(written, "{:?} != {expected:?}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(!tokio::task::block_in_place(|| env.cluster.is_in_recovery(new)).unwrap());
+}

@@ -23,6 +23,7 @@
 
 pub mod candidate;
 pub mod conninfo;
+pub mod hooks;
 pub mod rejoin;
 
 use std::sync::{Arc, Mutex};
@@ -61,6 +62,20 @@ pub struct Settings {
     pub state_dir: Option<std::path::PathBuf>,
     pub auto_rejoin: bool,
     pub pg_bindir: Option<std::path::PathBuf>,
+    pub promote_command: Option<String>,
+    pub follow_command: Option<String>,
+}
+
+impl Settings {
+    fn node_ref(&self, i: usize) -> hooks::NodeRef {
+        let b = &self.backends[i];
+        hooks::NodeRef {
+            id: i,
+            host: b.host.clone(),
+            port: b.port,
+            data_dir: b.data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+        }
+    }
 }
 
 /// What failover is doing, for logs now and the admin interface later.
@@ -390,7 +405,17 @@ async fn failover(monitor: &Monitor, settings: &Settings, state: &Failover, view
         }
     };
     tracing::warn!(event = "failover_candidate", node = %name, why = %why, elapsed_ms = started.elapsed().as_millis() as u64, "promoting");
-    let promoted = promote(settings, node).await;
+    let promoted = match &settings.promote_command {
+        Some(template) => {
+            let values = hooks::Placeholders {
+                node: settings.node_ref(r.node),
+                new_primary: settings.node_ref(node),
+                old_primary: settings.node_ref(r.node),
+            };
+            promote_by_command(settings, node, &hooks::expand(template, &values)).await
+        }
+        None => promote(settings, node).await,
+    };
     if let Err(e) = promoted {
         tracing::error!(event = "failover_failed", node = %name, error = %e, "promotion failed");
         state.set(Status::ReadOnly { reasons: vec![format!("promotion of {name} failed: {e}")] });
@@ -409,7 +434,18 @@ async fn failover(monitor: &Monitor, settings: &Settings, state: &Failover, view
     tracing::warn!(event = "failover_promoted", node = %name, fenced = %old_name, elapsed_ms = promoted_ms, "new primary");
     // Re-point the other standbys.
     for s in standbys.iter().filter(|s| s.node != node && s.up) {
-        match follow(settings, node, s.node).await {
+        let followed = match &settings.follow_command {
+            Some(template) => {
+                let values = hooks::Placeholders {
+                    node: settings.node_ref(s.node),
+                    new_primary: settings.node_ref(node),
+                    old_primary: settings.node_ref(r.node),
+                };
+                hooks::run("follow_command", &hooks::expand(template, &values), Duration::from_secs(60)).await
+            }
+            None => follow(settings, node, s.node).await,
+        };
+        match followed {
             Ok(()) => tracing::info!(event = "standby_follows", node = %s.name, primary = %name, elapsed_ms = started.elapsed().as_millis() as u64, "standby streams from the new primary"),
             Err(e) => tracing::error!(event = "standby_not_following", node = %s.name, primary = %name, error = %e, "standby does not stream from the new primary"),
         }
@@ -465,6 +501,25 @@ async fn promote(settings: &Settings, node: usize) -> anyhow::Result<()> {
         anyhow::bail!("pg_promote did not finish within {wait} s (failover.promote_timeout)");
     }
     Ok(())
+}
+
+/// Runs `failover.promote_command`, then waits until the candidate is out of recovery.
+async fn promote_by_command(settings: &Settings, node: usize, command: &str) -> anyhow::Result<()> {
+    hooks::run("promote_command", command, settings.promote_timeout).await?;
+    let deadline = Instant::now() + settings.promote_timeout;
+    loop {
+        if let Ok(c) = connect(settings, node).await {
+            if let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                if !row.get::<_, bool>(0) {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("failover.promote_command succeeded but the standby is still in recovery after {:?}", settings.promote_timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Points standby `s` at the new primary `p` and checks that it streams from it.

@@ -202,6 +202,8 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             state_dir: config.state_dir(),
             auto_rejoin: config.failover.auto_rejoin,
             pg_bindir: config.failover.pg_bindir.clone(),
+            promote_command: config.failover.promote_command.clone(),
+            follow_command: config.failover.follow_command.clone(),
         },
         background.clone(),
     );
