@@ -589,3 +589,26 @@ async fn a_write_sent_right_after_the_primary_is_killed_waits_for_the_new_primar
     }
     assert_eq!(extended.await.unwrap(), Ok(env.port(new)), "the extended-protocol write waits too");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_of_a_transaction_on_the_dead_primary_never_runs_on_the_new_one() {
+    let _serial = serial().await;
+    let mut env = Env::start(Options { standbys: 2, ..Options::default() }).await;
+    setup_table(&env).await;
+    let c = env.client().await;
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("INSERT INTO w (id) VALUES (7001)").await.unwrap();
+    block(|| env.cluster.kill9(0)).unwrap();
+    // Sent at once: it may wait for the failover, but must not run in a new transaction
+    // on the new primary.
+    let r = c.batch_execute("INSERT INTO w (id) VALUES (7002)").await;
+    let e = r.expect_err("the transaction is gone with its primary");
+    let code = e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_default();
+    assert!(["08006", "57P01", "25P02"].contains(&code.as_str()), "{e:?}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let new = new_primary(&env, 0).await;
+    let rows = env.direct(new).await.query("SELECT id FROM w WHERE id IN (7001, 7002)", &[]).await.unwrap();
+    assert!(rows.is_empty(), "nothing of that transaction was committed anywhere");
+    // The session goes on.
+    c.batch_execute("INSERT INTO w (id) VALUES (7003)").await.unwrap();
+}

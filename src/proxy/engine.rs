@@ -922,7 +922,10 @@ impl<'a> Engine<'a> {
                     }
                 }
                 if dest == Dest::Primary {
-                    self.hold_for_primary().await;
+                    self.hold_for_primary().await?;
+                    if let Some(step) = self.refuse_if_broken(&kind, true)? {
+                        return Ok(step);
+                    }
                 }
                 for attempt in 0..3 {
                     let Some((node, reason)) = self.resolve(&dest, &kind, &decision.reason) else {
@@ -936,7 +939,7 @@ impl<'a> Engine<'a> {
                             // A statement for a primary that cannot be reached (nothing was
                             // sent) waits for the failover, then goes to the new primary.
                             let write_retry = node_down && dest == Dest::Primary && !self.route.in_tx() && attempt < 2;
-                            if write_retry && self.hold_while_primary_is(node).await {
+                            if write_retry && self.hold_while_primary_is(node).await? {
                                 tracing::info!(peer = %self.peer, error = %e, "statement waits for the new primary");
                                 continue;
                             }
@@ -1222,13 +1225,13 @@ impl<'a> Engine<'a> {
 
     /// A statement that needs the primary while there is none (a failover in progress)
     /// waits for one, up to `failover.write_hold_timeout`.
-    async fn hold_for_primary(&mut self) {
+    async fn hold_for_primary(&mut self) -> Result<(), End> {
         if self.shared.view.borrow().primary().is_some() {
-            return;
+            return Ok(());
         }
         if matches!(self.shared.failover.status(), crate::failover::Status::ReadOnly { .. } | crate::failover::Status::Manual) {
             // No promotion is coming.
-            return;
+            return Ok(());
         }
         let mut rx = self.shared.view.clone();
         let wait = tokio::time::timeout(self.shared.write_hold, rx.wait_for(|v| v.primary().is_some()));
@@ -1236,14 +1239,40 @@ impl<'a> Engine<'a> {
             _ = wait => {}
             _ = self.terminate.as_mut() => {}
         }
+        self.after_hold()
+    }
+
+    /// After waiting for a failover: apply the new view to the connections now (a
+    /// connection to the fenced node is dropped and fails the transaction that used it),
+    /// before the held statement is routed.
+    fn after_hold(&mut self) -> Result<(), End> {
+        self.view_dirty = true;
+        self.drain_links()?;
         self.view = self.shared.view.borrow().clone();
+        Ok(())
+    }
+
+    /// A statement that is not the end of a transaction that lost a node gets the
+    /// error instead of running (on a node that never saw the transaction's start).
+    fn refuse_if_broken(&mut self, kind: &Kind, simple: bool) -> Result<Option<Step>, End> {
+        let ends = matches!(kind, Kind::TxControl(TxControl::Commit | TxControl::Rollback));
+        if ends || !self.route.tx.as_ref().is_some_and(|t| t.broken) {
+            return Ok(None);
+        }
+        let e = self.route.tx.as_mut().and_then(|t| t.broken_error.take()).unwrap_or_else(in_failed_tx);
+        if simple {
+            e.write(&mut self.cout);
+            backend::write_ready_for_query(&mut self.cout, b'E');
+            return Ok(Some(Step::Done));
+        }
+        Ok(Some(self.fail_request(e, false)?))
     }
 
     /// Waits (up to `failover.write_hold_timeout`) until the primary is another node than
     /// `node`; true when it is.
-    async fn hold_while_primary_is(&mut self, node: usize) -> bool {
+    async fn hold_while_primary_is(&mut self, node: usize) -> Result<bool, End> {
         if matches!(self.shared.failover.status(), crate::failover::Status::ReadOnly { .. } | crate::failover::Status::Manual) {
-            return false;
+            return Ok(false);
         }
         let mut rx = self.shared.view.clone();
         let wait = tokio::time::timeout(self.shared.write_hold, rx.wait_for(|v| v.primary().is_some_and(|p| p != node)));
@@ -1251,8 +1280,8 @@ impl<'a> Engine<'a> {
             r = wait => matches!(r, Ok(Ok(_))),
             _ = self.terminate.as_mut() => false,
         };
-        self.view = self.shared.view.borrow().clone();
-        moved
+        self.after_hold()?;
+        Ok(moved)
     }
 
     /// Remembers that a node's connection failed in this session.
@@ -1565,7 +1594,10 @@ impl<'a> Engine<'a> {
 
     async fn on_function_call(&mut self, msg: &Bytes) -> Result<Step, End> {
         let c = crate::router::classify("SELECT pg_catalog.nextval(NULL)");
-        self.hold_for_primary().await;
+        self.hold_for_primary().await?;
+        if let Some(step) = self.refuse_if_broken(&Kind::Write, true)? {
+            return Ok(step);
+        }
         let Some(primary) = self.view.primary() else { return self.no_node(&Kind::Write, true) };
         let reason = "function call message".to_string();
         match self.forward_query(msg, primary, &c, &Kind::Write, "", &reason, "function_call").await? {
@@ -1588,7 +1620,10 @@ impl<'a> Engine<'a> {
             return Ok(Ok(b));
         }
         if decision.dest == Dest::Primary {
-            self.hold_for_primary().await;
+            self.hold_for_primary().await?;
+            if let Some(step) = self.refuse_if_broken(kind, false)? {
+                return Ok(Err(step));
+            }
         }
         match self.resolve(&decision.dest, kind, &decision.reason) {
             Some((n, _)) => Ok(Ok(n)),
@@ -1615,7 +1650,7 @@ impl<'a> Engine<'a> {
                     // The primary cannot be reached and nothing of this batch was sent:
                     // wait for the failover, then start the batch on the new primary.
                     let primary = self.view.primary() == Some(node);
-                    if fresh && node_down && primary && !self.route.in_tx() && attempt == 0 && self.hold_while_primary_is(node).await {
+                    if fresh && node_down && primary && !self.route.in_tx() && attempt == 0 && self.hold_while_primary_is(node).await? {
                         continue;
                     }
                     return Ok(Err(self.fail_request(e, false)?));
