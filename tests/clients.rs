@@ -55,19 +55,6 @@ async fn psql_script_output_is_byte_identical() {
     assert!(!direct.1.is_empty());
 }
 
-fn pgbench(port: u16, args: &[&str]) -> String {
-    let out = Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER])
-        .args(args)
-        .arg("postgres")
-        .env("PGPASSWORD", SUPERPASS)
-        .output()
-        .expect("run pgbench");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_in_every_mode_has_no_failed_transactions() {
     let env = Env::start(Options::default()).await;

@@ -443,19 +443,6 @@ async fn weights_share_reads_over_ten_thousand_sessions() {
     }
 }
 
-fn pgbench(port: u16, args: &[&str]) -> String {
-    let out = std::process::Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER])
-        .args(args)
-        .arg("postgres")
-        .env("PGPASSWORD", SUPERPASS)
-        .output()
-        .expect("run pgbench");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_extended_and_prepared_over_two_standbys() {
     let env = Env::start(Options { standbys: 2, ..Options::default() }).await;

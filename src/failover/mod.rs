@@ -157,11 +157,7 @@ async fn run(
             rewound.retain(|&r| r != i);
             // An operator made the old primary a standby of the current one: use it again.
             tracing::warn!(event = "node_rejoined", node = %view.nodes[i].name, "fenced node streams from the primary: no longer fenced");
-            monitor.view.send_modify(|v| {
-                let mut next = (**v).clone();
-                next.nodes[i].fenced = false;
-                *v = Arc::new(next);
-            });
+            edit_view(&monitor, |next| next.nodes[i].fenced = false);
             continue;
         }
         if let Some(fence) = split_brain(&view) {
@@ -170,12 +166,10 @@ async fn run(
             for i in fence {
                 tracing::error!(event = "node_fenced", node = %view.nodes[i].name, "two primaries: fencing the one the standbys do not follow");
             }
-            monitor.view.send_modify(|v| {
-                let mut next = (**v).clone();
-                for i in split_brain(v).unwrap_or_default() {
+            edit_view(&monitor, |next| {
+                for i in split_brain(next).unwrap_or_default() {
                     next.nodes[i].fenced = true;
                 }
-                *v = Arc::new(next);
             });
             continue;
         }
@@ -268,15 +262,13 @@ fn load_fenced(settings: &Settings, monitor: &Monitor) -> Vec<String> {
             return Vec::new();
         }
     };
-    monitor.view.send_modify(|v| {
-        let mut next = (**v).clone();
+    edit_view(monitor, |next| {
         for n in &mut next.nodes {
             if names.contains(&n.name) {
                 n.fenced = true;
                 tracing::warn!(node = %n.name, path = %path.display(), "node fenced by an earlier failover");
             }
         }
-        *v = Arc::new(next);
     });
     names
 }
@@ -305,7 +297,7 @@ fn rejoined(view: &ClusterView, rewound: &[usize]) -> Option<usize> {
             && n.up
             && n.role == Role::Standby
             && (rewound.contains(&i) || (timeline.is_some() && n.repl.timeline == timeline))
-            && n.repl.upstream.as_ref().is_some_and(|u| u.port == port && u.status == "streaming")
+            && streams_from(n, port)
     })
 }
 
@@ -323,7 +315,7 @@ fn split_brain(view: &ClusterView) -> Option<Vec<usize>> {
         view.nodes
             .iter()
             .filter(|n| n.up && n.role == Role::Standby)
-            .filter(|n| n.repl.upstream.as_ref().is_some_and(|u| u.port == port && u.status == "streaming"))
+            .filter(|n| streams_from(n, port))
             .count()
     };
     let best_followed = primaries.iter().copied().max_by_key(|&p| followers(p))?;
@@ -422,12 +414,10 @@ async fn failover(monitor: &Monitor, settings: &Settings, state: &Failover, view
         return None;
     }
     // One view change: the old primary fenced, the new one primary.
-    monitor.view.send_modify(|v| {
-        let mut next = (**v).clone();
+    edit_view(monitor, |next| {
         next.nodes[r.node].fenced = true;
         next.nodes[node].role = Role::Primary;
         next.nodes[node].last_change = std::time::SystemTime::now();
-        *v = Arc::new(next);
     });
     state.promotions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let promoted_ms = started.elapsed().as_millis() as u64;
@@ -522,18 +512,35 @@ async fn promote_by_command(settings: &Settings, node: usize, command: &str) -> 
     }
 }
 
+/// Applies `change` to a copy of the current view and publishes it (one view change).
+fn edit_view(monitor: &Monitor, change: impl FnOnce(&mut ClusterView)) {
+    monitor.view.send_modify(|v| {
+        let mut next = (**v).clone();
+        change(&mut next);
+        *v = Arc::new(next);
+    });
+}
+
+/// Creates a physical replication slot, unless it exists (42710: a second failover).
+pub(crate) async fn ensure_slot(c: &Client, slot: &str) -> Result<(), tokio_postgres::Error> {
+    match c.execute("SELECT pg_create_physical_replication_slot($1)", &[&slot]).await {
+        Err(e) if e.code().map(|c| c.code()) != Some("42710") => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Whether node `n` is a standby whose WAL receiver streams from `port`.
+fn streams_from(n: &crate::monitor::NodeState, port: u16) -> bool {
+    n.repl.upstream.as_ref().is_some_and(|u| u.port == port && u.status == "streaming")
+}
+
 /// Points standby `s` at the new primary `p` and checks that it streams from it.
 async fn follow(settings: &Settings, p: usize, s: usize) -> anyhow::Result<()> {
     let primary = &settings.backends[p];
     let standby = &settings.backends[s];
     let slot = conninfo::slot_name(&standby.name);
     let pc = connect(settings, p).await?;
-    if let Err(e) = pc.execute("SELECT pg_create_physical_replication_slot($1)", &[&slot]).await {
-        // 42710: it exists already (a second failover).
-        if e.code().map(|c| c.code()) != Some("42710") {
-            return Err(e.into());
-        }
-    }
+    ensure_slot(&pc, &slot).await?;
     let sc = connect(settings, s).await?;
     let current: String = sc.query_one("SHOW primary_conninfo", &[]).await?.get(0);
     let next = conninfo::repoint(&current, &primary.host, primary.port, &standby.name);

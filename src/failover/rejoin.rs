@@ -53,11 +53,7 @@ pub async fn rejoin(settings: &Settings, primary: usize, target: Target<'_>) -> 
     // 2. A slot for it on the new primary.
     let slot = conninfo::slot_name(target.name);
     let pc = connect(settings, primary).await.context("connect to the new primary")?;
-    if let Err(e) = pc.execute("SELECT pg_create_physical_replication_slot($1)", &[&slot]).await {
-        if e.code().map(|c| c.code()) != Some("42710") {
-            return Err(e.into());
-        }
-    }
+    super::ensure_slot(&pc, &slot).await.context("create its replication slot")?;
     // The new primary's control file must show its new timeline, else pg_rewind finds
     // both on one timeline and does nothing.
     pc.batch_execute("CHECKPOINT").await.context("CHECKPOINT on the new primary")?;

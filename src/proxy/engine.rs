@@ -881,15 +881,12 @@ impl<'a> Engine<'a> {
             backend::write_ready_for_query(&mut self.cout, status);
             return Ok(Step::Done);
         }
-        if self.route.tx.as_ref().is_some_and(|t| t.broken) && !matches!(c.kind, Kind::TxControl(TxControl::Commit | TxControl::Rollback)) {
+        if self.tx_broken_for(&c.kind) {
             // A transaction that lost a node: only its end is accepted.
             if !self.all_quiet() {
                 return Ok(Step::Blocked);
             }
-            let e = self.route.tx.as_mut().and_then(|t| t.broken_error.take()).unwrap_or_else(in_failed_tx);
-            e.write(&mut self.cout);
-            backend::write_ready_for_query(&mut self.cout, b'E');
-            return Ok(Step::Done);
+            return Ok(self.refuse_if_broken(&c.kind, true)?.unwrap_or(Step::Done));
         }
         // EXECUTE of an SQL prepared statement goes where that statement would.
         let (c, prefix) = match c.executes.as_ref().and_then(|name| Some((name, self.sql_prepared.get(name)?.clone()))) {
@@ -1229,8 +1226,7 @@ impl<'a> Engine<'a> {
         if self.shared.view.borrow().primary().is_some() {
             return Ok(());
         }
-        if matches!(self.shared.failover.status(), crate::failover::Status::ReadOnly { .. } | crate::failover::Status::Manual) {
-            // No promotion is coming.
+        if !self.promotion_coming() {
             return Ok(());
         }
         let mut rx = self.shared.view.clone();
@@ -1252,11 +1248,21 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// The open transaction lost a node and this statement is not its end.
+    fn tx_broken_for(&self, kind: &Kind) -> bool {
+        self.route.tx.as_ref().is_some_and(|t| t.broken) && !matches!(kind, Kind::TxControl(TxControl::Commit | TxControl::Rollback))
+    }
+
+    /// Whether failover may still promote a standby (statements waiting for a primary
+    /// only wait when it may).
+    fn promotion_coming(&self) -> bool {
+        !matches!(self.shared.failover.status(), crate::failover::Status::ReadOnly { .. } | crate::failover::Status::Manual)
+    }
+
     /// A statement that is not the end of a transaction that lost a node gets the
     /// error instead of running (on a node that never saw the transaction's start).
     fn refuse_if_broken(&mut self, kind: &Kind, simple: bool) -> Result<Option<Step>, End> {
-        let ends = matches!(kind, Kind::TxControl(TxControl::Commit | TxControl::Rollback));
-        if ends || !self.route.tx.as_ref().is_some_and(|t| t.broken) {
+        if !self.tx_broken_for(kind) {
             return Ok(None);
         }
         let e = self.route.tx.as_mut().and_then(|t| t.broken_error.take()).unwrap_or_else(in_failed_tx);
@@ -1271,7 +1277,7 @@ impl<'a> Engine<'a> {
     /// Waits (up to `failover.write_hold_timeout`) until the primary is another node than
     /// `node`; true when it is.
     async fn hold_while_primary_is(&mut self, node: usize) -> Result<bool, End> {
-        if matches!(self.shared.failover.status(), crate::failover::Status::ReadOnly { .. } | crate::failover::Status::Manual) {
+        if !self.promotion_coming() {
             return Ok(false);
         }
         let mut rx = self.shared.view.clone();
@@ -1424,8 +1430,8 @@ impl<'a> Engine<'a> {
     }
 
     async fn on_bind(&mut self, msg: &Bytes, portal: String, stmt: String) -> Result<Step, End> {
-        let ends_tx = |c: &Classification| matches!(c.kind, Kind::TxControl(TxControl::Commit | TxControl::Rollback));
-        if self.route.tx.as_ref().is_some_and(|t| t.broken) && !self.stmts.get(&stmt).is_some_and(|s| ends_tx(&s.class)) {
+        let bound_kind = self.stmts.get(&stmt).map_or(Kind::Write, |s| s.class.kind.clone());
+        if self.tx_broken_for(&bound_kind) {
             if self.batch.is_some() {
                 // Close the batch's part first, so the error comes after its answers.
                 return Ok(self.end_batch_early());
@@ -1433,8 +1439,7 @@ impl<'a> Engine<'a> {
             if !self.all_quiet() {
                 return Ok(Step::Blocked);
             }
-            let e = self.route.tx.as_mut().and_then(|t| t.broken_error.take()).unwrap_or_else(in_failed_tx);
-            return self.fail_request(e, false);
+            return Ok(self.refuse_if_broken(&bound_kind, false)?.unwrap_or(Step::Done));
         }
         let (c, sql) = match self.stmts.get(&stmt) {
             Some(s) => (s.class.clone(), s.sql.clone()),
@@ -1799,7 +1804,6 @@ impl<'a> Engine<'a> {
 
     /// Replays settings and the open transaction onto connection `li` (which is quiet).
     async fn catch_up(&mut self, li: usize) -> Result<(), ConnectError> {
-        let in_tx = self.route.in_tx();
         let link = &mut self.links[li];
         let conn = &mut link.checkout.conn;
         if !link.in_tx && conn.tx_status != b'I' {
@@ -1824,8 +1828,7 @@ impl<'a> Engine<'a> {
             }
         }
         link.applied = self.log.seq;
-        if in_tx {
-            let tx = self.route.tx.as_ref().expect("in_tx");
+        if let Some(tx) = &self.route.tx {
             if !link.in_tx {
                 let standby = self.view.nodes.get(link.node).is_some_and(|n| n.role == Role::Standby);
                 run_tolerant(conn, if standby { &tx.begin_standby } else { &tx.begin }).await?;

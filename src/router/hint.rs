@@ -30,7 +30,7 @@ pub(crate) fn leading_hint(sql: &str) -> Option<&'static str> {
 
 /// Splits a leading block comment (nested, as PostgreSQL allows) into its body and
 /// the text after it; `None` when it is not closed.
-fn block_comment(s: &str) -> Option<(&str, &str)> {
+pub(crate) fn block_comment(s: &str) -> Option<(&str, &str)> {
     let bytes = s.as_bytes();
     let mut depth = 0usize;
     let mut i = 0;

@@ -25,26 +25,8 @@ pub(crate) fn shape_key(sql: &str) -> Option<String> {
                 i = sql[i..].find('\n').map_or(b.len(), |n| i + n + 1);
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 0usize;
-                loop {
-                    if i + 1 >= b.len() {
-                        return None;
-                    }
-                    match (b[i], b[i + 1]) {
-                        (b'/', b'*') => {
-                            depth += 1;
-                            i += 2;
-                        }
-                        (b'*', b'/') => {
-                            depth -= 1;
-                            i += 2;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        _ => i += 1,
-                    }
-                }
+                let (_, after) = super::hint::block_comment(&sql[i..])?;
+                i = sql.len() - after.len();
             }
             b'"' => {
                 i = quoted_end(b, i + 1, b'"', false)?;

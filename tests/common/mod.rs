@@ -583,3 +583,18 @@ impl WriteLoad {
         (acked, errors)
     }
 }
+
+/// Runs pgbench against `port` as the superuser; fails the test on a non-zero exit.
+/// Returns stdout and stderr.
+pub fn pgbench(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER])
+        .args(args)
+        .arg("postgres")
+        .env("PGPASSWORD", SUPERPASS)
+        .output()
+        .expect("run pgbench");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    text
+}
