@@ -214,6 +214,9 @@ pub struct FailoverConfig {
     /// How long a statement that needs the primary waits for one during a failover
     /// before it fails. Default "10s".
     pub write_hold_timeout: DurationStr,
+    /// How long a switchover waits for transactions open on the primary to end before
+    /// it terminates them. Default "5s".
+    pub switchover_drain_timeout: DurationStr,
     /// Directory where pgvigil keeps which nodes are fenced, so a restart does not route
     /// to them. Default: unset (not kept).
     pub state_dir: Option<PathBuf>,
@@ -241,6 +244,7 @@ impl fmt::Debug for FailoverConfig {
             .field("replay_timeout", &self.replay_timeout)
             .field("promote_timeout", &self.promote_timeout)
             .field("write_hold_timeout", &self.write_hold_timeout)
+            .field("switchover_drain_timeout", &self.switchover_drain_timeout)
             .field("state_dir", &self.state_dir)
             .field("auto_rejoin", &self.auto_rejoin)
             .field("pg_bindir", &self.pg_bindir)
@@ -260,6 +264,7 @@ impl Default for FailoverConfig {
             replay_timeout: DurationStr(Duration::from_secs(10)),
             promote_timeout: DurationStr(Duration::from_secs(60)),
             write_hold_timeout: DurationStr(Duration::from_secs(10)),
+            switchover_drain_timeout: DurationStr(Duration::from_secs(5)),
             state_dir: None,
             auto_rejoin: false,
             pg_bindir: None,

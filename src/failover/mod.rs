@@ -24,7 +24,9 @@
 pub mod candidate;
 pub mod conninfo;
 pub mod hooks;
+pub mod manual;
 pub mod rejoin;
+pub mod state;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,6 +59,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub replay_timeout: Duration,
     pub promote_timeout: Duration,
+    /// How long a switchover waits for open transactions on the primary.
+    pub switchover_drain_timeout: Duration,
     pub backends: Vec<Backend>,
     /// Where the fenced nodes are kept (`failover.state_dir`).
     pub state_dir: Option<std::path::PathBuf>,
@@ -103,14 +107,46 @@ pub struct Failover {
     pub status: Mutex<Status>,
     /// Number of completed promotions.
     pub promotions: std::sync::atomic::AtomicU64,
-    rejoin_requests: tokio::sync::mpsc::UnboundedSender<usize>,
+    ops: tokio::sync::mpsc::UnboundedSender<(Op, Reply)>,
+    names: Vec<String>,
 }
 
+/// An operator's request (the admin interface and `pgvigil ctl` send these). Nodes are
+/// named as in `[[backends]] name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Route nothing new to a standby until it is attached.
+    Detach(String),
+    /// Route to a node again: the current primary, or a standby streaming from it.
+    Attach(String),
+    /// Make this standby the primary: a switchover while the primary is up, a failover
+    /// to it while the primary is down.
+    Promote(String),
+    /// Hand the primary role to a standby (the best one when not named) with no loss of
+    /// acknowledged writes.
+    Switchover(Option<String>),
+    /// Rewind a fenced old primary and start it as a standby of the current primary.
+    Rejoin(String),
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<String, String>>;
+
 impl Failover {
-    /// Asks for node `i` (a fenced old primary with a `data_dir` here) to be rejoined as
-    /// a standby of the current primary.
+    /// Runs an operation after any running failover or operation; `Ok` carries what was
+    /// done, `Err` why nothing (or not everything) was.
+    pub async fn operate(&self, op: Op) -> Result<String, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ops.send((op, tx)).map_err(|_| "pgvigil is shutting down".to_string())?;
+        rx.await.map_err(|_| "pgvigil is shutting down".to_string())?
+    }
+
+    /// Asks for node `i` (a fenced old primary) to be rejoined as a standby of the
+    /// current primary, without waiting for the outcome.
     pub fn request_rejoin(&self, i: usize) {
-        let _ = self.rejoin_requests.send(i);
+        if let Some(name) = self.names.get(i) {
+            let (tx, _) = tokio::sync::oneshot::channel();
+            let _ = self.ops.send((Op::Rejoin(name.clone()), tx));
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -125,60 +161,66 @@ impl Failover {
 /// Starts the failover task.
 pub fn spawn(monitor: Arc<Monitor>, settings: Settings, stop: CancellationToken) -> Arc<Failover> {
     let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
-    let state = Arc::new(Failover { status: Mutex::new(Status::Idle), promotions: 0.into(), rejoin_requests: tx });
+    let names = settings.backends.iter().map(|b| b.name.clone()).collect();
+    let state = Arc::new(Failover { status: Mutex::new(Status::Idle), promotions: 0.into(), ops: tx, names });
     // Before anything is routed.
-    let fenced = load_fenced(&settings, &monitor);
-    tokio::spawn(run(monitor, settings, state.clone(), fenced, requests, stop));
+    let kept = load_state(&settings, &monitor);
+    tokio::spawn(run(monitor, settings, state.clone(), kept, requests, stop));
     state
+}
+
+/// What the failover task carries from one view change to the next.
+struct Memory {
+    /// The primary as last seen up.
+    remembered: Option<Remembered>,
+    /// The node state as last saved in `state_dir`.
+    kept: Vec<state::Kept>,
+    /// Automatic rejoins tried, by node, so a failing one is not retried in a loop.
+    tried: Vec<(usize, Instant)>,
+    /// Nodes pgvigil itself rewound: known to be on the primary's timeline.
+    rewound: Vec<usize>,
 }
 
 async fn run(
     monitor: Arc<Monitor>,
     settings: Settings,
     state: Arc<Failover>,
-    mut fenced_saved: Vec<String>,
-    mut requests: tokio::sync::mpsc::UnboundedReceiver<usize>,
+    kept: Vec<state::Kept>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<(Op, Reply)>,
     stop: CancellationToken,
 ) {
     let mut rx = monitor.subscribe();
-    let mut remembered: Option<Remembered> = None;
-    // Automatic rejoins tried, by node, so a failing one is not retried in a loop.
-    let mut tried: Vec<(usize, Instant)> = Vec::new();
-    // Nodes pgvigil itself rewound: known to be on the primary's timeline.
-    let mut rewound: Vec<usize> = Vec::new();
+    let mut mem = Memory { remembered: None, kept, tried: Vec::new(), rewound: Vec::new() };
     loop {
         let view = rx.borrow_and_update().clone();
-        let fenced: Vec<String> = view.nodes.iter().filter(|n| n.fenced).map(|n| n.name.clone()).collect();
-        if fenced != fenced_saved {
-            save_fenced(&settings, &fenced);
-            fenced_saved = fenced;
-        }
-        if let Some(i) = rejoined(&view, &rewound) {
-            rewound.retain(|&r| r != i);
+        keep_state(&settings, &view, &mut mem.kept);
+        if let Some(i) = rejoined(&view, &mem.rewound) {
+            mem.rewound.retain(|&r| r != i);
             // An operator made the old primary a standby of the current one: use it again.
             tracing::warn!(event = "node_rejoined", node = %view.nodes[i].name, "fenced node streams from the primary: no longer fenced");
             edit_view(&monitor, |next| next.nodes[i].fenced = false);
             continue;
         }
-        if let Some(fence) = split_brain(&view) {
+        if let Some(fence) = split_brain(&view, &kept_primary(&mem.kept)) {
             // Two nodes say they are primary: keep the one the standbys follow (else the
             // newer timeline), fence the others. The next view change routes again.
             for i in fence {
                 tracing::error!(event = "node_fenced", node = %view.nodes[i].name, "two primaries: fencing the one the standbys do not follow");
             }
+            let last = kept_primary(&mem.kept);
             edit_view(&monitor, |next| {
-                for i in split_brain(next).unwrap_or_default() {
+                for i in split_brain(next, &last).unwrap_or_default() {
                     next.nodes[i].fenced = true;
                 }
             });
             continue;
         }
         if let Some(p) = view.primary() {
-            remembered = Some(remember(&view, p));
-            if state.status() != Status::Idle {
+            mem.remembered = Some(remember(&view, p));
+            if state.status() != Status::Idle && !view.writes_paused {
                 state.set(Status::Idle);
             }
-        } else if let Some(r) = remembered.clone() {
+        } else if let Some(r) = mem.remembered.clone() {
             let old = &view.nodes[r.node];
             // Down as the monitor decided it (after its retries), and still ours to replace.
             if !old.up && !old.fenced {
@@ -187,8 +229,8 @@ async fn run(
                         tracing::error!(node = %old.name, "primary is down and failover.automatic is off: the cluster is read-only");
                         state.set(Status::Manual);
                     }
-                } else if let Some(next) = failover(&monitor, &settings, &state, &view, &r).await {
-                    remembered = Some(next);
+                } else if let Ok(next) = failover(&monitor, &settings, &state, &view, &r, None).await {
+                    mem.remembered = Some(next);
                 }
             }
         }
@@ -196,13 +238,13 @@ async fn run(
             let view = rx.borrow().clone();
             if let Some(p) = view.primary() {
                 let due = view.nodes.iter().enumerate().find(|(i, n)| {
-                    n.fenced && n.up && settings.backends[*i].data_dir.is_some() && !tried.iter().any(|(t, at)| t == i && at.elapsed() < Duration::from_secs(60))
+                    n.fenced && n.up && settings.backends[*i].data_dir.is_some() && !mem.tried.iter().any(|(t, at)| t == i && at.elapsed() < Duration::from_secs(60))
                 });
                 if let Some((i, _)) = due {
-                    tried.retain(|(t, _)| *t != i);
-                    tried.push((i, Instant::now()));
-                    if run_rejoin(&settings, &view, i, p).await {
-                        rewound.push(i);
+                    mem.tried.retain(|(t, _)| *t != i);
+                    mem.tried.push((i, Instant::now()));
+                    if run_rejoin(&settings, &view, i, p).await.is_ok() {
+                        mem.rewound.push(i);
                     }
                     continue;
                 }
@@ -211,77 +253,85 @@ async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
-            Some(i) = requests.recv() => {
-                let view = rx.borrow().clone();
-                match view.primary() {
-                    Some(p) if view.nodes.get(i).is_some_and(|n| n.fenced) => {
-                        if run_rejoin(&settings, &view, i, p).await {
-                            rewound.push(i);
-                        }
-                    }
-                    _ => tracing::warn!(node = i, "rejoin refused: only a fenced node can rejoin, and only while there is a primary"),
-                }
+            Some((op, reply)) = requests.recv() => {
+                let outcome = manual::run(&monitor, &settings, &state, &mut mem, op).await;
+                let _ = reply.send(outcome);
             }
         }
     }
 }
 
-/// Rejoins node `i` as a standby of `p`; true when it was rewound and started.
-async fn run_rejoin(settings: &Settings, view: &ClusterView, i: usize, p: usize) -> bool {
+/// The node the kept state names as primary (used to break a tie between two
+/// primaries at start).
+fn kept_primary(kept: &[state::Kept]) -> Option<String> {
+    let mut primaries = kept.iter().filter(|k| k.role == Role::Primary && k.state != "fenced");
+    let first = primaries.next()?;
+    primaries.next().is_none().then(|| first.name.clone())
+}
+
+/// Rejoins node `i` as a standby of `p`: `Ok` when it was rewound and started.
+async fn run_rejoin(settings: &Settings, view: &ClusterView, i: usize, p: usize) -> Result<(), String> {
     let name = &view.nodes[i].name;
     let Some(data_dir) = settings.backends[i].data_dir.as_deref() else {
-        tracing::error!(event = "rejoin_failed", node = %name, "rejoin needs the node's data_dir on this host ([[backends]] data_dir)");
-        return false;
+        let e = format!("rejoin of {name} needs its data_dir on this host ([[backends]] data_dir)");
+        tracing::error!(event = "rejoin_failed", node = %name, "{e}");
+        return Err(e);
     };
     let started = Instant::now();
     tracing::warn!(event = "rejoin_started", node = %name, primary = %view.nodes[p].name, "rejoining the old primary as a standby");
     match rejoin::rejoin(settings, p, rejoin::Target { data_dir, name, port: settings.backends[i].port }).await {
         Ok(()) => {
             tracing::warn!(event = "rejoin_started_standby", node = %name, elapsed_ms = started.elapsed().as_millis() as u64, "rewound and started as a standby; it is used again once it streams");
-            true
+            Ok(())
         }
         Err(e) => {
-            tracing::error!(event = "rejoin_failed", node = %name, error = %format!("{e:#}"), "rejoin failed");
-            false
+            let e = format!("{e:#}");
+            tracing::error!(event = "rejoin_failed", node = %name, error = %e, "rejoin failed");
+            Err(e)
         }
     }
 }
 
-/// One fenced node name per line (names are letters, digits, `_` and `-`).
-const STATE_FILE: &str = "fenced";
-
-/// Applies the fenced nodes kept in `state_dir` (before anything is routed by them).
-fn load_fenced(settings: &Settings, monitor: &Monitor) -> Vec<String> {
+/// Applies the node state kept in `state_dir` (before anything is routed by it).
+fn load_state(settings: &Settings, monitor: &Monitor) -> Vec<state::Kept> {
     let Some(dir) = &settings.state_dir else { return Vec::new() };
-    let path = dir.join(STATE_FILE);
-    let names: Vec<String> = match std::fs::read_to_string(&path) {
-        Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+    let kept = match state::load(dir) {
+        Ok(k) => k,
         Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "cannot read the fenced nodes; fencing nothing");
+            tracing::error!(error = %e, "cannot read the kept node state (failover.state_dir); fencing and detaching nothing");
             return Vec::new();
         }
     };
     edit_view(monitor, |next| {
         for n in &mut next.nodes {
-            if names.contains(&n.name) {
-                n.fenced = true;
-                tracing::warn!(node = %n.name, path = %path.display(), "node fenced by an earlier failover");
+            match kept.iter().find(|k| k.name == n.name).map(|k| k.state) {
+                Some("fenced") => {
+                    n.fenced = true;
+                    tracing::warn!(node = %n.name, dir = %dir.display(), "node fenced by an earlier failover");
+                }
+                Some("detached") => {
+                    n.detached = true;
+                    tracing::warn!(node = %n.name, dir = %dir.display(), "node detached by an operator earlier");
+                }
+                _ => {}
             }
         }
     });
-    names
+    kept
 }
 
-fn save_fenced(settings: &Settings, names: &[String]) {
+/// Saves the node state when one of its kept facts changed.
+fn keep_state(settings: &Settings, view: &ClusterView, kept: &mut Vec<state::Kept>) {
     let Some(dir) = &settings.state_dir else { return };
-    let path = dir.join(STATE_FILE);
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let text: String = names.iter().map(|n| format!("{n}\n")).collect();
-    let written = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&tmp, text)).and_then(|_| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        tracing::error!(path = %path.display(), error = %e, "cannot save the fenced nodes (failover.state_dir)");
+    let mut next = state::of(view);
+    state::merge_roles(&mut next, kept);
+    if next == *kept {
+        return;
     }
+    if let Err(e) = state::save(dir, &next) {
+        tracing::error!(path = %state::path(dir).display(), error = %e, "cannot save the node state (failover.state_dir)");
+    }
+    *kept = next;
 }
 
 /// A fenced node that is now a standby streaming from the current primary. One pgvigil
@@ -302,9 +352,10 @@ fn rejoined(view: &ClusterView, rewound: &[usize]) -> Option<usize> {
 }
 
 /// With two or more unfenced up primaries: the ones to fence. The primary that
-/// standbys stream from wins; failing that, the newest timeline; failing that, nobody is
-/// fenced (pgvigil cannot tell, and routes no write until an operator decides).
-fn split_brain(view: &ClusterView) -> Option<Vec<usize>> {
+/// standbys stream from wins; failing that, the newest timeline; failing that, the one
+/// kept as primary in `state_dir`; failing that, nobody is fenced (pgvigil cannot
+/// tell, and routes no write until an operator decides).
+fn split_brain(view: &ClusterView, kept_primary: &Option<String>) -> Option<Vec<usize>> {
     let primaries: Vec<usize> =
         view.nodes.iter().enumerate().filter(|(_, n)| n.up && !n.fenced && n.role == Role::Primary).map(|(i, _)| i).collect();
     if primaries.len() < 2 {
@@ -325,9 +376,10 @@ fn split_brain(view: &ClusterView) -> Option<Vec<usize>> {
         let newest = primaries.iter().copied().max_by_key(|&p| view.nodes[p].repl.timeline)?;
         let tl = view.nodes[newest].repl.timeline;
         if tl.is_none() || primaries.iter().filter(|&&p| view.nodes[p].repl.timeline == tl).count() > 1 {
-            return None;
+            primaries.iter().copied().find(|&p| Some(&view.nodes[p].name) == kept_primary.as_ref())?
+        } else {
+            newest
         }
-        newest
     };
     Some(primaries.into_iter().filter(|&p| p != keep).collect())
 }
@@ -348,70 +400,48 @@ fn remember(view: &ClusterView, p: usize) -> Remembered {
     }
 }
 
-/// Runs one failover; returns the new primary as remembered, or `None` when nobody was
-/// promoted (the next view change tries again).
-async fn failover(monitor: &Monitor, settings: &Settings, state: &Failover, view: &ClusterView, r: &Remembered) -> Option<Remembered> {
+/// Runs one failover (to `forced` when an operator named the standby); returns the new
+/// primary as remembered, or why nobody was promoted (the next view change tries
+/// again).
+async fn failover(monitor: &Monitor, settings: &Settings, state: &Failover, view: &ClusterView, r: &Remembered, forced: Option<usize>) -> Result<Remembered, String> {
     let started = Instant::now();
     let old_name = view.nodes[r.node].name.clone();
     let before = state.status();
-    if !matches!(before, Status::ReadOnly { .. }) {
-        tracing::warn!(event = "failover_started", node = %old_name, last_lsn = ?r.last.lsn, "primary is down: failover started");
+    if !matches!(before, Status::ReadOnly { .. }) || forced.is_some() {
+        tracing::warn!(event = "failover_started", node = %old_name, last_lsn = ?r.last.lsn, forced = ?forced.map(|f| &view.nodes[f].name), "primary is down: failover started");
         state.set(Status::InProgress { from: old_name.clone() });
     }
-    let mut standbys = Vec::new();
-    for (i, n) in view.nodes.iter().enumerate() {
-        if i == r.node || n.role != Role::Standby {
-            continue;
+    let standbys = standbys(settings, view, r, Some(r.node)).await;
+    let choice = choose(&standbys, &r.last, settings.max_lag);
+    let (node, name, why) = match (forced, choice) {
+        (Some(f), choice) => {
+            let Some(s) = standbys.iter().find(|s| s.node == f && s.up && !s.fenced) else {
+                state.set(before);
+                return Err(format!("{} is not an up, unfenced standby", view.nodes[f].name));
+            };
+            let why = match choice {
+                Choice::Promote { node, .. } if node == f => "named by the operator; also the best candidate".to_string(),
+                Choice::Promote { name, .. } => format!("named by the operator (the automatic choice would be {name})"),
+                Choice::NoCandidate { reasons } => format!("named by the operator, although: {}", reasons.join("; ")),
+            };
+            (f, s.name.clone(), why)
         }
-        let b = &settings.backends[i];
-        let mut s = Standby {
-            node: i,
-            name: n.name.clone(),
-            up: n.up,
-            fenced: n.fenced,
-            no_failover: b.no_failover,
-            priority: b.priority,
-            received: n.wal.receive,
-            replayed: n.wal.replay,
-            synchronous: n.repl.replication_name.as_ref().is_some_and(|a| r.synchronous.contains(a)),
-        };
-        if n.up {
-            // Fresher than the last check.
-            if let Ok(c) = connect(settings, i).await {
-                if let Ok((rx, rp)) = positions(&c).await {
-                    s.received = rx.or(s.received);
-                    s.replayed = rp.or(s.replayed);
-                }
-            }
-        }
-        standbys.push(s);
-    }
-    let (node, name, why) = match choose(&standbys, &r.last, settings.max_lag) {
-        Choice::Promote { node, name, why } => (node, name, why),
-        Choice::NoCandidate { reasons } => {
+        (None, Choice::Promote { node, name, why }) => (node, name, why),
+        (None, Choice::NoCandidate { reasons }) => {
             if before != (Status::ReadOnly { reasons: reasons.clone() }) {
                 tracing::error!(event = "failover_impossible", node = %old_name, reasons = %reasons.join("; "), "no standby may be promoted: the cluster is read-only");
             }
+            let e = reasons.join("; ");
             state.set(Status::ReadOnly { reasons });
-            return None;
+            return Err(e);
         }
     };
     tracing::warn!(event = "failover_candidate", node = %name, why = %why, elapsed_ms = started.elapsed().as_millis() as u64, "promoting");
-    let promoted = match &settings.promote_command {
-        Some(template) => {
-            let values = hooks::Placeholders {
-                node: settings.node_ref(r.node),
-                new_primary: settings.node_ref(node),
-                old_primary: settings.node_ref(r.node),
-            };
-            promote_by_command(settings, node, &hooks::expand(template, &values)).await
-        }
-        None => promote(settings, node).await,
-    };
-    if let Err(e) = promoted {
+    if let Err(e) = promote_node(settings, node, r.node).await {
         tracing::error!(event = "failover_failed", node = %name, error = %e, "promotion failed");
-        state.set(Status::ReadOnly { reasons: vec![format!("promotion of {name} failed: {e}")] });
-        return None;
+        let e = format!("promotion of {name} failed: {e}");
+        state.set(Status::ReadOnly { reasons: vec![e.clone()] });
+        return Err(e);
     }
     // One view change: the old primary fenced, the new one primary.
     edit_view(monitor, |next| {
@@ -422,28 +452,81 @@ async fn failover(monitor: &Monitor, settings: &Settings, state: &Failover, view
     state.promotions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let promoted_ms = started.elapsed().as_millis() as u64;
     tracing::warn!(event = "failover_promoted", node = %name, fenced = %old_name, elapsed_ms = promoted_ms, "new primary");
-    // Re-point the other standbys.
-    for s in standbys.iter().filter(|s| s.node != node && s.up) {
-        let followed = match &settings.follow_command {
-            Some(template) => {
-                let values = hooks::Placeholders {
-                    node: settings.node_ref(s.node),
-                    new_primary: settings.node_ref(node),
-                    old_primary: settings.node_ref(r.node),
-                };
-                hooks::run("follow_command", &hooks::expand(template, &values), Duration::from_secs(60)).await
-            }
-            None => follow(settings, node, s.node).await,
-        };
-        match followed {
-            Ok(()) => tracing::info!(event = "standby_follows", node = %s.name, primary = %name, elapsed_ms = started.elapsed().as_millis() as u64, "standby streams from the new primary"),
-            Err(e) => tracing::error!(event = "standby_not_following", node = %s.name, primary = %name, error = %e, "standby does not stream from the new primary"),
-        }
-    }
-    tracing::warn!(event = "failover_finished", node = %name, elapsed_ms = started.elapsed().as_millis() as u64, promoted_ms, "failover finished");
+    let others: Vec<usize> = standbys.iter().filter(|s| s.node != node && s.up).map(|s| s.node).collect();
+    let not_following = repoint(settings, &others, node, r.node, started).await;
+    tracing::warn!(event = "failover_finished", node = %name, elapsed_ms = started.elapsed().as_millis() as u64, promoted_ms, not_following = not_following.len(), "failover finished");
     state.set(Status::Idle);
     let view = monitor.view.borrow().clone();
-    Some(remember(&view, node))
+    Ok(remember(&view, node))
+}
+
+/// Every standby but `except` as candidate choice sees it, with WAL positions fresher
+/// than the last check for those that are up.
+async fn standbys(settings: &Settings, view: &ClusterView, r: &Remembered, except: Option<usize>) -> Vec<Standby> {
+    let mut out = Vec::new();
+    for (i, n) in view.nodes.iter().enumerate() {
+        if Some(i) == except || n.role != Role::Standby {
+            continue;
+        }
+        let b = &settings.backends[i];
+        let mut s = Standby {
+            node: i,
+            name: n.name.clone(),
+            up: n.up,
+            fenced: n.fenced || n.detached,
+            no_failover: b.no_failover,
+            priority: b.priority,
+            received: n.wal.receive,
+            replayed: n.wal.replay,
+            synchronous: n.repl.replication_name.as_ref().is_some_and(|a| r.synchronous.contains(a)),
+        };
+        if n.up {
+            if let Ok(c) = connect(settings, i).await {
+                if let Ok((rx, rp)) = positions(&c).await {
+                    s.received = rx.or(s.received);
+                    s.replayed = rp.or(s.replayed);
+                }
+            }
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// Promotes `node` (replacing `old`) with `pg_promote()` or `failover.promote_command`.
+async fn promote_node(settings: &Settings, node: usize, old: usize) -> anyhow::Result<()> {
+    match &settings.promote_command {
+        Some(template) => {
+            let values = hooks::Placeholders { node: settings.node_ref(old), new_primary: settings.node_ref(node), old_primary: settings.node_ref(old) };
+            promote_by_command(settings, node, &hooks::expand(template, &values)).await
+        }
+        None => promote(settings, node).await,
+    }
+}
+
+/// Re-points standbys `others` to the new primary `node`; returns those that do not
+/// stream from it.
+async fn repoint(settings: &Settings, others: &[usize], node: usize, old: usize, started: Instant) -> Vec<usize> {
+    let name = &settings.backends[node].name;
+    let mut failed = Vec::new();
+    for &s in others {
+        let followed = match &settings.follow_command {
+            Some(template) => {
+                let values = hooks::Placeholders { node: settings.node_ref(s), new_primary: settings.node_ref(node), old_primary: settings.node_ref(old) };
+                hooks::run("follow_command", &hooks::expand(template, &values), Duration::from_secs(60)).await
+            }
+            None => follow(settings, node, s).await,
+        };
+        let standby = &settings.backends[s].name;
+        match followed {
+            Ok(()) => tracing::info!(event = "standby_follows", node = %standby, primary = %name, elapsed_ms = started.elapsed().as_millis() as u64, "standby streams from the new primary"),
+            Err(e) => {
+                tracing::error!(event = "standby_not_following", node = %standby, primary = %name, error = %e, "standby does not stream from the new primary");
+                failed.push(s);
+            }
+        }
+    }
+    failed
 }
 
 pub(crate) async fn connect(settings: &Settings, i: usize) -> Result<Client, tokio_postgres::Error> {
@@ -580,6 +663,7 @@ mod tests {
             wal: WalPosition::default(),
             last_change: std::time::SystemTime::UNIX_EPOCH,
             fenced: false,
+            detached: false,
             repl: ReplicationInfo {
                 timeline: Some(timeline),
                 upstream: upstream.map(|port| Upstream { host: "127.0.0.1".into(), port, status: "streaming".into() }),
@@ -592,17 +676,19 @@ mod tests {
     fn two_primaries_keep_the_followed_one_then_the_newer_timeline() {
         let followed = ClusterView {
             nodes: vec![node(1, Role::Primary, 2, None), node(2, Role::Primary, 1, None), node(3, Role::Standby, 1, Some(2))],
+            writes_paused: false,
         };
-        assert_eq!(split_brain(&followed), Some(vec![0]), "the standby follows node 1 (port 2)");
-        let unfollowed = ClusterView { nodes: vec![node(1, Role::Primary, 2, None), node(2, Role::Primary, 3, None)] };
-        assert_eq!(split_brain(&unfollowed), Some(vec![0]), "newer timeline wins");
-        let tie = ClusterView { nodes: vec![node(1, Role::Primary, 2, None), node(2, Role::Primary, 2, None)] };
-        assert_eq!(split_brain(&tie), None, "no way to tell: nobody fenced");
-        let one = ClusterView { nodes: vec![node(1, Role::Primary, 2, None), node(2, Role::Standby, 2, Some(1))] };
-        assert_eq!(split_brain(&one), None);
+        assert_eq!(split_brain(&followed, &None), Some(vec![0]), "the standby follows node 1 (port 2)");
+        let unfollowed = ClusterView { nodes: vec![node(1, Role::Primary, 2, None), node(2, Role::Primary, 3, None)], writes_paused: false };
+        assert_eq!(split_brain(&unfollowed, &None), Some(vec![0]), "newer timeline wins");
+        let tie = ClusterView { nodes: vec![node(1, Role::Primary, 2, None), node(2, Role::Primary, 2, None)], writes_paused: false };
+        assert_eq!(split_brain(&tie, &None), None, "no way to tell: nobody fenced");
+        assert_eq!(split_brain(&tie, &Some("n2".into())), Some(vec![0]), "the primary kept in state_dir wins a tie");
+        let one = ClusterView { nodes: vec![node(1, Role::Primary, 2, None), node(2, Role::Standby, 2, Some(1))], writes_paused: false };
+        assert_eq!(split_brain(&one, &None), None);
         let mut fenced = unfollowed.clone();
         fenced.nodes[0].fenced = true;
-        assert_eq!(split_brain(&fenced), None);
+        assert_eq!(split_brain(&fenced, &None), None);
         assert_eq!(fenced.primary(), Some(1));
     }
 }

@@ -88,6 +88,19 @@ pub async fn rejoin(settings: &Settings, primary: usize, target: Target<'_>) -> 
     Ok(())
 }
 
+/// Stops the server of a data directory on this host (`pg_ctl stop -m fast`), which
+/// sends all its WAL to connected standbys before it exits.
+pub async fn stop(settings: &Settings, data: &Path) -> anyhow::Result<()> {
+    let bin = bindir(settings.pg_bindir.as_deref());
+    let meta = std::fs::metadata(data).with_context(|| format!("data_dir {}", data.display()))?;
+    let args = vec!["stop".into(), "-D".into(), data.display().to_string(), "-m".into(), "fast".into(), "-w".into(), "-t".into(), "60".into()];
+    let (ok, stderr) = run_pg(bin.join("pg_ctl"), data, (meta.uid(), meta.gid()), args, vec![]).await?;
+    if !ok {
+        bail!("pg_ctl stop failed: {}", last_line(&stderr));
+    }
+    Ok(())
+}
+
 /// Runs a PostgreSQL program as the data directory's owner (PostgreSQL refuses root),
 /// with no inherited `PG*` variables; returns (success, stderr).
 async fn run_pg(prog: PathBuf, data: &Path, (uid, gid): (u32, u32), args: Vec<String>, env: Vec<(&'static str, String)>) -> anyhow::Result<(bool, String)> {

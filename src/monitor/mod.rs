@@ -81,6 +81,9 @@ pub struct NodeState {
     pub last_change: SystemTime,
     /// Set by failover: nothing is routed to this node, whatever it says it is.
     pub fenced: bool,
+    /// Set by an operator (detach): nothing new is routed to this node until it is
+    /// attached again.
+    pub detached: bool,
     /// Replication facts of its last successful check; kept while it is down.
     pub repl: ReplicationInfo,
 }
@@ -118,15 +121,18 @@ pub struct Upstream {
 }
 
 /// An immutable snapshot of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
     pub nodes: Vec<NodeState>,
+    /// Set during a switchover: a statement for the primary that is not part of a
+    /// transaction already open there waits (as during a failover) until it is cleared.
+    pub writes_paused: bool,
 }
 
 impl ClusterView {
     /// The one writable backend, if exactly one is up and not in recovery.
     pub fn primary(&self) -> Option<usize> {
-        let mut writable = self.nodes.iter().enumerate().filter(|(_, n)| n.up && n.role == Role::Primary && !n.fenced);
+        let mut writable = self.nodes.iter().enumerate().filter(|(_, n)| n.up && n.role == Role::Primary && !n.fenced && !n.detached);
         let first = writable.next()?.0;
         if writable.next().is_some() {
             return None;
@@ -262,9 +268,11 @@ fn start<P: Probe>(nodes: Vec<(String, SocketAddr)>, probes: Vec<P>, settings: &
                 wal: WalPosition::default(),
                 last_change: started,
                 fenced: false,
+                detached: false,
                 repl: ReplicationInfo::default(),
             })
             .collect(),
+        writes_paused: false,
     };
     let (tx, _) = watch::channel(Arc::new(view));
     let tx = Arc::new(tx);
@@ -386,6 +394,7 @@ mod tests {
             wal,
             last_change: started,
             fenced: false,
+            detached: false,
             repl: ReplicationInfo::default(),
         };
         let standby_wal = WalPosition {
@@ -400,6 +409,7 @@ mod tests {
                 node("b", 5433, Role::Standby, standby_wal),
                 node("c", 5434, Role::Standby, standby_wal),
             ],
+            writes_paused: false,
         }
     }
 

@@ -919,8 +919,7 @@ impl<'a> Engine<'a> {
                     }
                 }
                 if dest == Dest::Primary {
-                    self.hold_for_primary().await?;
-                    if let Some(step) = self.refuse_if_broken(&kind, true)? {
+                    if let Some(step) = self.hold_for_primary(&kind, true).await? {
                         return Ok(step);
                     }
                 }
@@ -1220,22 +1219,43 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// A statement that needs the primary while there is none (a failover in progress)
-    /// waits for one, up to `failover.write_hold_timeout`.
-    async fn hold_for_primary(&mut self) -> Result<(), End> {
-        if self.shared.view.borrow().primary().is_some() {
-            return Ok(());
+    /// A statement that needs the primary while there is none (a failover in progress),
+    /// or while a switchover pauses new work on it, waits until there is one to use, up
+    /// to `failover.write_hold_timeout`. A transaction already open on the primary goes
+    /// on during a pause, so that it can finish. `Some(step)`: the statement got an
+    /// error instead (its transaction lost a node, or the pause outlasted the wait).
+    async fn hold_for_primary(&mut self, kind: &Kind, simple: bool) -> Result<Option<Step>, End> {
+        if self.must_hold() {
+            let mut rx = self.shared.view.clone();
+            let wait = tokio::time::timeout(self.shared.write_hold, rx.wait_for(|v| v.primary().is_some() && !v.writes_paused));
+            tokio::select! {
+                _ = wait => {}
+                _ = self.terminate.as_mut() => {}
+            }
+            self.after_hold()?;
+            if self.shared.view.borrow().writes_paused && self.must_hold() {
+                // Never past a pause: the switchover counts on no new write reaching
+                // the old primary.
+                if !self.all_quiet() {
+                    return Ok(Some(Step::Blocked));
+                }
+                let e = PgError::new(Severity::Error, sqlstate::CANNOT_CONNECT_NOW, "a switchover is in progress and took longer than failover.write_hold_timeout")
+                    .with_hint("retry the statement; pgvigil holds writes while the primary changes");
+                return Ok(Some(self.fail_request(e, simple)?));
+            }
         }
-        if !self.promotion_coming() {
-            return Ok(());
+        self.refuse_if_broken(kind, simple)
+    }
+
+    /// Whether a statement for the primary must wait: there is none and failover may
+    /// promote one, or a switchover pauses new work and this session has no
+    /// transaction open on the primary.
+    fn must_hold(&self) -> bool {
+        let v = self.shared.view.borrow();
+        match v.primary() {
+            Some(p) => v.writes_paused && !self.links.iter().any(|l| l.node == p && l.in_tx && !l.dead),
+            None => self.promotion_coming(),
         }
-        let mut rx = self.shared.view.clone();
-        let wait = tokio::time::timeout(self.shared.write_hold, rx.wait_for(|v| v.primary().is_some()));
-        tokio::select! {
-            _ = wait => {}
-            _ = self.terminate.as_mut() => {}
-        }
-        self.after_hold()
     }
 
     /// After waiting for a failover: apply the new view to the connections now (a
@@ -1599,8 +1619,7 @@ impl<'a> Engine<'a> {
 
     async fn on_function_call(&mut self, msg: &Bytes) -> Result<Step, End> {
         let c = crate::router::classify("SELECT pg_catalog.nextval(NULL)");
-        self.hold_for_primary().await?;
-        if let Some(step) = self.refuse_if_broken(&Kind::Write, true)? {
+        if let Some(step) = self.hold_for_primary(&Kind::Write, true).await? {
             return Ok(step);
         }
         let Some(primary) = self.view.primary() else { return self.no_node(&Kind::Write, true) };
@@ -1625,8 +1644,7 @@ impl<'a> Engine<'a> {
             return Ok(Ok(b));
         }
         if decision.dest == Dest::Primary {
-            self.hold_for_primary().await?;
-            if let Some(step) = self.refuse_if_broken(kind, false)? {
+            if let Some(step) = self.hold_for_primary(kind, false).await? {
                 return Ok(Err(step));
             }
         }
@@ -1893,7 +1911,7 @@ impl<'a> Engine<'a> {
                     node_id: i,
                     hostname,
                     port,
-                    status: n.up && !n.fenced,
+                    status: n.up && !n.fenced && !n.detached,
                     role: n.role,
                     last_status_change: n.last_change,
                     stats: self.shared.monitor.stats(i).unwrap_or_default(),
@@ -1916,7 +1934,7 @@ impl<'a> Engine<'a> {
                     hostname: host,
                     port,
                     // As pgvigil routes: a fenced node is "down" whatever the server says.
-                    status: n.up && !n.fenced,
+                    status: n.up && !n.fenced && !n.detached,
                     pg_status: n.up,
                     lb_weight: self.shared.balancer.share(i),
                     role: n.role,

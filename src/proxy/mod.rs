@@ -187,6 +187,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             connect_timeout: config.health_check.timeout.get(),
             replay_timeout: config.failover.replay_timeout.get(),
             promote_timeout: config.failover.promote_timeout.get(),
+            switchover_drain_timeout: config.failover.switchover_drain_timeout.get(),
             backends: config
                 .backends
                 .iter()

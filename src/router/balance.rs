@@ -48,6 +48,9 @@ pub fn ineligible(view: &ClusterView, i: usize, needs: &ReadNeeds) -> Option<Str
     if node.fenced {
         return Some(format!("{} is fenced", node.name));
     }
+    if node.detached {
+        return Some(format!("{} is detached", node.name));
+    }
     match node.role {
         Role::Primary => None,
         Role::Unknown => Some(format!("{}'s role is unknown", node.name)),
@@ -226,6 +229,7 @@ mod tests {
             wal: WalPosition::default(),
             last_change: std::time::SystemTime::UNIX_EPOCH,
             fenced: false,
+            detached: false,
             repl: Default::default(),
         }
     }
@@ -237,7 +241,7 @@ mod tests {
         s1.wal.replay = Some(100 << 20);
         let mut s2 = node("s2", Role::Standby, true);
         s2.wal.replay = Some(100 << 20);
-        ClusterView { nodes: vec![p, s1, s2] }
+        ClusterView { nodes: vec![p, s1, s2], writes_paused: false }
     }
 
     const NEEDS: ReadNeeds = ReadNeeds {

@@ -1,0 +1,356 @@
+//! Operations an operator asks for: detach, attach, promote, switchover, rejoin. They run
+//! in the failover task, one at a time and never during an automatic failover.
+//!
+//! A switchover loses no acknowledged write:
+//!
+//! 1. new work for the primary is paused (`ClusterView::writes_paused`): sessions hold
+//!    such statements as during a failover, while transactions already open on the
+//!    primary go on so they can finish;
+//! 2. pgvigil waits (up to `failover.switchover_drain_timeout`) until no client backend
+//!    on the primary is running a statement or has a transaction open, then terminates
+//!    any that still do (those sessions get an error, as in a failover);
+//! 3. it reads the primary's WAL position and waits until the candidate has replayed
+//!    up to it (`failover.replay_timeout`); if it does not, the switchover is abandoned
+//!    and writes resume on the old primary;
+//! 4. the old primary is fenced and stopped (built in when its `data_dir` is on this
+//!    host), the candidate is promoted, and one view change makes it the primary and
+//!    ends the pause;
+//! 5. the other standbys are re-pointed and the old primary is rejoined as a standby of
+//!    the new one when pgvigil can (its `data_dir`), else left fenced for `rejoin`.
+
+use std::time::{Duration, Instant};
+
+use super::candidate::{choose, Choice};
+use super::{connect, edit_view, failover, promote_node, rejoin, remember, repoint, run_rejoin, standbys, streams_from, Failover, Memory, Op, Remembered, Settings, Status};
+use crate::monitor::{ClusterView, Monitor, Role};
+
+/// How long a rejoin operation waits for the node to stream before it reports.
+const STREAM_WAIT: Duration = Duration::from_secs(60);
+
+/// Client backends that are running a statement or have a transaction open, other than
+/// pgvigil's own monitoring and failover connections.
+const BUSY: &str = "FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+     AND state IS DISTINCT FROM 'idle' AND application_name NOT IN ('pgvigil health check', 'pgvigil failover')";
+
+pub(super) async fn run(monitor: &Monitor, settings: &Settings, state: &Failover, mem: &mut Memory, op: Op) -> Result<String, String> {
+    tracing::info!(op = ?op, "operation requested");
+    let index = |name: &str| {
+        settings.backends.iter().position(|b| b.name == name).ok_or_else(|| {
+            let names: Vec<&str> = settings.backends.iter().map(|b| b.name.as_str()).collect();
+            format!("no backend named {name:?} (backends: {})", names.join(", "))
+        })
+    };
+    let outcome = match &op {
+        Op::Detach(name) => detach(monitor, index(name)?),
+        Op::Attach(name) => attach(monitor, mem, index(name)?),
+        Op::Rejoin(name) => rejoin_op(monitor, settings, mem, index(name)?).await,
+        Op::Promote(name) => {
+            let i = index(name)?;
+            let view = monitor.view.borrow().clone();
+            match view.primary() {
+                Some(p) if p == i => Ok(format!("{name} is already the primary")),
+                Some(_) => switchover(monitor, settings, state, mem, Some(i)).await,
+                None => promote_without_primary(monitor, settings, state, mem, i).await,
+            }
+        }
+        Op::Switchover(to) => {
+            let to = to.as_deref().map(index).transpose()?;
+            switchover(monitor, settings, state, mem, to).await
+        }
+    };
+    match &outcome {
+        Ok(done) => tracing::info!(op = ?op, outcome = %done, "operation done"),
+        Err(e) => tracing::error!(op = ?op, error = %e, "operation failed"),
+    }
+    outcome
+}
+
+fn detach(monitor: &Monitor, i: usize) -> Result<String, String> {
+    let view = monitor.view.borrow().clone();
+    let name = &view.nodes[i].name;
+    if view.primary() == Some(i) {
+        return Err(format!("{name} is the primary: switch over to a standby first"));
+    }
+    if view.nodes[i].detached {
+        return Ok(format!("{name} is already detached"));
+    }
+    edit_view(monitor, |next| next.nodes[i].detached = true);
+    tracing::warn!(event = "node_detached", node = %name, "detached: nothing new is routed to it");
+    Ok(format!("{name} detached: nothing new is routed to it"))
+}
+
+/// Why node `i` may not be routed to again, if it may not: it must be the primary, or
+/// a standby streaming from the primary on its timeline (or rewound by pgvigil).
+fn not_attachable(view: &ClusterView, i: usize, rewound: &[usize]) -> Option<String> {
+    let n = &view.nodes[i];
+    if !n.up {
+        return Some(format!("{} is down", n.name));
+    }
+    // The primary as it would be with this node attached.
+    let mut with = view.clone();
+    with.nodes[i].detached = false;
+    with.nodes[i].fenced = false;
+    let primary = with.primary();
+    match (n.role, primary) {
+        (Role::Primary, Some(p)) if p == i => None,
+        (Role::Primary, _) => Some(format!("{} is a primary but another node is the primary: rejoin it as a standby first", n.name)),
+        (Role::Standby, Some(p)) => {
+            let pn = &view.nodes[p];
+            if !streams_from(n, pn.addr.port()) {
+                Some(format!("{} does not stream from the primary {} (pg_stat_wal_receiver: {:?})", n.name, pn.name, n.repl.upstream))
+            } else if !rewound.contains(&i) && n.fenced && n.repl.timeline != pn.repl.timeline {
+                Some(format!("{} is on timeline {:?}, the primary {} on {:?}: rejoin it first", n.name, n.repl.timeline, pn.name, pn.repl.timeline))
+            } else {
+                None
+            }
+        }
+        (Role::Standby, None) => Some(format!("{} is a standby and there is no primary", n.name)),
+        (Role::Unknown, _) => Some(format!("{}'s role is unknown", n.name)),
+    }
+}
+
+fn attach(monitor: &Monitor, mem: &mut Memory, i: usize) -> Result<String, String> {
+    let view = monitor.view.borrow().clone();
+    let name = &view.nodes[i].name;
+    if !view.nodes[i].detached && !view.nodes[i].fenced {
+        return Ok(format!("{name} is already attached"));
+    }
+    if let Some(why) = not_attachable(&view, i, &mem.rewound) {
+        return Err(why);
+    }
+    mem.rewound.retain(|&r| r != i);
+    edit_view(monitor, |next| {
+        next.nodes[i].detached = false;
+        next.nodes[i].fenced = false;
+    });
+    tracing::warn!(event = "node_attached", node = %name, "attached: routed to again");
+    Ok(format!("{name} attached"))
+}
+
+async fn rejoin_op(monitor: &Monitor, settings: &Settings, mem: &mut Memory, i: usize) -> Result<String, String> {
+    let view = monitor.view.borrow().clone();
+    let name = view.nodes[i].name.clone();
+    let Some(p) = view.primary() else { return Err("there is no primary to rejoin to".into()) };
+    if p == i {
+        return Err(format!("{name} is the primary"));
+    }
+    let started = Instant::now();
+    // Nothing is routed to it while it is rewound.
+    let was_detached = view.nodes[i].detached;
+    if !view.nodes[i].fenced {
+        edit_view(monitor, |next| next.nodes[i].fenced = true);
+    }
+    run_rejoin(settings, &view, i, p).await?;
+    mem.rewound.push(i);
+    let mut rx = monitor.view.subscribe();
+    let streaming = tokio::time::timeout(STREAM_WAIT, rx.wait_for(|v| v.nodes[i].up && v.nodes[i].role == Role::Standby && streams_from(&v.nodes[i], v.nodes[p].addr.port()))).await;
+    if !matches!(streaming, Ok(Ok(_))) {
+        return Err(format!("{name} was rewound and started but does not stream from {} after {STREAM_WAIT:?}; it stays fenced", view.nodes[p].name));
+    }
+    mem.rewound.retain(|&r| r != i);
+    edit_view(monitor, |next| next.nodes[i].fenced = false);
+    tracing::warn!(event = "node_rejoined", node = %name, elapsed_ms = started.elapsed().as_millis() as u64, "rejoined: streams from the primary");
+    let detached = if was_detached { " (still detached: attach it to route to it)" } else { "" };
+    Ok(format!("{name} rejoined as a standby of {} in {} ms{detached}", view.nodes[p].name, started.elapsed().as_millis()))
+}
+
+/// Promote with no primary up: a failover to the named standby. Without a known old
+/// primary nothing is fenced (a returning one is fenced as the older timeline).
+async fn promote_without_primary(monitor: &Monitor, settings: &Settings, state: &Failover, mem: &mut Memory, i: usize) -> Result<String, String> {
+    let view = monitor.view.borrow().clone();
+    let name = view.nodes[i].name.clone();
+    let old = mem.remembered.clone().or_else(|| {
+        let kept = super::kept_primary(&mem.kept)?;
+        let node = view.nodes.iter().position(|n| n.name == kept)?;
+        Some(Remembered { node, last: Default::default(), synchronous: Vec::new() })
+    });
+    match old {
+        Some(r) if r.node != i => {
+            let next = failover(monitor, settings, state, &view, &r, Some(i)).await?;
+            mem.remembered = Some(next);
+            Ok(format!("{name} promoted; {} fenced", view.nodes[r.node].name))
+        }
+        _ => {
+            let n = &view.nodes[i];
+            if !n.up || n.role != Role::Standby || n.fenced {
+                return Err(format!("{name} is not an up, unfenced standby"));
+            }
+            promote_node(settings, i, i).await.map_err(|e| format!("promotion of {name} failed: {e:#}"))?;
+            edit_view(monitor, |next| {
+                next.nodes[i].role = Role::Primary;
+                next.nodes[i].last_change = std::time::SystemTime::now();
+            });
+            state.promotions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(event = "failover_promoted", node = %name, "promoted by an operator; no earlier primary known");
+            Ok(format!("{name} promoted (no earlier primary known to fence)"))
+        }
+    }
+}
+
+async fn switchover(monitor: &Monitor, settings: &Settings, state: &Failover, mem: &mut Memory, to: Option<usize>) -> Result<String, String> {
+    let view = monitor.view.borrow().clone();
+    let Some(old) = view.primary() else { return Err("there is no primary to switch over from".into()) };
+    let old_name = view.nodes[old].name.clone();
+    let r = remember(&view, old);
+    let standbys = standbys(settings, &view, &r, Some(old)).await;
+    let target = match to {
+        Some(t) => t,
+        None => match choose(&standbys, &r.last, u64::MAX) {
+            Choice::Promote { node, .. } => node,
+            Choice::NoCandidate { reasons } => return Err(format!("no standby can take over: {}", reasons.join("; "))),
+        },
+    };
+    let name = view.nodes[target].name.clone();
+    let t = &view.nodes[target];
+    if target == old {
+        return Err(format!("{name} is already the primary"));
+    }
+    if !t.up || t.role != Role::Standby || t.fenced || t.detached {
+        return Err(format!("{name} is not an up, attached standby"));
+    }
+    if !streams_from(t, view.nodes[old].addr.port()) {
+        return Err(format!("{name} does not stream from the primary {old_name}: it could not catch up"));
+    }
+    let started = Instant::now();
+    tracing::warn!(event = "switchover_started", node = %old_name, to = %name, "switchover: new work for the primary is held");
+    state.set(Status::InProgress { from: old_name.clone() });
+    edit_view(monitor, |next| next.writes_paused = true);
+    let stopped = match hand_over(monitor, settings, old, target, started).await {
+        Ok(stopped) => stopped,
+        Err(e) => {
+            edit_view(monitor, |next| next.writes_paused = false);
+            let e = format!("switchover from {old_name} to {name} abandoned: {e}");
+            tracing::error!(event = "switchover_failed", node = %old_name, to = %name, error = %e, elapsed_ms = started.elapsed().as_millis() as u64, "switchover failed");
+            state.set(if monitor.view.borrow().primary().is_some() { Status::Idle } else { Status::ReadOnly { reasons: vec![e.clone()] } });
+            return Err(e);
+        }
+    };
+    let paused_ms = started.elapsed().as_millis() as u64;
+    state.promotions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(event = "switchover_promoted", node = %name, fenced = %old_name, paused_ms, "new primary; writes resume");
+    mem.remembered = Some(remember(&monitor.view.borrow().clone(), target));
+    let others: Vec<usize> = standbys.iter().filter(|s| s.node != target && s.up && !s.fenced).map(|s| s.node).collect();
+    let not_following = repoint(settings, &others, target, old, started).await;
+    state.set(Status::Idle);
+    let mut outcome = format!("{name} is the primary; writes were held {paused_ms} ms");
+    if !not_following.is_empty() {
+        let names: Vec<&str> = not_following.iter().map(|&s| settings.backends[s].name.as_str()).collect();
+        outcome.push_str(&format!("; not following it: {}", names.join(", ")));
+    }
+    if settings.backends[old].data_dir.is_some() && stopped {
+        match rejoin_op(monitor, settings, mem, old).await {
+            Ok(done) => outcome.push_str(&format!("; {done}")),
+            Err(e) => outcome.push_str(&format!("; {old_name} stays fenced: {e}")),
+        }
+    } else {
+        outcome.push_str(&format!("; {old_name} is fenced: rejoin it as a standby"));
+    }
+    tracing::warn!(event = "switchover_finished", node = %name, paused_ms, elapsed_ms = started.elapsed().as_millis() as u64, outcome = %outcome, "switchover finished");
+    Ok(outcome)
+}
+
+/// Steps 2–4 of a switchover; true when the old primary was stopped. On `Err` the old
+/// primary still runs and is not fenced (the caller resumes writes on it), unless the
+/// error came after it was stopped.
+async fn hand_over(monitor: &Monitor, settings: &Settings, old: usize, target: usize, started: Instant) -> Result<bool, String> {
+    let oc = connect(settings, old).await.map_err(|e| format!("cannot connect to the primary: {e}"))?;
+    // 2. Drain.
+    let deadline = Instant::now() + settings.switchover_drain_timeout;
+    loop {
+        let busy: i64 = oc.query_one(&format!("SELECT count(*) {BUSY}"), &[]).await.map_err(|e| e.to_string())?.get(0);
+        if busy == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let n: i64 = oc.query_one(&format!("SELECT count(pg_terminate_backend(pid)) {BUSY}"), &[]).await.map_err(|e| e.to_string())?.get(0);
+            tracing::warn!(event = "switchover_terminated", sessions = n, "transactions still open after failover.switchover_drain_timeout: terminated");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 3. Catch up.
+    let lsn: String = oc.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(|e| e.to_string())?.get(0);
+    let lsn = crate::monitor::parse_lsn(&lsn).ok_or("bad pg_current_wal_lsn()")?;
+    let tc = connect(settings, target).await.map_err(|e| format!("cannot connect to the candidate: {e}"))?;
+    let deadline = Instant::now() + settings.replay_timeout;
+    loop {
+        let (_, replayed) = super::positions(&tc).await.map_err(|e| e.to_string())?;
+        if replayed.is_some_and(|r| r >= lsn) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("the candidate did not replay up to {lsn:X} within failover.replay_timeout (at {replayed:?})"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::info!(event = "switchover_caught_up", lsn = %format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff), elapsed_ms = started.elapsed().as_millis() as u64, "candidate has replayed all the primary wrote");
+    // 4. Fence and stop the old primary, promote the candidate.
+    edit_view(monitor, |next| next.nodes[old].fenced = true);
+    let stopped = match settings.backends[old].data_dir.as_deref() {
+        Some(dir) => match rejoin::stop(settings, dir).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(node = %settings.backends[old].name, error = %format!("{e:#}"), "cannot stop the old primary; it stays fenced");
+                false
+            }
+        },
+        None => {
+            tracing::warn!(node = %settings.backends[old].name, "the old primary has no data_dir on this host: it is fenced but still runs");
+            false
+        }
+    };
+    drop(oc);
+    promote_node(settings, target, old).await.map_err(|e| format!("promotion failed after {} was fenced: {e:#}", settings.backends[old].name))?;
+    edit_view(monitor, |next| {
+        next.nodes[target].role = Role::Primary;
+        next.nodes[target].last_change = std::time::SystemTime::now();
+        next.writes_paused = false;
+    });
+    Ok(stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::{NodeState, ReplicationInfo, Upstream, WalPosition};
+
+    fn node(port: u16, role: Role, timeline: u32, upstream: Option<u16>) -> NodeState {
+        NodeState {
+            name: format!("n{port}"),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            up: true,
+            role,
+            wal: WalPosition::default(),
+            last_change: std::time::SystemTime::UNIX_EPOCH,
+            fenced: false,
+            detached: false,
+            repl: ReplicationInfo {
+                timeline: Some(timeline),
+                upstream: upstream.map(|port| Upstream { host: "127.0.0.1".into(), port, status: "streaming".into() }),
+                ..ReplicationInfo::default()
+            },
+        }
+    }
+
+    #[test]
+    fn only_the_primary_or_its_streaming_standbys_attach() {
+        let mut v = ClusterView {
+            nodes: vec![node(1, Role::Primary, 2, None), node(2, Role::Standby, 2, Some(1)), node(3, Role::Standby, 1, Some(9))],
+            writes_paused: false,
+        };
+        v.nodes[1].detached = true;
+        assert_eq!(not_attachable(&v, 1, &[]), None);
+        assert!(not_attachable(&v, 2, &[]).unwrap().contains("does not stream from the primary n1"));
+        // A fenced old primary that came back as a primary.
+        v.nodes.push(node(4, Role::Primary, 1, None));
+        v.nodes[3].fenced = true;
+        assert!(not_attachable(&v, 3, &[]).unwrap().contains("another node is the primary"));
+        // Streaming, but from an older timeline (not rewound): refused until rejoined.
+        v.nodes[3] = node(4, Role::Standby, 1, Some(1));
+        v.nodes[3].fenced = true;
+        assert!(not_attachable(&v, 3, &[]).unwrap().contains("rejoin it first"));
+        assert_eq!(not_attachable(&v, 3, &[3]), None);
+        v.nodes[1].up = false;
+        assert!(not_attachable(&v, 1, &[]).unwrap().contains("is down"));
+    }
+}
