@@ -272,7 +272,7 @@ async fn detach_and_attach_a_standby_and_the_refusals() {
 async fn promote_while_the_primary_is_down_and_failover_is_manual() {
     let _serial = SERIAL.lock().await;
     let extra = "[failover]\nautomatic = false\n".to_string();
-    let env = Env::start(Options { standbys: 2, extra, ..Options::default() }).await;
+    let mut env = Env::start(Options { standbys: 2, extra, ..Options::default() }).await;
     setup_table(&env).await;
     wait_standbys_eligible(env.handle(), 1 << 20).await;
     block(|| env.cluster.kill9(0)).unwrap();

@@ -1233,7 +1233,10 @@ impl<'a> Engine<'a> {
                 _ = self.terminate.as_mut() => {}
             }
             self.after_hold()?;
-            if self.shared.view.borrow().writes_paused && self.must_hold() {
+            // One borrow at a time: a second read borrow while the first is held can
+            // deadlock with a writer waiting in between.
+            let paused = self.shared.view.borrow().writes_paused;
+            if paused && self.must_hold() {
                 // Never past a pause: the switchover counts on no new write reaching
                 // the old primary.
                 if !self.all_quiet() {
