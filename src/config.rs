@@ -42,6 +42,8 @@ pub struct Config {
     #[serde(default)]
     pub failover: FailoverConfig,
     #[serde(default)]
+    pub rejoin: RejoinConfig,
+    #[serde(default)]
     pub backends: Vec<BackendConfig>,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
@@ -221,9 +223,9 @@ pub struct FailoverConfig {
     /// to them. Default: unset (not kept).
     pub state_dir: Option<PathBuf>,
     /// Rejoin a fenced old primary as a standby of the new one as soon as it is back
-    /// (needs its `data_dir` on this host). Default false.
+    /// (needs its `data_dir` on this host or `[rejoin]` commands). Default false.
     pub auto_rejoin: bool,
-    /// Directory of pg_ctl and pg_rewind. Default: the newest /usr/lib/postgresql/*/bin,
+    /// Directory of pg_ctl, pg_rewind and pg_basebackup. Default: the newest /usr/lib/postgresql/*/bin,
     /// else PATH.
     pub pg_bindir: Option<PathBuf>,
     /// Shell command that promotes the chosen standby instead of `pg_promote()`, with
@@ -270,6 +272,58 @@ impl Default for FailoverConfig {
             pg_bindir: None,
             promote_command: None,
             follow_command: None,
+        }
+    }
+}
+
+/// `[rejoin]`: how a fenced old primary is made a standby of the new primary. Each node
+/// operation runs its command when one is set, else the built-in one on the node's
+/// `data_dir` on this host.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RejoinConfig {
+    /// When pg_rewind fails, take a fresh base backup from the new primary instead (the
+    /// old data directory is kept aside). Default false.
+    pub allow_reclone: bool,
+    /// Shell command that stops the node, with the failover placeholders. Default: unset
+    /// (built-in `pg_ctl stop`).
+    pub stop_command: Option<String>,
+    /// Shell command that starts the node as a standby. Default: unset (built-in `pg_ctl start`).
+    pub start_command: Option<String>,
+    /// Shell command that rewinds the node from the new primary and configures it as its
+    /// standby (`pg_rewind -R`, `primary_slot_name`). Default: unset (built-in).
+    pub rewind_command: Option<String>,
+    /// Shell command that replaces the node's data with a base backup of the new primary,
+    /// configured as its standby. Default: unset (built-in `pg_basebackup`).
+    pub basebackup_command: Option<String>,
+    /// How long one node operation (stop, rewind, base backup, start, streaming) may take.
+    /// Default "300s".
+    pub timeout: DurationStr,
+}
+
+impl fmt::Debug for RejoinConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |c: &Option<String>| c.as_ref().map(|_| "<set>");
+        f.debug_struct("RejoinConfig")
+            .field("allow_reclone", &self.allow_reclone)
+            .field("stop_command", &set(&self.stop_command))
+            .field("start_command", &set(&self.start_command))
+            .field("rewind_command", &set(&self.rewind_command))
+            .field("basebackup_command", &set(&self.basebackup_command))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Default for RejoinConfig {
+    fn default() -> Self {
+        Self {
+            allow_reclone: false,
+            stop_command: None,
+            start_command: None,
+            rewind_command: None,
+            basebackup_command: None,
+            timeout: DurationStr(Duration::from_secs(300)),
         }
     }
 }
@@ -402,8 +456,8 @@ pub struct BackendConfig {
     /// Among equally advanced standbys, the higher priority is promoted. Default 0.
     #[serde(default)]
     pub priority: i32,
-    /// Its data directory, when it is on this host: lets pgvigil stop, rewind and start it
-    /// to rejoin it. Default: unset.
+    /// Its data directory, when it is on this host: lets pgvigil stop, rewind (or re-clone)
+    /// and start it to rejoin it without `[rejoin]` commands. Default: unset.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
 }
@@ -551,6 +605,9 @@ impl Config {
         }
         if self.pool.connect_timeout.0.is_zero() {
             return err("pool.connect_timeout must be greater than 0");
+        }
+        if self.rejoin.timeout.0.is_zero() {
+            return err("rejoin.timeout must be greater than 0");
         }
         if self.health_check.interval.0.is_zero() || self.health_check.timeout.0.is_zero() {
             return err("health_check.interval and health_check.timeout must be greater than 0");
@@ -813,6 +870,28 @@ mod tests {
         let c = Config::parse(Path::new("x.toml"), MINIMAL).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("auth.users_file"), "{e}");
+    }
+
+    #[test]
+    fn rejoin_defaults_and_commands() {
+        let c = parse(MINIMAL).unwrap();
+        assert!(!c.rejoin.allow_reclone);
+        assert_eq!(c.rejoin.timeout.get(), Duration::from_secs(300));
+        assert!(c.rejoin.stop_command.is_none() && c.rejoin.basebackup_command.is_none());
+        let text = format!(
+            "{MINIMAL}[rejoin]\nallow_reclone = true\nstop_command = \"ssh %h stop PGPASSWORD=x\"\nrewind_command = \"r\"\ntimeout = \"10m\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert!(c.rejoin.allow_reclone);
+        assert_eq!(c.rejoin.stop_command.as_deref(), Some("ssh %h stop PGPASSWORD=x"));
+        assert_eq!(c.rejoin.timeout.get(), Duration::from_secs(600));
+        assert!(!format!("{c:?}").contains("PGPASSWORD"), "commands are not shown");
+        let e = parse(&format!("{MINIMAL}[rejoin]\nallow_reclone = \"yes\"\n")).unwrap_err().to_string();
+        assert!(e.starts_with("pgvigil.toml:5:"), "{e}");
+        let e = parse(&format!("{MINIMAL}[rejoin]\nstop = \"x\"\n")).unwrap_err().to_string();
+        assert!(e.contains("stop"), "{e}");
+        let e = parse(&format!("{MINIMAL}[rejoin]\ntimeout = \"0s\"\n")).unwrap_err().to_string();
+        assert!(e.starts_with("rejoin.timeout"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! | `%%` | `%` |
 //!
 //! A value is substituted as it is; placeholders for unknown values (no `data_dir`) are
-//! empty.
+//! empty. The `[rejoin]` commands also take `%s` (the replication slot on the new
+//! primary) and `%n` (the node's name, its `application_name` there).
 
 use std::time::Duration;
 
@@ -36,6 +37,11 @@ pub struct Placeholders {
 
 /// The command with its placeholders replaced.
 pub fn expand(template: &str, p: &Placeholders) -> String {
+    expand_with(template, p, &[])
+}
+
+/// As [`expand`], with more placeholders (`(letter, value)`) for one kind of command.
+pub fn expand_with(template: &str, p: &Placeholders, extra: &[(char, &str)]) -> String {
     let mut out = String::with_capacity(template.len() + 32);
     let mut chars = template.chars();
     while let Some(c) = chars.next() {
@@ -43,7 +49,12 @@ pub fn expand(template: &str, p: &Placeholders) -> String {
             out.push(c);
             continue;
         }
-        match chars.next() {
+        let next = chars.next();
+        if let Some((_, value)) = extra.iter().find(|(k, _)| Some(*k) == next) {
+            out.push_str(value);
+            continue;
+        }
+        match next {
             Some('d') => out.push_str(&p.node.id.to_string()),
             Some('h') => out.push_str(&p.node.host),
             Some('p') => out.push_str(&p.node.port.to_string()),
@@ -69,16 +80,21 @@ pub fn expand(template: &str, p: &Placeholders) -> String {
 /// Runs a hook with `sh -c`; fails on a non-zero exit or after `timeout`. The command
 /// line is not logged (it may hold secrets); its stderr's last line is.
 pub async fn run(what: &str, command: &str, timeout: Duration) -> anyhow::Result<()> {
+    run_setting(&format!("failover.{what}"), command, timeout).await
+}
+
+/// As [`run`], for the command of the setting `key` (e.g. `rejoin.stop_command`).
+pub async fn run_setting(key: &str, command: &str, timeout: Duration) -> anyhow::Result<()> {
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c").arg(command).kill_on_drop(true).stdin(std::process::Stdio::null());
     let out = tokio::time::timeout(timeout, cmd.output())
         .await
-        .with_context(|| format!("failover.{what} did not finish within {timeout:?}"))?
-        .with_context(|| format!("cannot run failover.{what}"))?;
+        .with_context(|| format!("{key} did not finish within {timeout:?}"))?
+        .with_context(|| format!("cannot run {key}"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-        bail!("failover.{what} failed ({}): {last}", out.status);
+        bail!("{key} failed ({}): {last}", out.status);
     }
     Ok(())
 }
@@ -99,6 +115,9 @@ mod tests {
             "follow.sh 2 db3 5434 /data/3 1 db2 5433 /data/2 0 0 db1 5432 100% %x %"
         );
         assert_eq!(expand("plain", &p), "plain");
+        let extra = [('s', "pgvigil_pg2"), ('n', "pg2")];
+        assert_eq!(expand_with("%s %n %h %%s %x", &p, &extra), "pgvigil_pg2 pg2 db3 %s %x");
+        assert_eq!(expand("%s", &p), "%s", "only commands that define it take %s");
     }
 
     #[tokio::test]
@@ -108,5 +127,7 @@ mod tests {
         assert!(e.contains("failover.promote_command failed") && e.contains("nope"), "{e}");
         let e = run("follow_command", "sleep 5", Duration::from_millis(100)).await.unwrap_err().to_string();
         assert!(e.contains("did not finish"), "{e}");
+        let e = run_setting("rejoin.stop_command", "exit 1", Duration::from_secs(5)).await.unwrap_err().to_string();
+        assert!(e.starts_with("rejoin.stop_command failed"), "{e}");
     }
 }

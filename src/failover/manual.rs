@@ -12,11 +12,12 @@
 //! 3. it reads the primary's WAL position and waits until the candidate has replayed
 //!    up to it (`failover.replay_timeout`); if it does not, the switchover is abandoned
 //!    and writes resume on the old primary;
-//! 4. the old primary is fenced and stopped (built in when its `data_dir` is on this
-//!    host), the candidate is promoted, and one view change makes it the primary and
+//! 4. the old primary is fenced and stopped (`rejoin.stop_command`, or built in when
+//!    its `data_dir` is on this host), the candidate is promoted, and one view change makes it the primary and
 //!    ends the pause;
 //! 5. the other standbys are re-pointed and the old primary is rejoined as a standby of
-//!    the new one when pgvigil can (its `data_dir`), else left fenced for `rejoin`.
+//!    the new one when pgvigil can (`rejoin.*_command` or its `data_dir`), else left
+//!    fenced for `rejoin`.
 
 use std::time::{Duration, Instant};
 
@@ -237,7 +238,7 @@ async fn switchover(monitor: &Monitor, settings: &Settings, state: &Failover, me
         let names: Vec<&str> = not_following.iter().map(|&s| settings.backends[s].name.as_str()).collect();
         outcome.push_str(&format!("; not following it: {}", names.join(", ")));
     }
-    if settings.backends[old].data_dir.is_some() && stopped {
+    if stopped && rejoin::configured(settings, old) {
         match rejoin_op(monitor, settings, mem, old).await {
             Ok(done) => outcome.push_str(&format!("; {done}")),
             Err(e) => outcome.push_str(&format!("; {old_name} stays fenced: {e}")),
@@ -286,16 +287,10 @@ async fn hand_over(monitor: &Monitor, settings: &Settings, old: usize, target: u
     tracing::info!(event = "switchover_caught_up", lsn = %format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff), elapsed_ms = started.elapsed().as_millis() as u64, "candidate has replayed all the primary wrote");
     // 4. Fence and stop the old primary, promote the candidate.
     edit_view(monitor, |next| next.nodes[old].fenced = true);
-    let stopped = match settings.backends[old].data_dir.as_deref() {
-        Some(dir) => match rejoin::stop(settings, dir).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(node = %settings.backends[old].name, error = %format!("{e:#}"), "cannot stop the old primary; it stays fenced");
-                false
-            }
-        },
-        None => {
-            tracing::warn!(node = %settings.backends[old].name, "the old primary has no data_dir on this host: it is fenced but still runs");
+    let stopped = match rejoin::stop(settings, old, target).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(node = %settings.backends[old].name, error = %format!("{e:#}"), "cannot stop the old primary: it is fenced but may still run");
             false
         }
     };

@@ -68,6 +68,8 @@ pub struct Settings {
     pub pg_bindir: Option<std::path::PathBuf>,
     pub promote_command: Option<String>,
     pub follow_command: Option<String>,
+    /// `[rejoin]`.
+    pub rejoin: rejoin::RejoinSettings,
 }
 
 impl Settings {
@@ -238,7 +240,7 @@ async fn run(
             let view = rx.borrow().clone();
             if let Some(p) = view.primary() {
                 let due = view.nodes.iter().enumerate().find(|(i, n)| {
-                    n.fenced && n.up && settings.backends[*i].data_dir.is_some() && !mem.tried.iter().any(|(t, at)| t == i && at.elapsed() < Duration::from_secs(60))
+                    n.fenced && n.up && rejoin::configured(&settings, *i) && !mem.tried.iter().any(|(t, at)| t == i && at.elapsed() < Duration::from_secs(60))
                 });
                 if let Some((i, _)) = due {
                     mem.tried.retain(|(t, _)| *t != i);
@@ -269,19 +271,15 @@ fn kept_primary(kept: &[state::Kept]) -> Option<String> {
     primaries.next().is_none().then(|| first.name.clone())
 }
 
-/// Rejoins node `i` as a standby of `p`: `Ok` when it was rewound and started.
+/// Rejoins node `i` as a standby of `p`: `Ok` when it was rewound (or re-cloned),
+/// started, and streams from `p`.
 async fn run_rejoin(settings: &Settings, view: &ClusterView, i: usize, p: usize) -> Result<(), String> {
     let name = &view.nodes[i].name;
-    let Some(data_dir) = settings.backends[i].data_dir.as_deref() else {
-        let e = format!("rejoin of {name} needs its data_dir on this host ([[backends]] data_dir)");
-        tracing::error!(event = "rejoin_failed", node = %name, "{e}");
-        return Err(e);
-    };
     let started = Instant::now();
     tracing::warn!(event = "rejoin_started", node = %name, primary = %view.nodes[p].name, "rejoining the old primary as a standby");
-    match rejoin::rejoin(settings, p, rejoin::Target { data_dir, name, port: settings.backends[i].port }).await {
+    match rejoin::rejoin(settings, p, i).await {
         Ok(()) => {
-            tracing::warn!(event = "rejoin_started_standby", node = %name, elapsed_ms = started.elapsed().as_millis() as u64, "rewound and started as a standby; it is used again once it streams");
+            tracing::warn!(event = "rejoin_started_standby", node = %name, elapsed_ms = started.elapsed().as_millis() as u64, "started as a standby streaming from the primary; it is used again once the monitor sees it");
             Ok(())
         }
         Err(e) => {

@@ -205,6 +205,14 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             pg_bindir: config.failover.pg_bindir.clone(),
             promote_command: config.failover.promote_command.clone(),
             follow_command: config.failover.follow_command.clone(),
+            rejoin: crate::failover::rejoin::RejoinSettings {
+                allow_reclone: config.rejoin.allow_reclone,
+                stop_command: config.rejoin.stop_command.clone(),
+                start_command: config.rejoin.start_command.clone(),
+                rewind_command: config.rejoin.rewind_command.clone(),
+                basebackup_command: config.rejoin.basebackup_command.clone(),
+                timeout: config.rejoin.timeout.get(),
+            },
         },
         background.clone(),
     );
@@ -285,6 +293,7 @@ impl ProxyHandle {
             ("log.*", old.log != next.log),
             ("routing.*", old.routing != next.routing),
             ("failover.*", old.failover != next.failover),
+            ("rejoin.*", old.rejoin != next.rejoin),
             ("backends", old.backends != next.backends),
         ]
         .into_iter()
