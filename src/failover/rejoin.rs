@@ -402,6 +402,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             replay_timeout: Duration::from_secs(1),
             promote_timeout: Duration::from_secs(1),
+            switchover_drain_timeout: Duration::from_secs(1),
             backends: vec![super::super::Backend { name: "b".into(), host: "db2".into(), port: 5433, no_failover: false, priority: 0, data_dir }],
             state_dir: None,
             auto_rejoin: true,
