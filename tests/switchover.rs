@@ -178,12 +178,10 @@ async fn switchover_under_load_loses_no_acknowledged_write_and_rejoins_the_old_p
     assert!(!view.nodes[0].fenced && !view.writes_paused, "{view:?}");
     assert!(block(|| env.cluster.is_in_recovery(0)).unwrap(), "pg0 is a standby");
     let c = env.client().await;
-    let reached = eventually(Duration::from_secs(20), || async {
-        let p = port_of(&c, "SELECT inet_server_port()").await;
-        p == env.port(0)
-    })
-    .await;
-    assert!(reached, "reads reach the rejoined pg0 again");
+    // A new session each time: a session's read node is chosen at its first read.
+    let reached = eventually(Duration::from_secs(20), || async { port_of(&env.client().await, "SELECT inet_server_port()").await == env.port(0) }).await;
+    let view = env.handle().shared().view.borrow().clone();
+    assert!(reached, "reads reach the rejoined pg0 again: {:?}; {:?}", view.nodes[0], view.nodes[1].wal);
     // A second switchover, back to pg0, without naming it: pg0 or pg2, whichever is best.
     let back = op(&env, Op::Switchover(None)).await.expect("second switchover");
     eprintln!("second switchover: {back}");
@@ -240,7 +238,7 @@ async fn detach_and_attach_a_standby_and_the_refusals() {
 
     op(&env, Op::Detach("pg1".into())).await.expect("detach pg1");
     for _ in 0..30 {
-        assert_ne!(port_of(&c, "SELECT inet_server_port()").await, env.port(1), "no read reaches the detached pg1");
+        assert_ne!(port_of(&env.client().await, "SELECT inet_server_port()").await, env.port(1), "no read of a new session reaches the detached pg1");
     }
     let nodes = pool_nodes(&c).await;
     assert_eq!(nodes[1]["status"], "down", "{nodes:?}");
@@ -251,6 +249,7 @@ async fn detach_and_attach_a_standby_and_the_refusals() {
     drop(other);
     // A detached standby that no longer streams from the primary cannot be attached.
     let standby = env.direct(1).await;
+    let conninfo: String = standby.query_one("SHOW primary_conninfo", &[]).await.unwrap().get(0);
     standby.batch_execute("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1 user=postgres'").await.unwrap();
     standby.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     let broken = eventually(Duration::from_secs(20), || async {
@@ -260,11 +259,11 @@ async fn detach_and_attach_a_standby_and_the_refusals() {
     assert!(broken, "the monitor sees pg1 not streaming");
     let e = op(&env, Op::Attach("pg1".into())).await.unwrap_err();
     assert!(e.contains("pg1 does not stream from the primary pg0"), "{e}");
-    standby.batch_execute("ALTER SYSTEM RESET primary_conninfo").await.unwrap();
+    standby.batch_execute(&format!("ALTER SYSTEM SET primary_conninfo = '{}'", conninfo.replace('\'', "''"))).await.unwrap();
     standby.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     let attached = eventually(Duration::from_secs(30), || async { op(&env, Op::Attach("pg1".into())).await.is_ok() }).await;
     assert!(attached, "pg1 attaches once it streams again");
-    let reached = eventually(Duration::from_secs(20), || async { port_of(&c, "SELECT inet_server_port()").await == env.port(1) }).await;
+    let reached = eventually(Duration::from_secs(20), || async { port_of(&env.client().await, "SELECT inet_server_port()").await == env.port(1) }).await;
     assert!(reached, "reads reach pg1 again");
 }
 

@@ -144,8 +144,11 @@ async fn rejoin_op(monitor: &Monitor, settings: &Settings, mem: &mut Memory, i: 
     run_rejoin(settings, &view, i, p).await?;
     mem.rewound.push(i);
     let mut rx = monitor.view.subscribe();
-    let streaming = tokio::time::timeout(STREAM_WAIT, rx.wait_for(|v| v.nodes[i].up && v.nodes[i].role == Role::Standby && streams_from(&v.nodes[i], v.nodes[p].addr.port()))).await;
-    if !matches!(streaming, Ok(Ok(_))) {
+    // The `Ref` wait_for returns holds the view's lock: not kept past this statement.
+    let streaming = tokio::time::timeout(STREAM_WAIT, rx.wait_for(|v| v.nodes[i].up && v.nodes[i].role == Role::Standby && streams_from(&v.nodes[i], v.nodes[p].addr.port())))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !streaming {
         return Err(format!("{name} was rewound and started but does not stream from {} after {STREAM_WAIT:?}; it stays fenced", view.nodes[p].name));
     }
     mem.rewound.retain(|&r| r != i);
