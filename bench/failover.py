@@ -711,9 +711,11 @@ def trial(args, pgbin, bins, target, fault, run_no):
         for s in sessions:
             s.stop(t_end)
         monitor.stopping.set()
-        for s in sessions:
-            s.join(3)
-        monitor.join(3)
+        # One shared deadline: a session still waiting for a connection the proxy does not
+        # accept cannot be unblocked, and its results up to t_end are in already.
+        deadline = time.monotonic() + 3
+        for s in sessions + [monitor]:
+            s.join(max(0.0, deadline - time.monotonic()))
         res.update(analyse(sessions, monitor, cluster, t_fault, t_end))
         nodes = pb.pool_nodes(pgbin, port)
         res["proxy_nodes_at_end"] = nodes
