@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Failover benchmark: what clients see when the primary dies, pgvigil against Pgpool-II.
+"""Failover benchmark: what clients see when the primary fails, pgvigil against Pgpool-II.
 
-For every run and target a fresh cluster (a primary and two streaming standbys with
-replication slots and hot_standby_feedback) is built in its own temporary directory, the
-proxy is started in front of it, and a probe of N sessions (half writing, half reading)
-runs through the proxy. After a few seconds the primary's postmaster gets SIGKILL; the
-probe goes on for a while, then the script checks which standby was promoted, whether
-every acknowledged write is on it and whether the other standby streams from it.
+For every run, fault and target a fresh cluster (a primary and two streaming standbys with
+replication slots and hot_standby_feedback; with --sync, quorum-synchronous) is built in
+its own temporary directory, the proxy is started in front of it, and a probe of N
+sessions (half writing, half reading) runs through the proxy. After a few seconds the
+primary fails: `kill` sends SIGKILL to its postmaster, `stop` sends SIGSTOP to the
+postmaster and every process under it (a host that stops answering) until the end of the
+probe. The probe goes on for a while, then the script checks which standby was promoted,
+whether every acknowledged write is on it and whether the other standby streams from it.
 
-Usage:  sudo python3 bench/failover.py [--runs 5] [--targets pgvigil,pgvigil-tuned,pgpool]
+Usage:  sudo python3 bench/failover.py [--runs 5] [--fault kill,stop] [--sync]
+                                       [--targets pgvigil,pgvigil-tuned,pgpool]
 See bench/README.md.  Python 3.11 standard library only (plus the PostgreSQL binaries).
 """
 
@@ -39,11 +42,27 @@ USER, PASSWORD, DBNAME = pb.USER, pb.PASSWORD, pb.DBNAME
 ALL_TARGETS = ["pgvigil", "pgvigil-tuned", "pgpool", "pgpool-nofollow"]
 DEFAULT_TARGETS = ["pgvigil", "pgvigil-tuned", "pgpool"]
 # [health_check] keys of the pgvigil targets; everything else is at its default
-# (in particular [failover] automatic = true).
+# (in particular [failover] automatic = true, and for `pgvigil` interval 1s, timeout 2s,
+# retries 2, retry_delay 500ms).
 PGVIGIL_HEALTH = {
     "pgvigil": {},
-    "pgvigil-tuned": {"interval": '"200ms"', "retries": "1", "retry_delay": '"100ms"'},
+    "pgvigil-tuned": {"interval": '"200ms"', "timeout": '"500ms"', "retries": "1", "retry_delay": '"100ms"'},
 }
+# Pgpool-II's health check, matched to pgvigil's defaults as far as its units allow
+# (whole seconds: no 500 ms retry delay, so 1 s).
+PGPOOL_HEALTH = {
+    "health_check_period": "1",
+    "health_check_timeout": "2",
+    "health_check_max_retries": "2",
+    "health_check_retry_delay": "1",
+}
+FAULTS = ["kill", "stop"]
+# Seconds of probing after the fault when --observe is not given: a stopped primary is
+# only noticed through health check timeouts, and the follow step must fit after that.
+OBSERVE_DEFAULT = {"kill": 15.0, "stop": 20.0}
+# --sync: quorum commit over both standbys, on every node (the standbys inherit it with
+# the base backup, so the promoted one is synchronous to the remaining standby in turn).
+SYNC_NAMES = "ANY 1 (pg1, pg2)"
 FOLLOW_WITHIN_S = 5.0
 TABLE = "failover_probe"
 
@@ -250,7 +269,7 @@ class Session(threading.Thread):
         self.ok = []             # (t_sent, t_done, server port) of successful statements
         self.errors = []         # {t, kind, sqlstate, message}
         self.drops = []          # times the connection was lost
-        # All times are time.monotonic(); analyse() makes them relative to the kill.
+        # All times are time.monotonic(); analyse() makes them relative to the fault.
         self.connects = 0
         self.ready = threading.Event()
 
@@ -367,17 +386,117 @@ class Monitor(threading.Thread):
 # --------------------------------------------------------------------------- setup
 
 
-def setup_cluster(env, pgbin):
+def setup_cluster(env, pgbin, sync):
     """Primary pg0 and standbys pg1, pg2 (pgbench.py's setup), with synchronous_commit = on
     so that an acknowledged commit is in the primary's WAL (pgbench.py turns it off) and a
-    probe table."""
+    probe table.
+
+    With `sync`, `synchronous_standby_names = 'ANY 1 (pg1, pg2)'` is written with ALTER
+    SYSTEM before the standbys are cloned (so they have it too, for when one of them is
+    promoted) and applied on the primary once both stream; then a commit is acknowledged
+    only when at least one standby has flushed it."""
     proc, port, version = pb.setup_postgres(env, pgbin, 1, 2)
-    r = pb.psql(pgbin, port, "ALTER SYSTEM SET synchronous_commit = on", "SELECT pg_reload_conf()",
-                f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, writer int, at timestamptz DEFAULT now())")
+    sqls = ["ALTER SYSTEM SET synchronous_commit = on", "SELECT pg_reload_conf()",
+            f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, writer int, at timestamptz DEFAULT now())"]
+    if sync:
+        sqls.append(f"ALTER SYSTEM SET synchronous_standby_names = '{SYNC_NAMES}'")  # no reload yet
+    r = pb.psql(pgbin, port, *sqls)
     if r.returncode != 0:
         raise BenchError(f"preparing the primary failed: {r.stderr}")
     standbys = pb.setup_standbys(env, pgbin, port, 2)
-    return {"proc": proc, "port": port, "version": version, "standbys": standbys}
+    if sync:
+        wait_sync(pgbin, port, [n for n, _, _ in standbys])
+    return {"proc": proc, "port": port, "version": version, "standbys": standbys, "sync": sync}
+
+
+def wait_sync(pgbin, port, names, deadline_s=30):
+    """Apply synchronous_standby_names on the primary and wait until pg_stat_replication
+    lists every standby streaming as a quorum standby, then check that a commit goes
+    through."""
+    r = pb.psql(pgbin, port, "SELECT pg_reload_conf()")
+    if r.returncode != 0:
+        raise BenchError(f"reloading the primary failed: {r.stderr}")
+    deadline = time.monotonic() + deadline_s
+    last = ""
+    while time.monotonic() < deadline:
+        r = pb.psql(pgbin, port, "SELECT current_setting('synchronous_standby_names') || '|' || "
+                    "coalesce(string_agg(application_name || ':' || state || ':' || sync_state, ',' "
+                    "ORDER BY application_name), '') FROM pg_stat_replication", timeout=10)
+        last = (r.stdout or r.stderr).strip()
+        setting, _, peers = last.partition("|")
+        states = dict((x.split(":", 1)[0], x.split(":", 1)[1]) for x in peers.split(",") if ":" in x)
+        if setting == SYNC_NAMES and all(states.get(n) == "streaming:quorum" for n in names):
+            r = pb.psql(pgbin, port, f"INSERT INTO {TABLE} (id, writer) VALUES (0, -1)",
+                        f"DELETE FROM {TABLE} WHERE id = 0", timeout=10)
+            if r.returncode != 0:
+                raise BenchError(f"a commit with synchronous replication failed: {r.stderr}")
+            log(f"synchronous replication: {setting}; {peers}")
+            return
+        time.sleep(0.1)
+    raise BenchError(f"the standbys did not become quorum-synchronous within {deadline_s}s (last: {last})")
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def _proc_children():
+    """{ppid: [pid, ...]} from one pass over /proc."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = pb.read_stat(int(d))
+            if st:
+                kids.setdefault(st[0], []).append(int(d))
+    return kids
+
+
+def descendants(root):
+    """Every process whose parent chain leads to root (root not included)."""
+    kids = _proc_children()
+    out, stack = [], list(kids.get(root, []))
+    while stack:
+        pid = stack.pop()
+        if pid not in out:
+            out.append(pid)
+            stack.extend(kids.get(pid, []))
+    return out
+
+
+def proc_state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(")") + 2:].split()[0]
+
+
+def stop_tree(root, stopped):
+    """SIGSTOP to root, then to all its descendants until no new one shows up (a child
+    forked just before the postmaster stopped). Each stopped pid is appended to `stopped`
+    at once (root first), so that cleanup finds it even after an interruption."""
+    stopped.append(root)
+    os.kill(root, signal.SIGSTOP)
+    for _ in range(20):
+        new = [p for p in descendants(root) if p not in stopped]
+        if not new:
+            break
+        for p in new:
+            stopped.append(p)
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+    return stopped
+
+
+def cont_tree(pids):
+    """SIGCONT to every pid stop_tree() stopped (children first, the postmaster last)."""
+    for p in reversed(pids):
+        try:
+            os.kill(p, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
 
 
 def setup_pgvigil(env, pgbin, binary, target, cluster):
@@ -495,6 +614,7 @@ backend_data_directory{i} = '{env.path(d)}'
 backend_flag{i} = 'ALLOW_TO_FAILOVER'
 backend_application_name{i} = '{n}'
 """ for i, (n, p, d) in enumerate(nodes))
+    health = "".join(f"{k} = {v}\n" for k, v in PGPOOL_HEALTH.items())
     conf = env.write("pgpool.conf", f"""backend_clustering_mode = 'streaming_replication'
 listen_addresses = '127.0.0.1'
 port = {port}
@@ -509,9 +629,7 @@ allow_clear_text_frontend_auth = off
 num_init_children = 32
 max_pool = 4
 load_balance_mode = on
-health_check_period = 1
-health_check_max_retries = 0
-health_check_user = '{USER}'
+{health}health_check_user = '{USER}'
 health_check_password = ''
 sr_check_period = 10
 sr_check_user = '{USER}'
@@ -538,20 +656,23 @@ logdir = '{env.path('pgpool_log')}'
 # --------------------------------------------------------------------------- one trial
 
 
-def trial(args, pgbin, bins, target, run_no):
+def trial(args, pgbin, bins, target, fault, run_no):
     env = pb.Env(args.keep)
-    res = {"target": target, "run": run_no, "dir": env.dir if args.keep else None}
+    mode = "sync" if args.sync else "async"
+    res = {"target": target, "fault": fault, "mode": mode, "run": run_no,
+           "dir": env.dir if args.keep else None}
     sessions, monitor = [], None
+    stopped, pg_pid = [], None
+    observe = args.observe if args.observe is not None else OBSERVE_DEFAULT[fault]
+    what = f"{target} {fault} {mode} run {run_no}"
     try:
-        cluster = setup_cluster(env, pgbin)
+        cluster = setup_cluster(env, pgbin, args.sync)
         res["postgres"] = cluster["version"]
-        names = {cluster["port"]: "pg0"}
-        names.update({p: n for n, _, p in cluster["standbys"]})
         if target.startswith("pgvigil"):
             proxy, port, logname = setup_pgvigil(env, pgbin, bins["pgvigil"], target, cluster)
         else:
             proxy, port, logname = setup_pgpool(env, pgbin, bins["pgpool"], target, cluster)
-        log(f"{target} run {run_no}: proxy on 127.0.0.1:{port}, {args.sessions} sessions")
+        log(f"{what}: proxy on 127.0.0.1:{port}, {args.sessions} sessions")
 
         monitor = Monitor([(n, p) for n, _, p in cluster["standbys"]])
         n_writers = args.sessions // 2
@@ -567,25 +688,39 @@ def trial(args, pgbin, bins, target, run_no):
                                  f"{s.errors[-1]['message'] if s.errors else 'no answer'}")
         time.sleep(args.warmup)
         monitor.start()
-        time.sleep(0.3)  # a first monitor sample before the kill
+        time.sleep(0.3)  # a first monitor sample before the fault
 
-        # ---- the crash
-        pgproc = cluster["proc"]
-        t_kill = time.monotonic()
-        os.kill(pgproc.pid, signal.SIGKILL)
-        log(f"{target} run {run_no}: SIGKILL to the primary's postmaster (pid {pgproc.pid})")
-        time.sleep(args.observe)
+        # ---- the fault
+        pg_pid = cluster["proc"].pid
+        t_fault = time.monotonic()
+        if fault == "kill":
+            os.kill(pg_pid, signal.SIGKILL)
+            log(f"{what}: SIGKILL to the primary's postmaster (pid {pg_pid})")
+        else:
+            stop_tree(pg_pid, stopped)
+            not_stopped = [p for p in stopped if proc_state(p) not in ("T", None)]
+            res["stopped_processes"] = len(stopped)
+            log(f"{what}: SIGSTOP to the primary's postmaster (pid {pg_pid}) and its "
+                f"{len(stopped) - 1} child processes"
+                + (f"; NOT stopped yet: {not_stopped}" if not_stopped else ""))
+        time.sleep(observe)
         t_end = time.monotonic()
 
-        # ---- final state, still with the probe window closed at t_end
+        # ---- final state, still with the probe window closed at t_end (and, for `stop`,
+        # the old primary still stopped)
         for s in sessions:
             s.stop(t_end)
         monitor.stopping.set()
-        for s in sessions:
-            s.join(3)
-        monitor.join(3)
-        res.update(analyse(sessions, monitor, cluster, t_kill, t_end))
-        res["proxy_nodes_at_end"] = pb.pool_nodes(pgbin, port)
+        # One shared deadline: a session still waiting for a connection the proxy does not
+        # accept cannot be unblocked, and its results up to t_end are in already.
+        deadline = time.monotonic() + 3
+        for s in sessions + [monitor]:
+            s.join(max(0.0, deadline - time.monotonic()))
+        res.update(analyse(sessions, monitor, cluster, t_fault, t_end))
+        nodes = pb.pool_nodes(pgbin, port)
+        res["proxy_nodes_at_end"] = nodes
+        pg0 = next((n for n in nodes or [] if n.get("port") == str(cluster["port"])), None)
+        res["old_primary_status_in_proxy_at_end"] = pg0.get("status") if pg0 else None
         res["proxy_alive_at_end"] = proxy.poll() is None
         res["proxy_log"] = interesting_log_lines(env.path(logname))
         res["proxy_log_counts"] = pb.scan_log(env.path(logname))
@@ -597,13 +732,16 @@ def trial(args, pgbin, bins, target, run_no):
             s.stop(0)
         if monitor is not None:
             monitor.stopping.set()
+        if stopped:
+            # Everything stop_tree() reached, plus anything still under the postmaster.
+            cont_tree(stopped + [p for p in descendants(pg_pid) if p not in stopped])
         env.cleanup()
 
 
-def analyse(sessions, monitor, cluster, t_kill, t_end):
-    """The trial's measurements; every time in seconds after the kill."""
-    out = {"observe_s": round(t_end - t_kill, 3)}
-    rel = lambda t: round(t - t_kill, 3)
+def analyse(sessions, monitor, cluster, t_fault, t_end):
+    """The trial's measurements; every time in seconds after the fault."""
+    out = {"observe_s": round(t_end - t_fault, 3)}
+    rel = lambda t: round(t - t_fault, 3)
     # -- who was promoted, who follows (monitor samples)
     samples_rel = {name: [(rel(x[0]),) + tuple(x[1:]) for x in samples]
                    for name, samples in monitor.samples.items()}
@@ -644,6 +782,11 @@ def analyse(sessions, monitor, cluster, t_kill, t_end):
         try:
             c = direct(ports[new_primary], timeout=5)
             present = {int(r[0]) for r in c.query(f"SELECT id FROM {TABLE}")}
+            # Whether the new primary replicates synchronously in turn (--sync), and to whom.
+            row = c.query("SELECT current_setting('synchronous_standby_names'), (SELECT string_agg("
+                          "application_name || ':' || state || ':' || sync_state, ',' ORDER BY application_name) "
+                          "FROM pg_stat_replication)")[0]
+            out["new_primary_replication_at_end"] = {"synchronous_standby_names": row[0], "standbys": row[1]}
             c.close()
         except (Dropped, PgError) as e:
             end_err = f"reading {TABLE} on {new_primary}: {e}"
@@ -666,7 +809,7 @@ def analyse(sessions, monitor, cluster, t_kill, t_end):
     node_of = {cluster["port"]: "pg0"}
     node_of.update({p: n for n, _, p in cluster["standbys"]})
     new_port = ports.get(new_primary)
-    old_acks_after_kill = 0
+    old_acks_after_fault = 0
     for s in sessions:
         errors = [dict(e, t=rel(e["t"])) for e in s.errors]
         after = [e for e in errors if e["t"] >= 0]
@@ -674,7 +817,7 @@ def analyse(sessions, monitor, cluster, t_kill, t_end):
         ok_after = [x for x in ok if x[0] >= 0]
         drops = [rel(d) for d in s.drops]
         # Longest time without a successful statement, from the last success before the
-        # kill to the end of the window.
+        # fault to the end of the window.
         ts = [b for _, b, _ in ok if b < 0][-1:] + [b for _, b, _ in ok if b >= 0] + [rel(t_end)]
         gaps = [b - a for a, b in zip(ts, ts[1:])]
         # The servers that answered this session, in order: [[from_s, node], ...].
@@ -685,13 +828,13 @@ def analyse(sessions, monitor, cluster, t_kill, t_end):
                 served.append([b, name])
         per.append({
             "session": s.name, "role": s.role,
-            "errors_before_kill": len(errors) - len(after),
+            "errors_before_fault": len(errors) - len(after),
             "statement_errors": sum(1 for e in after if e["kind"] == "statement"),
             "connect_errors": sum(1 for e in after if e["kind"] == "connect"),
             "dropped": len([d for d in drops if d >= 0]),
-            "drops_before_kill": len([d for d in drops if d < 0]),
-            "ok_after_kill": len(ok_after),
-            "first_ok_after_kill_s": round(ok_after[0][1], 3) if ok_after else None,
+            "drops_before_fault": len([d for d in drops if d < 0]),
+            "ok_after_fault": len(ok_after),
+            "first_ok_after_fault_s": round(ok_after[0][1], 3) if ok_after else None,
             "longest_gap_s": round(max(gaps), 3) if gaps else None,
             "connects": s.connects,
             "served_by": served,
@@ -701,16 +844,16 @@ def analyse(sessions, monitor, cluster, t_kill, t_end):
         if s.role == "writer":
             acked.update(x[0] for x in s.acked)
             in_doubt.update(s.in_doubt)
-            old_acks_after_kill += sum(1 for _, _, b, port in s.acked
-                                       if b >= t_kill and port == cluster["port"])
+            old_acks_after_fault += sum(1 for _, _, b, port in s.acked
+                                       if b >= t_fault and port == cluster["port"])
             # The first write the new primary acknowledged (one the dying primary's
-            # orphaned backends still acknowledged right after the kill does not count).
+            # orphaned backends still acknowledged right after the fault does not count).
             first = next((b for a, b, port in ok_after if port == new_port), None)
             if first is not None:
                 first_write = first if first_write is None else min(first_write, first)
     out["sessions"] = per
     out["time_to_first_write_s"] = round(first_write, 3) if first_write is not None else None
-    out["acked_by_old_primary_after_kill"] = old_acks_after_kill
+    out["acked_by_old_primary_after_fault"] = old_acks_after_fault
     out["acked_writes"] = len(acked)
     out["in_doubt_writes"] = len(in_doubt)
     if present is not None:
@@ -768,38 +911,43 @@ def num(v):
     return str(int(v)) if float(v).is_integer() else format(v, ".1f")
 
 
-def summary(target, runs):
+def summary(target, fault, mode, runs):
     ok = [r for r in runs if "error" not in r]
-    s = {"target": target, "runs": len(runs), "completed": len(ok)}
+    s = {"target": target, "fault": fault, "mode": mode, "runs": len(runs), "completed": len(ok)}
     if not ok:
         return s
     s["time_to_first_write_s"] = med([r["time_to_first_write_s"] for r in ok])
     s["no_write_runs"] = sum(1 for r in ok if r["time_to_first_write_s"] is None)
     for k in ("errors", "statement_errors", "connect_errors", "readers_dropped", "writers_dropped", "drops",
-              "acked_writes_lost", "reader_longest_gap_s", "promoted_at_s", "acked_by_old_primary_after_kill",
-              "in_doubt_writes"):
+              "acked_writes_lost", "reader_longest_gap_s", "promoted_at_s", "acked_by_old_primary_after_fault",
+              "in_doubt_writes", "follow_at_s", "follow_after_promotion_s"):
         s[k] = med([r.get(k) for r in ok])
     s["acked_writes_lost_max"] = max((r["acked_writes_lost"] for r in ok if r.get("acked_writes_lost") is not None),
                                      default=None)
+    s["acked_writes_lost_by_run"] = [r.get("acked_writes_lost") for r in ok]
     s["readers"], s["writers"] = ok[0]["readers"], ok[0]["writers"]
     s["follows_within_5s"] = sum(1 for r in ok if r["follows_within_5s"])
     s["follows_at_end"] = sum(1 for r in ok if r["follows_at_end"])
-    s["follow_at_s"] = med([r["follow_at_s"] for r in ok])
     s["promotions"] = sum(1 for r in ok if r["new_primary"])
+    s["old_primary_down_in_proxy"] = sum(1 for r in ok if r.get("old_primary_status_in_proxy_at_end") == "down")
     s["split_brain"] = sum(1 for r in ok if r["split_brain"])
     return s
 
 
 def table(summaries):
-    lines = ["| target | time to first write (s) | client-visible errors: total (statements + connects) "
-             "| sessions dropped (read-only / writers) | acked writes lost | other standby follows new primary "
-             "| longest read gap (s) |",
-             "|---|---:|---|---|---|---|---:|"]
+    lines = ["| target | fault | mode | promoted (s) | time to first write (s) "
+             "| client-visible errors: total (statements + connects) "
+             "| sessions dropped: readers / writers (drops) | acked writes lost "
+             "| other standby follows new primary | longest read gap (s) |",
+             "|---|---|---|---|---:|---|---|---|---|---:|"]
     for s in summaries:
+        head = f"| {s['target']} | {s['fault']} | {s['mode']} "
         if not s.get("completed"):
-            lines.append(f"| {s['target']} | no run completed | | | | | |")
+            lines.append(head + "| no run completed | | | | | | |")
             continue
         n = s["completed"]
+        promoted = (f"{fmt(s['promoted_at_s'], '.2f')} ({s['promotions']}/{n}"
+                    f"; pg0 down in proxy {s['old_primary_down_in_proxy']}/{n})")
         ttfw = fmt(s["time_to_first_write_s"], ".2f")
         if s["no_write_runs"]:
             ttfw += f" (no write in {s['no_write_runs']}/{n} runs)"
@@ -807,32 +955,33 @@ def table(summaries):
         if s["acked_writes_lost_max"] not in (None, 0) and s["acked_writes_lost_max"] != s["acked_writes_lost"]:
             lost += f" (max {s['acked_writes_lost_max']})"
         if s["follows_within_5s"]:
-            follows = (f"yes {s['follows_within_5s']}/{n} within 5 s of the promotion, "
-                       f"median {fmt(s['follow_at_s'], '.1f')} s after the kill")
+            follows = (f"{s['follows_within_5s']}/{n} within 5 s, median "
+                       f"{fmt(s['follow_after_promotion_s'], '.2f')} s after the promotion "
+                       f"({fmt(s['follow_at_s'], '.2f')} s after the fault)")
         else:
-            follows = f"no (0/{n} within 5 s)"
+            follows = f"0/{n} within 5 s"
         follows += f"; at the end {s['follows_at_end']}/{n}"
-        if s["promotions"] < n:
-            follows += f"; promoted a standby in {s['promotions']}/{n} runs"
         if s["split_brain"]:
             follows += f"; TWO PRIMARIES in {s['split_brain']} runs"
         lines.append(
-            f"| {s['target']} | {ttfw} | {num(s['errors'])} ({num(s['statement_errors'])} + "
+            head + f"| {promoted} | {ttfw} | {num(s['errors'])} ({num(s['statement_errors'])} + "
             f"{num(s['connect_errors'])}) | {num(s['readers_dropped'])}/{s['readers']} / "
-            f"{num(s['writers_dropped'])}/{s['writers']} ({num(s['drops'])} drops) | {lost} | {follows} | "
+            f"{num(s['writers_dropped'])}/{s['writers']} ({num(s['drops'])}) | {lost} | {follows} | "
             f"{fmt(s['reader_longest_gap_s'], '.2f')} |")
     return "\n".join(lines) + "\n"
 
 
 def run_line(r):
+    what = f"{r['target']} {r['fault']} {r['mode']} run {r['run']}"
     if "error" in r:
-        return f"- {r['target']} run {r['run']}: FAILED: {r['error'].splitlines()[0][:200]}"
-    return (f"- {r['target']} run {r['run']}: first write {fmt(r['time_to_first_write_s'], '.2f')} s, "
-            f"promoted {r['new_primary'] or 'none'} at {fmt(r['promoted_at_s'], '.2f')} s, "
+        return f"- {what}: FAILED: {r['error'].splitlines()[0][:200]}"
+    return (f"- {what}: promoted {r['new_primary'] or 'none'} at {fmt(r['promoted_at_s'], '.2f')} s "
+            f"(pg0 in proxy: {r.get('old_primary_status_in_proxy_at_end') or '-'}), "
+            f"first write {fmt(r['time_to_first_write_s'], '.2f')} s, "
             f"errors {r['statement_errors']}+{r['connect_errors']}, dropped readers {r['readers_dropped']}/"
             f"{r['readers']} writers {r['writers_dropped']}/{r['writers']} ({r['drops']} drops), acked {r['acked_writes']} "
             f"lost {r['acked_writes_lost']} in doubt {r['in_doubt_writes']} "
-            f"(old primary acked {r['acked_by_old_primary_after_kill']} after the kill), "
+            f"(old primary acked {r['acked_by_old_primary_after_fault']} after the fault), "
             f"{r['other_standby'] or '-'} follows at {fmt(r['follow_at_s'], '.2f')} s "
             f"(end: {r['follows_at_end']}), longest read gap {fmt(r['reader_longest_gap_s'], '.2f')} s")
 
@@ -848,8 +997,17 @@ def main():
                     help="comma list from " + ",".join(ALL_TARGETS) + " (default: " + ",".join(DEFAULT_TARGETS) + ")")
     ap.add_argument("--sessions", type=int, default=8, help="probe sessions, half writing, half reading (default 8)")
     ap.add_argument("--interval-ms", type=int, default=50, help="time between a session's statements (default 50)")
-    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of probing before the kill (default 3)")
-    ap.add_argument("--observe", type=float, default=15.0, help="seconds of probing after the kill (default 15)")
+    ap.add_argument("--fault", action="append", metavar="LIST",
+                    help="kill (SIGKILL to the primary's postmaster) and/or stop (SIGSTOP to the postmaster "
+                         "and all its children until the end of the probe); repeatable or a comma list "
+                         "(default: kill,stop)")
+    ap.add_argument("--sync", action="store_true",
+                    help=f"synchronous replication: synchronous_standby_names = '{SYNC_NAMES}' "
+                         "(default: asynchronous)")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of probing before the fault (default 3)")
+    ap.add_argument("--observe", type=float, default=None,
+                    help="seconds of probing after the fault (default " +
+                         ", ".join(f"{v:g} for {k}" for k, v in OBSERVE_DEFAULT.items()) + ")")
     ap.add_argument("--stmt-timeout", type=float, default=15.0,
                     help="seconds a statement or connection attempt may take before the client gives up "
                          "and reconnects (default 15, above pgvigil's write_hold_timeout of 10 s)")
@@ -865,6 +1023,16 @@ def main():
         ap.error(f"unknown target(s): {', '.join(bad)}")
     if args.sessions < 2:
         ap.error("--sessions must be at least 2 (half write, half read)")
+    faults = []
+    for item in args.fault or ["kill,stop"]:
+        for f in item.split(","):
+            f = f.strip()
+            if f and f not in faults:
+                faults.append(f)
+    bad = [f for f in faults if f not in FAULTS]
+    if bad or not faults:
+        ap.error(f"unknown fault(s): {', '.join(bad) or '(none)'}; choose from {','.join(FAULTS)}")
+    mode = "sync" if args.sync else "async"
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -903,30 +1071,39 @@ def main():
     exit_code = 0
     try:
         for run_no in range(1, args.runs + 1):
-            k = (run_no - 1) % len(targets)
-            for t in targets[k:] + targets[:k]:  # rotate who goes first
-                t0 = time.monotonic()
-                try:
-                    r = trial(args, pgbin, bins, t, run_no)
-                except BenchError as e:
-                    r = {"target": t, "run": run_no, "error": str(e)}
-                    exit_code = 1
-                r["wall_s"] = round(time.monotonic() - t0, 1)
-                if "postgres" in r:
-                    versions.setdefault("postgres", r["postgres"])
-                results.append(r)
-                log(run_line(r)[2:])
+            for fi, fault in enumerate(faults):
+                k = (run_no - 1 + fi) % len(targets)
+                for t in targets[k:] + targets[:k]:  # rotate who goes first
+                    t0 = time.monotonic()
+                    try:
+                        r = trial(args, pgbin, bins, t, fault, run_no)
+                    except BenchError as e:
+                        r = {"target": t, "fault": fault, "mode": mode, "run": run_no, "error": str(e)}
+                        exit_code = 1
+                    r["wall_s"] = round(time.monotonic() - t0, 1)
+                    if "postgres" in r:
+                        versions.setdefault("postgres", r["postgres"])
+                    if args.sync and r.get("acked_writes_lost"):
+                        exit_code = 1
+                    results.append(r)
+                    log(run_line(r)[2:])
     except KeyboardInterrupt:
         interrupted = True
         exit_code = 130
         log("interrupted; cleaned up")
 
-    summaries = [summary(t, [r for r in results if r["target"] == t]) for t in targets]
+    summaries = [summary(t, f, mode, [r for r in results if r["target"] == t and r["fault"] == f])
+                 for f in faults for t in targets]
+    observe = {f: args.observe if args.observe is not None else OBSERVE_DEFAULT[f] for f in faults}
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
         "runs": args.runs, "sessions": args.sessions, "interval_ms": args.interval_ms,
-        "warmup_s": args.warmup, "observe_s": args.observe, "stmt_timeout_s": args.stmt_timeout,
+        "warmup_s": args.warmup, "observe_s": observe, "stmt_timeout_s": args.stmt_timeout,
+        "faults": faults, "mode": mode,
+        "synchronous_standby_names": SYNC_NAMES if args.sync else None,
+        "pgvigil_health_check": {t: PGVIGIL_HEALTH[t] for t in targets if t in PGVIGIL_HEALTH},
+        "pgpool_health_check": PGPOOL_HEALTH,
         "targets": targets, "skipped": skipped, "versions": versions, "interrupted": interrupted,
     }
     try:
@@ -937,14 +1114,27 @@ def main():
     print()
     print(f"## Failover ({meta['date']}, {meta['cpus']} CPUs, kernel {meta['kernel']})")
     print()
+    fault_text = {"kill": "kill = SIGKILL to the primary's postmaster",
+                  "stop": "stop = SIGSTOP to the postmaster and all its children until the end of the probe"}
     print(f"{args.sessions} sessions ({args.sessions // 2} writers, {args.sessions - args.sessions // 2} readers), "
-          f"one statement every {args.interval_ms} ms each; SIGKILL to the primary's postmaster after "
-          f"{args.warmup:g} s, then {args.observe:g} s of probing; medians over {args.runs} run(s); "
+          f"one statement every {args.interval_ms} ms each; the fault after {args.warmup:g} s ("
+          + "; ".join(fault_text[f] for f in faults) + "), then "
+          + ", ".join(f"{observe[f]:g} s ({f})" for f in faults) + " of probing; "
+          + (f"synchronous replication ({SYNC_NAMES})" if args.sync else "asynchronous replication")
+          + f"; medians over {args.runs} run(s); "
           + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in versions.items()))
     for t, why in skipped.items():
         print(f"skipped {t}: {why}")
     print()
     print(table(summaries))
+    if args.sync:
+        lost = [r for r in results if r.get("acked_writes_lost")]
+        for r in lost:
+            print(f"WARNING: {r['target']} {r['fault']} run {r['run']}: {r['acked_writes_lost']} acknowledged "
+                  f"write(s) missing on the promoted {r['new_primary']} with synchronous replication "
+                  f"(ids {r.get('lost_ids', [])[:10]})")
+        if lost:
+            print()
     print("Runs:")
     for r in results:
         print(run_line(r))
