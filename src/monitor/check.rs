@@ -45,6 +45,11 @@ const CHECK_QUERY: &str = "SELECT pg_is_in_recovery(), \
 pub(crate) trait Probe: Send + 'static {
     /// One check, within its own time limit; the error says why it failed.
     fn check(&mut self) -> impl Future<Output = Result<Sample, String>> + Send;
+    /// Another probe of the same backend with no state of its own (a new connection),
+    /// for an attempt that runs while this one hangs.
+    fn fresh(&self) -> Self
+    where
+        Self: Sized;
 }
 
 /// Checks one PostgreSQL backend over a connection kept between checks.
@@ -62,6 +67,10 @@ impl PgProbe {
 }
 
 impl Probe for PgProbe {
+    fn fresh(&self) -> Self {
+        Self::new(self.host.clone(), self.port, self.settings.clone())
+    }
+
     async fn check(&mut self) -> Result<Sample, String> {
         let timeout = self.settings.timeout;
         let result = tokio::time::timeout(timeout, check_once(&mut self.client, &self.host, self.port, &self.settings)).await;

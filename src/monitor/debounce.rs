@@ -30,6 +30,15 @@ impl Debounce {
         Self { retries, up: false, failures: 0 }
     }
 
+    pub(crate) fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Failed checks in a row since the backend was last up.
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures
+    }
+
     /// True when the next check retries a failure of an up backend.
     pub(crate) fn retrying(&self) -> bool {
         self.up && self.failures > 0

@@ -310,10 +310,16 @@ struct Checker {
 }
 
 impl Checker {
-    async fn run(self, mut probe: impl Probe) {
+    /// Checks every `interval`. While an up backend fails, `1 + retries` attempts decide
+    /// that it is down: an attempt that fails at once is retried after `retry_delay`; one
+    /// that does not answer within `retry_delay` gets the next attempt started beside it
+    /// (on a new connection), so a host that stops answering is down after about
+    /// `timeout + retries × retry_delay`, not `(1 + retries) × timeout`.
+    async fn run<P: Probe>(self, mut probe: P) {
         let mut last_error: Option<String> = None;
         let mut debounce = Debounce::new(self.retries);
         let mut next = Instant::now();
+        let template = probe.fresh();
         loop {
             // A poke checks at once, but does not shorten the retries: a burst of
             // sessions seeing broken connections must not turn retry_delay into nothing.
@@ -323,35 +329,65 @@ impl Checker {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = self.poke.notified(), if !retrying => {}
             }
-            let retry = debounce.retrying();
             let started = Instant::now();
-            let outcome = probe.check().await;
-            // Counted before the view changes: whoever sees the change sees the check.
-            self.stats.record(outcome.is_ok(), retry, started.elapsed(), SystemTime::now());
-            let decision = debounce.on_result(outcome.is_ok());
-            match outcome {
-                Ok(sample) => {
-                    last_error = None;
-                    self.publish(|view, now| view.with_up(self.index, &sample, now));
+            // Attempts this round may start: all the retries left while the backend is up.
+            let budget = if debounce.is_up() { 1 + self.retries - debounce.failures() } else { 1 };
+            type Attempt<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (Result<Sample, String>, bool, Instant)> + Send + 'a>>;
+            let mut pending: futures_util::stream::FuturesUnordered<Attempt<'_>> = futures_util::stream::FuturesUnordered::new();
+            let first_retry = debounce.retrying();
+            let main = &mut probe;
+            pending.push(Box::pin(async move { (main.check().await, first_retry, started) }));
+            let mut launched = 1;
+            let mut next_launch = started + self.retry_delay;
+            let mut decision: Option<Decision>;
+            loop {
+                let more = launched < budget;
+                let (outcome, retry, at) = tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    Some(done) = futures_util::StreamExt::next(&mut pending) => done,
+                    _ = tokio::time::sleep_until(next_launch), if more => {
+                        let mut extra = template.fresh();
+                        let at = Instant::now();
+                        tracing::debug!(node = %self.name, attempt = launched + 1, "health check does not answer: another attempt beside it");
+                        pending.push(Box::pin(async move { (extra.check().await, true, at) }));
+                        launched += 1;
+                        next_launch = at + self.retry_delay;
+                        continue;
+                    }
+                };
+                // Counted before the view changes: whoever sees the change sees the check.
+                self.stats.record(outcome.is_ok(), retry, at.elapsed(), SystemTime::now());
+                let d = debounce.on_result(outcome.is_ok());
+                decision = Some(d);
+                match outcome {
+                    Ok(sample) => {
+                        last_error = None;
+                        self.publish(|view, now| view.with_up(self.index, &sample, now));
+                        break;
+                    }
+                    // Say why once per distinct reason, not every check.
+                    Err(e) if last_error.as_deref() != Some(e.as_str()) => {
+                        tracing::warn!(node = %self.name, error = %e, "health check failed");
+                        last_error = Some(e);
+                    }
+                    Err(_) => {}
                 }
-                // Say why once per distinct reason, not every check.
-                Err(e) if last_error.as_deref() != Some(e.as_str()) => {
-                    tracing::warn!(node = %self.name, error = %e, "health check failed");
-                    last_error = Some(e);
+                if matches!(d, Decision::Down { .. }) || pending.is_empty() {
+                    break;
                 }
-                Err(_) => {}
             }
+            drop(pending);
             next = match decision {
-                Decision::Retry { attempt } => {
+                Some(Decision::Retry { attempt }) => {
                     tracing::debug!(node = %self.name, attempt, retries = self.retries, "retrying health check");
                     Instant::now() + self.retry_delay
                 }
-                Decision::Down { changed: true } => {
+                Some(Decision::Down { changed: true }) => {
                     self.stats.marked_down();
                     self.publish(|view, now| view.with_down(self.index, now));
                     started + self.interval
                 }
-                Decision::Up { .. } | Decision::Down { changed: false } => started + self.interval,
+                _ => started + self.interval,
             };
         }
     }
@@ -486,13 +522,22 @@ mod tests {
     #[derive(Clone, Default)]
     struct Scripted {
         failing: Arc<std::sync::atomic::AtomicBool>,
+        hanging: Arc<std::sync::atomic::AtomicBool>,
         calls: Arc<std::sync::atomic::AtomicU64>,
     }
 
     impl Probe for Scripted {
+        fn fresh(&self) -> Self {
+            self.clone()
+        }
+
         async fn check(&mut self) -> Result<Sample, String> {
             use std::sync::atomic::Ordering::SeqCst;
             self.calls.fetch_add(1, SeqCst);
+            if self.hanging.load(SeqCst) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return Err("no answer within 300ms".into());
+            }
             if self.failing.load(SeqCst) {
                 Err("refused".into())
             } else {
@@ -539,6 +584,36 @@ mod tests {
         assert!(until(&mut rx, |v| v.nodes[0].up).await, "one success marks it up again");
         assert_eq!(probe.calls.load(SeqCst), 5);
         assert_eq!(monitor.stats(1), None);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn attempts_that_hang_overlap_retry_delay_apart() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let settings = CheckSettings {
+            interval: Duration::from_secs(600),
+            timeout: Duration::from_millis(300),
+            retries: 2,
+            retry_delay: Duration::from_millis(20),
+            user: String::new(),
+            password: None,
+            database: String::new(),
+        };
+        let probe = Scripted::default();
+        let stop = CancellationToken::new();
+        let monitor = start(vec![("a".into(), ([127, 0, 0, 1], 1).into())], vec![probe.clone()], &settings, stop.clone());
+        let mut rx = monitor.subscribe();
+        assert!(until(&mut rx, |v| v.nodes[0].up).await);
+        probe.hanging.store(true, SeqCst);
+        monitor.poke(0);
+        assert!(until(&mut rx, |v| !v.nodes[0].up).await, "three hanging attempts mark it down");
+        // All three were running before the first one timed out: one round, not three.
+        assert_eq!(probe.calls.load(SeqCst), 4);
+        let s = monitor.stats(0).unwrap_or_else(|| panic!("stats of node 0"));
+        assert_eq!((s.total, s.failures, s.retries, s.marked_down), (4, 3, 2, 1));
+        probe.hanging.store(false, SeqCst);
+        monitor.poke(0);
+        assert!(until(&mut rx, |v| v.nodes[0].up).await, "up again");
         stop.cancel();
     }
 }
