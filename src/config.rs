@@ -44,6 +44,8 @@ pub struct Config {
     #[serde(default)]
     pub rejoin: RejoinConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub backends: Vec<BackendConfig>,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
@@ -273,6 +275,29 @@ impl Default for FailoverConfig {
             promote_command: None,
             follow_command: None,
         }
+    }
+}
+
+/// `[admin]`: the HTTP API (node states, operations, health endpoints).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP listener; empty: no listener. Default "127.0.0.1:9898".
+    pub listen: String,
+    /// File holding the bearer token that requests changing state must carry. Default:
+    /// unset (such requests are refused).
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9898".into(), token_file: None }
+    }
+}
+
+impl AdminConfig {
+    pub fn enabled(&self) -> bool {
+        !self.listen.trim().is_empty()
     }
 }
 
@@ -606,6 +631,9 @@ impl Config {
         if self.pool.connect_timeout.0.is_zero() {
             return err("pool.connect_timeout must be greater than 0");
         }
+        if self.admin.enabled() && self.admin.listen.parse::<SocketAddr>().is_err() {
+            return err(format!("admin.listen: {:?} is not an address:port such as \"127.0.0.1:9898\" (empty: no admin listener)", self.admin.listen));
+        }
         if self.rejoin.timeout.0.is_zero() {
             return err("rejoin.timeout must be greater than 0");
         }
@@ -691,6 +719,11 @@ impl Config {
     }
 
     /// `failover.state_dir`, resolved against the config file's directory.
+    /// `admin.token_file`, resolved against the config file's directory.
+    pub fn admin_token_file(&self) -> Option<PathBuf> {
+        self.admin.token_file.as_ref().map(|p| if p.is_absolute() { p.clone() } else { self.base_dir.join(p) })
+    }
+
     pub fn state_dir(&self) -> Option<PathBuf> {
         self.failover.state_dir.as_ref().map(|p| if p.is_absolute() { p.clone() } else { self.base_dir.join(p) })
     }

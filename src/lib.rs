@@ -5,6 +5,7 @@
 //! backends and publishes the cluster view, `cluster` builds local PostgreSQL clusters
 //! for tests and for `pgvigil demo`.
 
+pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod demo;

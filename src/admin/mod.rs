@@ -1,0 +1,314 @@
+//! The admin HTTP API on `[admin] listen`: node states, operator operations and
+//! Patroni-style health endpoints.
+//!
+//! Reads need nothing. Anything that changes state (every `POST`) needs
+//! `Authorization: Bearer <token>` with the token from `admin.token_file`; without a
+//! token file such requests are refused (403), a missing or wrong token is 401, and the
+//! refusal is logged without the token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::failover::Op;
+use crate::monitor::Role;
+use crate::proxy::Shared;
+
+struct Admin {
+    shared: Arc<Shared>,
+    token: Option<String>,
+}
+
+/// Starts the admin listener; returns its address.
+pub async fn start(config: &Config, shared: Arc<Shared>, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let token = match config.admin_token_file() {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("admin.token_file: cannot read {}: {e}", path.display()))?;
+            let token = text.trim().to_string();
+            if token.len() < 16 {
+                anyhow::bail!("admin.token_file: {} must hold a token of at least 16 characters", path.display());
+            }
+            Some(token)
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(&config.admin.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {}: {e}", config.admin.listen))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(Admin { shared, token });
+    let app = router(state);
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+    tracing::info!(listen = %addr, actions = state_changes_allowed(config), "admin API listening");
+    Ok(addr)
+}
+
+fn state_changes_allowed(config: &Config) -> &'static str {
+    if config.admin.token_file.is_some() {
+        "with admin.token_file's token"
+    } else {
+        "refused (no admin.token_file)"
+    }
+}
+
+fn router(state: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/nodes", get(nodes))
+        .route("/nodes/{name}", get(node))
+        .route("/nodes/{name}/{action}", post(node_action))
+        .route("/switchover", post(switchover))
+        .route("/reload", post(reload))
+        .route("/primary", get(primary).head(primary))
+        .route("/replica", get(replica).head(replica))
+        .route("/read-only", get(read_only).head(read_only))
+        .route("/health", get(health).head(health))
+        .route("/leader", get(leader).head(leader))
+        .with_state(state)
+}
+
+/// One backend as `GET /nodes` shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// "primary", "standby" or "unknown".
+    pub role: String,
+    /// "up", "down", "fenced" or "detached" (fenced and detached nodes get no statement).
+    pub status: String,
+    /// Configured load-balancing weight.
+    pub weight: f64,
+    /// Bytes of the primary's WAL not replayed yet (standbys).
+    pub lag_bytes: Option<u64>,
+    /// Replay lag in seconds (standbys).
+    pub lag_seconds: Option<f64>,
+    pub timeline: Option<u32>,
+    /// Reads routed to it since start.
+    pub statements_routed: u64,
+    /// Where its WAL receiver streams from ("host:port", standbys).
+    pub upstream: Option<String>,
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Primary => "primary",
+        Role::Standby => "standby",
+        Role::Unknown => "unknown",
+    }
+}
+
+fn node_infos(shared: &Shared) -> Vec<NodeInfo> {
+    let view = shared.view.borrow().clone();
+    let config = shared.config();
+    view.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let (host, port) = shared.backend_host(i);
+            let status = if n.fenced {
+                "fenced"
+            } else if n.detached {
+                "detached"
+            } else if n.up {
+                "up"
+            } else {
+                "down"
+            };
+            NodeInfo {
+                name: n.name.clone(),
+                host,
+                port,
+                role: role_name(n.role).into(),
+                status: status.into(),
+                weight: config.backends.get(i).map_or(1.0, |b| b.weight),
+                lag_bytes: if n.role == Role::Primary { Some(0) } else { view.replay_lag_bytes(i) },
+                lag_seconds: view.replay_lag_time(i).map(|d| d.as_secs_f64()),
+                timeline: n.repl.timeline,
+                statements_routed: shared.stats.select_cnt(i),
+                upstream: n.repl.upstream.as_ref().map(|u| format!("{}:{}", u.host, u.port)),
+            }
+        })
+        .collect()
+}
+
+async fn nodes(State(a): State<Arc<Admin>>) -> Json<Vec<NodeInfo>> {
+    Json(node_infos(&a.shared))
+}
+
+async fn node(State(a): State<Arc<Admin>>, Path(name): Path<String>) -> Response {
+    match node_infos(&a.shared).into_iter().find(|n| n.name == name) {
+        Some(n) => Json(n).into_response(),
+        None => not_found(&a.shared, &name),
+    }
+}
+
+fn not_found(shared: &Shared, name: &str) -> Response {
+    let names: Vec<String> = shared.view.borrow().nodes.iter().map(|n| n.name.clone()).collect();
+    (StatusCode::NOT_FOUND, Json(json!({"ok": false, "error": format!("no backend named {name:?} (backends: {})", names.join(", "))}))).into_response()
+}
+
+/// `Err(response)` unless the request carries the admin token.
+fn authorize(a: &Admin, headers: &HeaderMap, peer: SocketAddr, method: &Method, uri: &Uri) -> Result<(), Box<Response>> {
+    let Some(token) = &a.token else {
+        tracing::warn!(peer = %peer, method = %method, path = %uri.path(), "admin request refused: no admin.token_file is configured");
+        return Err(Box::new((StatusCode::FORBIDDEN, Json(json!({"ok": false, "error": "operations are disabled: set admin.token_file"}))).into_response()));
+    };
+    let given = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let ok = given.is_some_and(|g| crate::protocol::scram::ct_eq(g.trim().as_bytes(), token.as_bytes()));
+    if !ok {
+        let why = if given.is_none() { "missing bearer token" } else { "wrong bearer token" };
+        tracing::warn!(peer = %peer, method = %method, path = %uri.path(), reason = why, "admin request refused");
+        let mut r = (StatusCode::UNAUTHORIZED, Json(json!({"ok": false, "error": why}))).into_response();
+        r.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        return Err(Box::new(r));
+    }
+    Ok(())
+}
+
+async fn operate(a: &Admin, op: Op) -> Response {
+    match a.shared.failover.operate(op).await {
+        Ok(message) => Json(json!({"ok": true, "message": message})).into_response(),
+        Err(error) => (StatusCode::CONFLICT, Json(json!({"ok": false, "error": error}))).into_response(),
+    }
+}
+
+async fn node_action(
+    State(a): State<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = authorize(&a, &headers, peer, &method, &uri) {
+        return *r;
+    }
+    if !a.shared.view.borrow().nodes.iter().any(|n| n.name == name) {
+        return not_found(&a.shared, &name);
+    }
+    let op = match action.as_str() {
+        "detach" => Op::Detach(name),
+        "attach" => Op::Attach(name),
+        "promote" => Op::Promote(name),
+        "rejoin" => Op::Rejoin(name),
+        other => {
+            return (StatusCode::NOT_FOUND, Json(json!({"ok": false, "error": format!("no action {other:?}: detach, attach, promote or rejoin")}))).into_response();
+        }
+    };
+    tracing::info!(peer = %peer, path = %uri.path(), "admin operation");
+    operate(&a, op).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverBody {
+    to: Option<String>,
+}
+
+async fn switchover(State(a): State<Arc<Admin>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorize(&a, &headers, peer, &method, &uri) {
+        return *r;
+    }
+    let body: SwitchoverBody = if body.iter().all(u8::is_ascii_whitespace) {
+        SwitchoverBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"ok": false, "error": format!("body: {e} (expected {{\"to\": \"name\"}} or nothing)")}))).into_response(),
+        }
+    };
+    if let Some(to) = &body.to {
+        if !a.shared.view.borrow().nodes.iter().any(|n| &n.name == to) {
+            return not_found(&a.shared, to);
+        }
+    }
+    tracing::info!(peer = %peer, to = ?body.to, "admin switchover");
+    operate(&a, Op::Switchover(body.to)).await
+}
+
+async fn reload(State(a): State<Arc<Admin>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&a, &headers, peer, &method, &uri) {
+        return *r;
+    }
+    match a.shared.reload() {
+        Ok(not_applied) => {
+            tracing::info!(peer = %peer, needs_restart = ?not_applied, "configuration reloaded through the admin API");
+            Json(json!({"ok": true, "message": "configuration reloaded", "needs_restart": not_applied})).into_response()
+        }
+        Err(e) => (StatusCode::CONFLICT, Json(json!({"ok": false, "error": e.0}))).into_response(),
+    }
+}
+
+/// 200 with `what`, or 503 with why not.
+fn health_answer(ok: bool, what: &str, why_not: String) -> Response {
+    if ok {
+        (StatusCode::OK, Json(json!({"ok": true, "message": what}))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ok": false, "error": why_not}))).into_response()
+    }
+}
+
+/// 200 when writes can be routed: there is a primary.
+async fn primary(State(a): State<Arc<Admin>>) -> Response {
+    let view = a.shared.view.borrow().clone();
+    let p = view.primary();
+    health_answer(p.is_some(), &format!("primary: {}", p.map(|p| view.nodes[p].name.as_str()).unwrap_or("")), "no primary".into())
+}
+
+#[derive(Deserialize)]
+struct LagQuery {
+    lag: Option<String>,
+}
+
+/// 200 when at least one standby takes reads within `?lag=` (default
+/// `routing.max_lag`).
+async fn replica(State(a): State<Arc<Admin>>, Query(q): Query<LagQuery>) -> Response {
+    let max = match q.lag.as_deref().map(crate::config::parse_size) {
+        None => a.shared.routing.max_lag.0,
+        Some(Ok(n)) => n,
+        Some(Err(e)) => return (StatusCode::BAD_REQUEST, Json(json!({"ok": false, "error": format!("lag: {e}")}))).into_response(),
+    };
+    let view = a.shared.view.borrow().clone();
+    let ok: Vec<&str> = (0..view.nodes.len())
+        .filter(|&i| {
+            let n = &view.nodes[i];
+            n.up && !n.fenced && !n.detached && n.role == Role::Standby && view.replay_lag_bytes(i).is_none_or(|l| l <= max)
+        })
+        .map(|i| view.nodes[i].name.as_str())
+        .collect();
+    health_answer(!ok.is_empty(), &format!("standbys within {max} bytes: {}", ok.join(", ")), format!("no standby within {max} bytes of the primary"))
+}
+
+/// 200 when reads can be served: some node is up and routable.
+async fn read_only(State(a): State<Arc<Admin>>) -> Response {
+    let view = a.shared.view.borrow().clone();
+    let ok = view.nodes.iter().any(|n| n.up && !n.fenced && !n.detached && n.role != Role::Unknown);
+    health_answer(ok, "reads can be served", "no backend can serve reads".into())
+}
+
+/// 200 when pgvigil runs and sees at least one backend up.
+async fn health(State(a): State<Arc<Admin>>) -> Response {
+    let view = a.shared.view.borrow().clone();
+    let up = view.nodes.iter().filter(|n| n.up).count();
+    health_answer(up > 0, &format!("{up} of {} backends up", view.nodes.len()), "no backend is up".into())
+}
+
+/// 200 on the node that leads (a single pgvigil without a watchdog always does).
+async fn leader() -> Response {
+    health_answer(true, "leader (no watchdog configured)", String::new())
+}

@@ -1,0 +1,119 @@
+//! The admin HTTP API against a real primary + 2 standbys.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "s3cret-admin-token-0123456789";
+
+/// One HTTP/1.1 request; (status, body).
+async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_health_endpoints_and_token_protected_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let extra = format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n\n[failover]\nautomatic = false\n", token_file.display().to_string());
+    let mut env = Env::start(Options { standbys: 2, data_dirs: true, extra, ..Options::default() }).await;
+    wait_standbys_eligible(env.handle(), 1 << 20).await;
+    let admin = env.handle().admin_addr.expect("admin listener");
+
+    let (status, body) = http(admin, "GET", "/nodes", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let nodes = json(&body);
+    let nodes = nodes.as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes[0]["name"], "pg0");
+    assert_eq!(nodes[0]["role"], "primary");
+    assert_eq!(nodes[0]["status"], "up");
+    assert_eq!(nodes[0]["port"], env.cluster.node(0).port);
+    assert_eq!(nodes[1]["role"], "standby");
+    assert!(nodes[1]["lag_bytes"].as_u64().is_some(), "{body}");
+    assert_eq!(nodes[1]["upstream"], format!("127.0.0.1:{}", env.cluster.node(0).port));
+    let (status, body) = http(admin, "GET", "/nodes/pg2", None, "").await;
+    assert_eq!((status, json(&body)["name"].as_str()), (200, Some("pg2")));
+    let (status, body) = http(admin, "GET", "/nodes/nope", None, "").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("backends: pg0, pg1, pg2"), "{body}");
+
+    for path in ["/primary", "/replica", "/replica?lag=16MB", "/read-only", "/health", "/leader"] {
+        let (status, body) = http(admin, "GET", path, None, "").await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let (status, _) = http(admin, "HEAD", path, None, "").await;
+        assert_eq!(status, 200, "HEAD {path}");
+    }
+    let (status, _) = http(admin, "GET", "/replica?lag=nonsense", None, "").await;
+    assert_eq!(status, 400);
+
+    // Operations need the token; the refusal never echoes it.
+    let (status, body) = http(admin, "POST", "/nodes/pg1/detach", None, "").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http(admin, "POST", "/nodes/pg1/detach", Some("wrong-token-wrong-token"), "").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("wrong-token"), "{body}");
+    assert!(!env.handle().shared().view.borrow().nodes[1].detached);
+    let (status, body) = http(admin, "POST", "/nodes/pg1/frobnicate", Some(TOKEN), "").await;
+    assert_eq!(status, 404, "{body}");
+
+    let (status, body) = http(admin, "POST", "/nodes/pg1/detach", Some(TOKEN), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["ok"], true);
+    let (_, body) = http(admin, "GET", "/nodes/pg1", None, "").await;
+    assert_eq!(json(&body)["status"], "detached");
+    let (status, body) = http(admin, "POST", "/nodes/pg0/detach", Some(TOKEN), "").await;
+    assert_eq!(status, 409);
+    assert!(json(&body)["error"].as_str().unwrap().contains("pg0 is the primary"), "{body}");
+    let (status, body) = http(admin, "POST", "/nodes/pg1/attach", Some(TOKEN), "").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Switchover through the API, with a bad body first.
+    let (status, body) = http(admin, "POST", "/switchover", Some(TOKEN), "{\"too\": \"pg2\"}").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http(admin, "POST", "/switchover", Some(TOKEN), "{\"to\": \"pg9\"}").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http(admin, "POST", "/switchover", Some(TOKEN), "{\"to\": \"pg2\"}").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(json(&body)["message"].as_str().unwrap().starts_with("pg2 is the primary"), "{body}");
+    let (_, body) = http(admin, "GET", "/nodes/pg2", None, "").await;
+    assert_eq!(json(&body)["role"], "primary");
+
+    // Reload: the file is re-read (a change that needs a restart is named).
+    let (status, body) = http(admin, "POST", "/reload", Some(TOKEN), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["needs_restart"], serde_json::json!([]));
+
+    // /primary answers 503 when no write can be routed.
+    tokio::task::block_in_place(|| env.cluster.kill9(2)).unwrap();
+    let gone = eventually(Duration::from_secs(20), || async { http(admin, "GET", "/primary", None, "").await.0 == 503 }).await;
+    assert!(gone, "/primary is 503 once the primary is down (failover.automatic = false)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_file_operations_are_refused() {
+    let env = Env::start(Options { standbys: 1, ..Options::default() }).await;
+    let admin = env.handle().admin_addr.expect("admin listener");
+    let (status, body) = http(admin, "POST", "/switchover", Some("anything-at-all-here"), "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("admin.token_file"), "{body}");
+    assert_eq!(env.handle().shared().view.borrow().primary(), Some(0));
+}
