@@ -376,7 +376,7 @@ impl Env {
             h.fast_shutdown().await;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let text = std::fs::read_to_string(&self.config_path).unwrap().replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        let text = std::fs::read_to_string(&self.config_path).unwrap().replace("[proxy]\nlisten = \"127.0.0.1:0\"", &format!("[proxy]\nlisten = \"127.0.0.1:{port}\""));
         std::fs::write(&self.config_path, &text).unwrap();
         let proc = Proc(
             std::process::Command::new(env!("CARGO_BIN_EXE_pgvigil"))
