@@ -106,6 +106,9 @@ async fn nodes_health_endpoints_and_token_protected_operations() {
     tokio::task::block_in_place(|| env.cluster.kill9(2)).unwrap();
     let gone = eventually(Duration::from_secs(20), || async { http(admin, "GET", "/primary", None, "").await.0 == 503 }).await;
     assert!(gone, "/primary is 503 once the primary is down (failover.automatic = false)");
+    let manual = eventually(Duration::from_secs(10), || async { json(&http(admin, "GET", "/failover", None, "").await.1)["state"] == "manual" }).await;
+    assert!(manual, "{}", http(admin, "GET", "/failover", None, "").await.1);
+    assert_eq!(json(&http(admin, "GET", "/failover", None, "").await.1)["promotions"], 1, "the switchover's promotion");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

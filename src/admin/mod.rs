@@ -71,6 +71,7 @@ fn router(state: Arc<Admin>) -> Router {
         .route("/nodes", get(nodes))
         .route("/nodes/{name}", get(node))
         .route("/nodes/{name}/{action}", post(node_action))
+        .route("/failover", get(failover_status))
         .route("/switchover", post(switchover))
         .route("/reload", post(reload))
         .route("/primary", get(primary).head(primary))
@@ -212,6 +213,21 @@ async fn node_action(
     };
     tracing::info!(peer = %peer, path = %uri.path(), "admin operation");
     operate(&a, op).await
+}
+
+/// What automatic failover is doing: `idle`, `in_progress` (with the node it replaces),
+/// `read_only` (the primary is down and no standby may be promoted, with the reasons)
+/// or `manual` (the primary is down and `failover.automatic` is off); and how many
+/// promotions pgvigil made since it started.
+async fn failover_status(State(a): State<Arc<Admin>>) -> Json<serde_json::Value> {
+    use crate::failover::Status;
+    let promotions = a.shared.failover.promotions.load(std::sync::atomic::Ordering::Relaxed);
+    Json(match a.shared.failover.status() {
+        Status::Idle => json!({"state": "idle", "promotions": promotions}),
+        Status::InProgress { from } => json!({"state": "in_progress", "from": from, "promotions": promotions}),
+        Status::ReadOnly { reasons } => json!({"state": "read_only", "reasons": reasons, "promotions": promotions}),
+        Status::Manual => json!({"state": "manual", "reasons": ["the primary is down and failover.automatic is off"], "promotions": promotions}),
+    })
 }
 
 #[derive(Deserialize, Default)]
