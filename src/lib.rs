@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod failover;
 pub mod logging;
 pub mod monitor;

@@ -96,6 +96,19 @@ async fn nodes_health_endpoints_and_token_protected_operations() {
     assert!(json(&body)["message"].as_str().unwrap().starts_with("pg2 is the primary"), "{body}");
     let (_, body) = http(admin, "GET", "/nodes/pg2", None, "").await;
     assert_eq!(json(&body)["role"], "primary");
+    let (status, body) = http(admin, "GET", "/events", None, "").await;
+    assert_eq!(status, 200);
+    let events = json(&body);
+    let names: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    for want in ["node_up", "node_detached", "node_attached", "switchover_started", "switchover_promoted", "switchover_finished"] {
+        assert!(names.contains(&want), "{want} in {names:?}");
+    }
+    let finished = events.as_array().unwrap().iter().find(|e| e["event"] == "switchover_finished").unwrap();
+    assert_eq!(finished["node"], "pg2");
+    assert!(finished["fields"]["paused_ms"].as_u64().is_some(), "{finished}");
+    let last = events.as_array().unwrap().last().unwrap()["seq"].as_u64().unwrap();
+    let (_, body) = http(admin, "GET", &format!("/events?since={}", last - 1), None, "").await;
+    assert_eq!(json(&body).as_array().unwrap().len(), 1);
 
     // Reload: the file is re-read (a change that needs a restart is named).
     let (status, body) = http(admin, "POST", "/reload", Some(TOKEN), "").await;

@@ -72,6 +72,7 @@ fn router(state: Arc<Admin>) -> Router {
         .route("/nodes/{name}", get(node))
         .route("/nodes/{name}/{action}", post(node_action))
         .route("/failover", get(failover_status))
+        .route("/events", get(events))
         .route("/switchover", post(switchover))
         .route("/reload", post(reload))
         .route("/primary", get(primary).head(primary))
@@ -228,6 +229,17 @@ async fn failover_status(State(a): State<Arc<Admin>>) -> Json<serde_json::Value>
         Status::ReadOnly { reasons } => json!({"state": "read_only", "reasons": reasons, "promotions": promotions}),
         Status::Manual => json!({"state": "manual", "reasons": ["the primary is down and failover.automatic is off"], "promotions": promotions}),
     })
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Recent events, oldest first: those after `since` (a `seq`), at most `limit` (100).
+async fn events(State(a): State<Arc<Admin>>, Query(q): Query<EventsQuery>) -> Json<Vec<crate::events::Event>> {
+    Json(a.shared.monitor.events.since(q.since.unwrap_or(0), q.limit.unwrap_or(100)))
 }
 
 #[derive(Deserialize, Default)]
