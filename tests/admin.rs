@@ -56,6 +56,16 @@ async fn nodes_health_endpoints_and_token_protected_operations() {
     assert_eq!(status, 404);
     assert!(body.contains("backends: pg0, pg1, pg2"), "{body}");
 
+    let c = env.client().await;
+    c.query_one("SELECT 1", &[]).await.unwrap();
+    let (status, body) = http(admin, "GET", "/pools", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let pools = json(&body);
+    assert!(pools["clients"].as_u64().unwrap() >= 1, "{body}");
+    let mine = pools["pools"].as_array().unwrap().iter().find(|p| p["node"] == "pg0" && p["user"] == SUPERUSER).unwrap_or_else(|| panic!("{body}"));
+    assert!(mine["in_use"].as_u64().unwrap() >= 1, "{body}");
+    drop(c);
+
     for path in ["/primary", "/replica", "/replica?lag=16MB", "/read-only", "/health", "/leader"] {
         let (status, body) = http(admin, "GET", path, None, "").await;
         assert_eq!(status, 200, "{path}: {body}");

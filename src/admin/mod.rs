@@ -73,6 +73,7 @@ fn router(state: Arc<Admin>) -> Router {
         .route("/nodes/{name}/{action}", post(node_action))
         .route("/failover", get(failover_status))
         .route("/events", get(events))
+        .route("/pools", get(pools))
         .route("/switchover", post(switchover))
         .route("/reload", post(reload))
         .route("/primary", get(primary).head(primary))
@@ -229,6 +230,22 @@ async fn failover_status(State(a): State<Arc<Admin>>) -> Json<serde_json::Value>
         Status::ReadOnly { reasons } => json!({"state": "read_only", "reasons": reasons, "promotions": promotions}),
         Status::Manual => json!({"state": "manual", "reasons": ["the primary is down and failover.automatic is off"], "promotions": promotions}),
     })
+}
+
+/// Client sessions and server connections per pool (backend, user, database).
+async fn pools(State(a): State<Arc<Admin>>) -> Json<serde_json::Value> {
+    let pools: Vec<serde_json::Value> = a
+        .shared
+        .pools
+        .snapshot()
+        .into_iter()
+        .map(|p| {
+            let mut v = serde_json::to_value(&p).unwrap_or_default();
+            v["node"] = json!(a.shared.backend_name(p.backend));
+            v
+        })
+        .collect();
+    Json(json!({"clients": a.shared.sessions.len(), "pools": pools}))
 }
 
 #[derive(Deserialize)]
