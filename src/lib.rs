@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod events;
 pub mod failover;
