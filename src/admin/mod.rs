@@ -68,6 +68,7 @@ fn state_changes_allowed(config: &Config) -> &'static str {
 
 fn router(state: Arc<Admin>) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/nodes", get(nodes))
         .route("/nodes/{name}", get(node))
         .route("/nodes/{name}/{action}", post(node_action))
@@ -82,6 +83,12 @@ fn router(state: Arc<Admin>) -> Router {
         .route("/health", get(health).head(health))
         .route("/leader", get(leader).head(leader))
         .with_state(state)
+}
+
+/// The dashboard: one self-contained page (no external assets) that draws the cluster
+/// from `/nodes`, `/events` and `/watchdog` and refreshes itself every second.
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
 }
 
 /// One backend as `GET /nodes` shows it.
