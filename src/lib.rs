@@ -13,6 +13,7 @@ pub mod demo;
 pub mod events;
 pub mod failover;
 pub mod logging;
+pub mod metrics;
 pub mod monitor;
 pub mod pool;
 pub mod protocol;

@@ -75,6 +75,7 @@ fn router(state: Arc<Admin>) -> Router {
         .route("/failover", get(failover_status))
         .route("/events", get(events))
         .route("/pools", get(pools))
+        .route("/metrics", get(metrics))
         .route("/switchover", post(switchover))
         .route("/reload", post(reload))
         .route("/primary", get(primary).head(primary))
@@ -237,6 +238,131 @@ async fn failover_status(State(a): State<Arc<Admin>>) -> Json<serde_json::Value>
         Status::ReadOnly { reasons } => json!({"state": "read_only", "reasons": reasons, "promotions": promotions}),
         Status::Manual => json!({"state": "manual", "reasons": ["the primary is down and failover.automatic is off"], "promotions": promotions}),
     })
+}
+
+/// Prometheus text format (see docs/admin.md for the list).
+async fn metrics(State(a): State<Arc<Admin>>) -> Response {
+    let text = render_metrics(&a.shared);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// Every metric pgvigil exports, read now.
+pub fn render_metrics(shared: &Shared) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let view = shared.view.borrow().clone();
+    let mut e = crate::metrics::Exposition::new();
+    let names: Vec<&str> = view.nodes.iter().map(|n| n.name.as_str()).collect();
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+
+    e.family("pgvigil_backend_up", "gauge", "1 when the backend's last health checks succeeded.");
+    for n in &view.nodes {
+        e.sample("pgvigil_backend_up", &[("node", &n.name)], flag(n.up));
+    }
+    e.family("pgvigil_backend_role", "gauge", "1 for the backend's role as last seen (primary, standby, unknown).");
+    for n in &view.nodes {
+        for role in ["primary", "standby", "unknown"] {
+            e.sample("pgvigil_backend_role", &[("node", &n.name), ("role", role)], flag(role_name(n.role) == role));
+        }
+    }
+    e.family("pgvigil_backend_fenced", "gauge", "1 when the backend is fenced (gets no statement).");
+    for n in &view.nodes {
+        e.sample("pgvigil_backend_fenced", &[("node", &n.name)], flag(n.fenced));
+    }
+    e.family("pgvigil_backend_detached", "gauge", "1 when an operator detached the backend.");
+    for n in &view.nodes {
+        e.sample("pgvigil_backend_detached", &[("node", &n.name)], flag(n.detached));
+    }
+    e.family("pgvigil_backend_replication_lag_bytes", "gauge", "Bytes of the primary's WAL a standby has not replayed.");
+    for (i, n) in view.nodes.iter().enumerate() {
+        if let Some(l) = view.replay_lag_bytes(i) {
+            e.sample("pgvigil_backend_replication_lag_bytes", &[("node", &n.name)], l as f64);
+        }
+    }
+    e.family("pgvigil_backend_replication_lag_seconds", "gauge", "How far behind a standby replays, in seconds.");
+    for (i, n) in view.nodes.iter().enumerate() {
+        if let Some(l) = view.replay_lag_time(i) {
+            e.sample("pgvigil_backend_replication_lag_seconds", &[("node", &n.name)], l.as_secs_f64());
+        }
+    }
+    e.family("pgvigil_backend_timeline", "gauge", "The backend's timeline as of its last checkpoint.");
+    for n in &view.nodes {
+        if let Some(t) = n.repl.timeline {
+            e.sample("pgvigil_backend_timeline", &[("node", &n.name)], f64::from(t));
+        }
+    }
+    e.family("pgvigil_statements_routed_total", "counter", "Statements routed to the backend, by the rule that decided (reason).");
+    for (i, name) in names.iter().enumerate() {
+        for (label, count) in shared.stats.by_label(i) {
+            e.sample("pgvigil_statements_routed_total", &[("node", name), ("reason", label)], count as f64);
+        }
+    }
+    e.family("pgvigil_reads_routed_total", "counter", "Reads routed to the backend (SHOW POOL_NODES' select_cnt).");
+    for (i, name) in names.iter().enumerate() {
+        e.sample("pgvigil_reads_routed_total", &[("node", name)], shared.stats.select_cnt(i) as f64);
+    }
+    e.family("pgvigil_statements_unparsable_total", "counter", "Statements the SQL parser rejected (sent to the primary).");
+    e.sample("pgvigil_statements_unparsable_total", &[], shared.stats.unparsable.load(Relaxed) as f64);
+    e.family("pgvigil_health_checks_total", "counter", "Health checks of the backend by result.");
+    for (i, name) in names.iter().enumerate() {
+        let s = shared.monitor.stats(i).unwrap_or_default();
+        e.sample("pgvigil_health_checks_total", &[("node", name), ("result", "success")], s.successes as f64);
+        e.sample("pgvigil_health_checks_total", &[("node", name), ("result", "failure")], s.failures as f64);
+    }
+    e.family("pgvigil_backend_marked_down_total", "counter", "Times the backend was marked down after its retries.");
+    for (i, name) in names.iter().enumerate() {
+        e.sample("pgvigil_backend_marked_down_total", &[("node", name)], shared.monitor.stats(i).unwrap_or_default().marked_down as f64);
+    }
+    let pools = shared.pools.snapshot();
+    e.family("pgvigil_backend_server_connections", "gauge", "Server connections to the backend, lent to sessions (in_use) or kept idle.");
+    for (i, name) in names.iter().enumerate() {
+        let in_use: usize = pools.iter().filter(|p| p.backend == i).map(|p| p.in_use).sum();
+        let idle: usize = pools.iter().filter(|p| p.backend == i).map(|p| p.idle).sum();
+        e.sample("pgvigil_backend_server_connections", &[("node", name), ("state", "in_use")], in_use as f64);
+        e.sample("pgvigil_backend_server_connections", &[("node", name), ("state", "idle")], idle as f64);
+    }
+    e.family("pgvigil_pool_server_connections", "gauge", "Server connections of a pool (backend, user, database) by state.");
+    for p in &pools {
+        let node = shared.backend_name(p.backend);
+        for (state, v) in [("in_use", p.in_use), ("idle", p.idle)] {
+            e.sample("pgvigil_pool_server_connections", &[("node", node), ("user", &p.user), ("database", &p.database), ("state", state)], v as f64);
+        }
+    }
+    e.family("pgvigil_pool_waiting_clients", "gauge", "Sessions waiting for a free server connection in a pool.");
+    for p in &pools {
+        e.sample("pgvigil_pool_waiting_clients", &[("node", shared.backend_name(p.backend)), ("user", &p.user), ("database", &p.database)], p.waiting as f64);
+    }
+    e.histogram("pgvigil_pool_checkout_wait_seconds", "How long sessions waited for a server connection.", &[], &shared.pools.checkout_wait);
+    e.family("pgvigil_client_connections", "gauge", "Client sessions now.");
+    e.sample("pgvigil_client_connections", &[], shared.sessions.len() as f64);
+    e.family("pgvigil_client_connections_total", "counter", "Client connections accepted.");
+    e.sample("pgvigil_client_connections_total", &[], shared.metrics.client_connections_total.load(Relaxed) as f64);
+    e.family("pgvigil_client_received_bytes_total", "counter", "Bytes read from clients.");
+    e.sample("pgvigil_client_received_bytes_total", &[], shared.metrics.bytes_from_clients.load(Relaxed) as f64);
+    e.family("pgvigil_client_sent_bytes_total", "counter", "Bytes written to clients.");
+    e.sample("pgvigil_client_sent_bytes_total", &[], shared.metrics.bytes_to_clients.load(Relaxed) as f64);
+    e.histogram(
+        "pgvigil_query_duration_seconds",
+        "From a client request (a Query, or an extended-protocol batch up to Sync) to its ReadyForQuery.",
+        &[],
+        &shared.metrics.query_duration,
+    );
+    e.family("pgvigil_cluster_writable", "gauge", "1 when there is a primary to route writes to.");
+    e.sample("pgvigil_cluster_writable", &[], flag(view.primary().is_some()));
+    e.family("pgvigil_failovers_total", "counter", "Standbys promoted by pgvigil (failovers, switchovers and promotions).");
+    e.sample("pgvigil_failovers_total", &[], shared.failover.promotions.load(Relaxed) as f64);
+    e.family("pgvigil_failover_last_duration_seconds", "gauge", "How long the last failover or switchover took (0: none yet).");
+    e.sample("pgvigil_failover_last_duration_seconds", &[], shared.failover.last_duration_ms.load(Relaxed) as f64 / 1000.0);
+    e.family("pgvigil_failover_state", "gauge", "1 for what automatic failover is doing: idle, in_progress, read_only (no standby may be promoted), manual.");
+    let state = match shared.failover.status() {
+        crate::failover::Status::Idle => "idle",
+        crate::failover::Status::InProgress { .. } => "in_progress",
+        crate::failover::Status::ReadOnly { .. } => "read_only",
+        crate::failover::Status::Manual => "manual",
+    };
+    for s in ["idle", "in_progress", "read_only", "manual"] {
+        e.sample("pgvigil_failover_state", &[("state", s)], flag(s == state));
+    }
+    e.finish()
 }
 
 /// Client sessions and server connections per pool (backend, user, database).

@@ -261,6 +261,7 @@ async fn switchover(monitor: &Monitor, settings: &Settings, state: &Failover, me
         outcome.push_str(&format!("; {old_name} is fenced: rejoin it as a standby"));
     }
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    state.last_duration_ms.store(elapsed_ms, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(event = "switchover_finished", node = %name, paused_ms, elapsed_ms, outcome = %outcome, "switchover finished");
     monitor.events.record("switchover_finished", &name, &outcome, json!({"from": old_name, "paused_ms": paused_ms, "elapsed_ms": elapsed_ms}));
     Ok(outcome)

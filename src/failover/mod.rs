@@ -110,6 +110,8 @@ pub struct Failover {
     pub status: Mutex<Status>,
     /// Number of completed promotions.
     pub promotions: std::sync::atomic::AtomicU64,
+    /// How long the last failover or switchover took, start to finish (ms; 0: none yet).
+    pub last_duration_ms: std::sync::atomic::AtomicU64,
     ops: tokio::sync::mpsc::UnboundedSender<(Op, Reply)>,
     names: Vec<String>,
 }
@@ -165,7 +167,7 @@ impl Failover {
 pub fn spawn(monitor: Arc<Monitor>, settings: Settings, stop: CancellationToken) -> Arc<Failover> {
     let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
     let names = settings.backends.iter().map(|b| b.name.clone()).collect();
-    let state = Arc::new(Failover { status: Mutex::new(Status::Idle), promotions: 0.into(), ops: tx, names });
+    let state = Arc::new(Failover { status: Mutex::new(Status::Idle), promotions: 0.into(), last_duration_ms: 0.into(), ops: tx, names });
     // Before anything is routed.
     let kept = load_state(&settings, &monitor);
     tokio::spawn(run(monitor, settings, state.clone(), kept, requests, stop));
@@ -466,6 +468,7 @@ async fn failover(monitor: &Monitor, settings: &Settings, state: &Failover, view
     let others: Vec<usize> = standbys.iter().filter(|s| s.node != node && s.up).map(|s| s.node).collect();
     let not_following = repoint(monitor, settings, &others, node, r.node, started).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    state.last_duration_ms.store(elapsed_ms, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(event = "failover_finished", node = %name, elapsed_ms, promoted_ms, not_following = not_following.len(), "failover finished");
     monitor.events.record("failover_finished", &name, "failover finished", json!({"elapsed_ms": elapsed_ms, "promoted_ms": promoted_ms, "from": old_name, "not_following": not_following.iter().map(|&s| &settings.backends[s].name).collect::<Vec<_>>()}));
     state.set(Status::Idle);

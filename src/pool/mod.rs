@@ -81,6 +81,8 @@ pub struct PoolInfo {
 /// All pools of this pgvigil node.
 pub struct Pools {
     settings: PoolSettings,
+    /// How long checkouts waited for a free slot (0 for most).
+    pub checkout_wait: crate::metrics::Histogram,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
 }
 
@@ -93,7 +95,7 @@ pub struct Checkout {
 
 impl Pools {
     pub fn new(settings: PoolSettings) -> Self {
-        Self { settings, pools: Mutex::new(HashMap::new()) }
+        Self { settings, pools: Mutex::new(HashMap::new()), checkout_wait: crate::metrics::Histogram::new(&crate::metrics::LATENCY_BUCKETS) }
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -126,10 +128,15 @@ impl Pools {
         let pool = self.pool(key);
         let wait = self.settings.checkout_timeout;
         let permit = match pool.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
+            Ok(p) => {
+                self.checkout_wait.record(Duration::ZERO);
+                p
+            }
             Err(_) => {
                 pool.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let started = std::time::Instant::now();
                 let got = tokio::time::timeout(wait, pool.permits.clone().acquire_owned()).await;
+                self.checkout_wait.record(started.elapsed());
                 pool.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 match got {
                     Ok(Ok(p)) => p,

@@ -71,6 +71,8 @@ pub struct Shared {
     pub balancer: Balancer,
     pub catalogs: catalogs::Catalogs,
     pub stats: stats::RouteStats,
+    /// Counters and histograms recorded as things happen (`GET /metrics`).
+    pub metrics: crate::metrics::ProxyMetrics,
     /// ParameterStatus values of the primary, per pool key (backend field unused).
     pub startup_params: Mutex<HashMap<PoolKey, Vec<(String, String)>>>,
     redirects: Vec<Redirect>,
@@ -296,6 +298,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             config.health_check.timeout.get().max(Duration::from_secs(5)),
         ),
         stats: stats::RouteStats::new(config.backends.len()),
+        metrics: crate::metrics::ProxyMetrics::default(),
         startup_params: Mutex::new(HashMap::new()),
         redirects: compile_redirects(&config)?,
         backend_names: config.backends.iter().map(|b| (b.name.clone(), b.host.clone(), b.port)).collect(),
