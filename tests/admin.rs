@@ -66,6 +66,49 @@ async fn nodes_health_endpoints_and_token_protected_operations() {
     assert!(mine["in_use"].as_u64().unwrap() >= 1, "{body}");
     drop(c);
 
+    // Metrics: Prometheus text with the families and values the cluster has now.
+    let c = env.client().await;
+    for _ in 0..5 {
+        c.query_one("SELECT 1", &[]).await.unwrap();
+    }
+    let (status, text) = http(admin, "GET", "/metrics", None, "").await;
+    assert_eq!(status, 200);
+    for want in [
+        "pgvigil_backend_up{node=\"pg0\"} 1\n",
+        "pgvigil_backend_role{node=\"pg0\",role=\"primary\"} 1\n",
+        "pgvigil_backend_role{node=\"pg1\",role=\"standby\"} 1\n",
+        "pgvigil_backend_fenced{node=\"pg0\"} 0\n",
+        "# TYPE pgvigil_query_duration_seconds histogram\n",
+        "pgvigil_query_duration_seconds_bucket{le=\"+Inf\"} ",
+        "# TYPE pgvigil_statements_routed_total counter\n",
+        "pgvigil_cluster_writable 1\n",
+        "pgvigil_failover_state{state=\"idle\"} 1\n",
+        "pgvigil_pool_checkout_wait_seconds_count ",
+        "pgvigil_backend_replication_lag_bytes{node=\"pg1\"} ",
+    ] {
+        assert!(text.contains(want), "{want:?} in\n{text}");
+    }
+    let count = |text: &str, name: &str| -> f64 {
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+    };
+    assert!(count(&text, "pgvigil_query_duration_seconds_count") >= 5.0, "{text}");
+    assert!(count(&text, "pgvigil_client_received_bytes_total") > 0.0);
+    assert!(count(&text, "pgvigil_client_connections_total") >= 2.0);
+    let reads: f64 = text.lines().filter(|l| l.starts_with("pgvigil_reads_routed_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    assert!(reads >= 5.0, "{text}");
+    // Every sample line belongs to a family declared before it.
+    let mut declared = std::collections::HashSet::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            declared.insert(rest.split(' ').next().unwrap().to_string());
+        } else if !l.starts_with('#') {
+            let name = l.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s).filter(|f| declared.contains(*f))).unwrap_or(name);
+            assert!(declared.contains(family), "{l}");
+        }
+    }
+    drop(c);
+
     for path in ["/primary", "/replica", "/replica?lag=16MB", "/read-only", "/health", "/leader"] {
         let (status, body) = http(admin, "GET", path, None, "").await;
         assert_eq!(status, 200, "{path}: {body}");
@@ -132,6 +175,10 @@ async fn nodes_health_endpoints_and_token_protected_operations() {
     let manual = eventually(Duration::from_secs(10), || async { json(&http(admin, "GET", "/failover", None, "").await.1)["state"] == "manual" }).await;
     assert!(manual, "{}", http(admin, "GET", "/failover", None, "").await.1);
     assert_eq!(json(&http(admin, "GET", "/failover", None, "").await.1)["promotions"], 1, "the switchover's promotion");
+    let (_, text) = http(admin, "GET", "/metrics", None, "").await;
+    assert!(text.contains("pgvigil_cluster_writable 0\n") && text.contains("pgvigil_failovers_total 1\n"), "{text}");
+    assert!(text.contains("pgvigil_failover_state{state=\"manual\"} 1\n"), "{text}");
+    assert!(!text.contains("pgvigil_failover_last_duration_seconds 0\n"), "the switchover's duration");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
