@@ -33,7 +33,10 @@ async fn nodes_health_endpoints_and_token_protected_operations() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let extra = format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n\n[failover]\nautomatic = false\n", token_file.display().to_string());
+    let extra = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n\n[failover]\nautomatic = false\npassword = {SUPERPASS:?}\n\n[rejoin]\nbasebackup_command = \"PGPASSWORD={SUPERPASS} true\"\n",
+        token_file.display().to_string()
+    );
     let mut env = Env::start(Options { standbys: 2, data_dirs: true, extra, ..Options::default() }).await;
     wait_standbys_eligible(env.handle(), 1 << 20).await;
     let admin = env.handle().admin_addr.expect("admin listener");
@@ -65,6 +68,19 @@ async fn nodes_health_endpoints_and_token_protected_operations() {
     let mine = pools["pools"].as_array().unwrap().iter().find(|p| p["node"] == "pg0" && p["user"] == SUPERUSER).unwrap_or_else(|| panic!("{body}"));
     assert!(mine["in_use"].as_u64().unwrap() >= 1, "{body}");
     drop(c);
+
+    // The configuration in effect, secrets redacted.
+    let (status, body) = http(admin, "GET", "/config", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let cfg = json(&body);
+    assert_eq!(cfg["failover"]["automatic"], false);
+    assert_eq!(cfg["health_check"]["interval"], "200ms");
+    assert_eq!(cfg["failover"]["max_lag"], "1MB");
+    assert_eq!(cfg["backends"][1]["name"], "pg1");
+    assert_eq!(cfg["admin"]["token_file"], token_file.display().to_string());
+    assert_eq!(cfg["failover"]["password"], "<set>");
+    assert_eq!(cfg["rejoin"]["basebackup_command"], "<set>");
+    assert!(!body.contains(TOKEN) && !body.contains("PGPASSWORD"), "no secret in /config: {body}");
 
     // Metrics: Prometheus text with the families and values the cluster has now.
     let c = env.client().await;

@@ -76,6 +76,7 @@ fn router(state: Arc<Admin>) -> Router {
         .route("/events", get(events))
         .route("/pools", get(pools))
         .route("/metrics", get(metrics))
+        .route("/config", get(config_json))
         .route("/switchover", post(switchover))
         .route("/reload", post(reload))
         .route("/primary", get(primary).head(primary))
@@ -238,6 +239,32 @@ async fn failover_status(State(a): State<Arc<Admin>>) -> Json<serde_json::Value>
         Status::ReadOnly { reasons } => json!({"state": "read_only", "reasons": reasons, "promotions": promotions}),
         Status::Manual => json!({"state": "manual", "reasons": ["the primary is down and failover.automatic is off"], "promotions": promotions}),
     })
+}
+
+/// The configuration in effect, with every secret redacted: passwords, and shell
+/// commands (which may carry credentials) shown as `"<set>"`.
+async fn config_json(State(a): State<Arc<Admin>>) -> Json<serde_json::Value> {
+    let mut v = serde_json::to_value(a.shared.config()).unwrap_or_default();
+    redact(&mut v);
+    Json(v)
+}
+
+/// Replaces the values of secret keys, at any depth.
+pub fn redact(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                let secret = k == "password" || k.ends_with("_password") || k == "token" || k.ends_with("_command") || k == "key";
+                if secret && !val.is_null() {
+                    *val = json!("<set>");
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
 }
 
 /// Prometheus text format (see docs/admin.md for the list).
