@@ -101,6 +101,8 @@ async fn nodes_health_endpoints_and_token_protected_operations() {
         "pgvigil_failover_state{state=\"idle\"} 1\n",
         "pgvigil_pool_checkout_wait_seconds_count ",
         "pgvigil_backend_replication_lag_bytes{node=\"pg1\"} ",
+        "pgvigil_statements_total{node=\"pg0\",kind=\"insert\"} ",
+        "pgvigil_backend_errors_total{node=\"pg0\",severity=\"error\"} ",
     ] {
         assert!(text.contains(want), "{want:?} in\n{text}");
     }

@@ -327,6 +327,20 @@ pub fn render_metrics(shared: &Shared) -> String {
     for (i, name) in names.iter().enumerate() {
         e.sample("pgvigil_reads_routed_total", &[("node", name)], shared.stats.select_cnt(i) as f64);
     }
+    e.family("pgvigil_statements_total", "counter", "Statements sent to the backend by kind (Pgpool-II's classes: select, insert, update, delete, ddl, other).");
+    for (i, name) in names.iter().enumerate() {
+        let c = shared.stats.backend_counts(i);
+        for (kind, v) in [("select", c.select), ("insert", c.insert), ("update", c.update), ("delete", c.delete), ("ddl", c.ddl), ("other", c.other)] {
+            e.sample("pgvigil_statements_total", &[("node", name), ("kind", kind)], v as f64);
+        }
+    }
+    e.family("pgvigil_backend_errors_total", "counter", "ErrorResponses the backend sent to sessions, by severity.");
+    for (i, name) in names.iter().enumerate() {
+        let c = shared.stats.backend_counts(i);
+        for (severity, v) in [("error", c.error), ("fatal", c.fatal), ("panic", c.panic)] {
+            e.sample("pgvigil_backend_errors_total", &[("node", name), ("severity", severity)], v as f64);
+        }
+    }
     e.family("pgvigil_statements_unparsable_total", "counter", "Statements the SQL parser rejected (sent to the primary).");
     e.sample("pgvigil_statements_unparsable_total", &[], shared.stats.unparsable.load(Relaxed) as f64);
     e.family("pgvigil_health_checks_total", "counter", "Health checks of the backend by result.");

@@ -5,16 +5,20 @@
 //! most recently returned idle connection that is still clean, or opens a new one. The
 //! permit travels with the connection, so at most `size` connections exist per pool.
 //! A reaper task closes idle connections past `pool.idle_timeout` or that saw EOF.
+//! Every pooled connection is listed in a [`registry`] for SHOW POOL_POOLS.
 
+pub mod registry;
 pub mod server;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use registry::{Activity, PooledConn};
 pub use server::{BackendCredential, ConnectError, ServerConn};
 
 /// Identifies a pool: connections in it are interchangeable.
@@ -56,10 +60,14 @@ pub enum CheckoutError {
 }
 
 struct Pool {
+    /// Numbered in creation order (SHOW POOL_POOLS' pool_id).
+    id: u64,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
     /// Sessions waiting for a free slot.
     waiting: std::sync::atomic::AtomicUsize,
+    /// Checkouts since the pool was created.
+    checkouts: Arc<AtomicU64>,
 }
 
 /// One pool as the admin API shows it.
@@ -84,6 +92,8 @@ pub struct Pools {
     /// How long checkouts waited for a free slot (0 for most).
     pub checkout_wait: crate::metrics::Histogram,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    next_pool_id: AtomicU64,
+    registry: registry::Registry,
 }
 
 /// A server connection lent to one client session.
@@ -95,7 +105,13 @@ pub struct Checkout {
 
 impl Pools {
     pub fn new(settings: PoolSettings) -> Self {
-        Self { settings, pools: Mutex::new(HashMap::new()), checkout_wait: crate::metrics::Histogram::new(&crate::metrics::LATENCY_BUCKETS) }
+        Self {
+            settings,
+            pools: Mutex::new(HashMap::new()),
+            checkout_wait: crate::metrics::Histogram::new(&crate::metrics::LATENCY_BUCKETS),
+            next_pool_id: AtomicU64::new(0),
+            registry: registry::Registry::default(),
+        }
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -107,7 +123,13 @@ impl Pools {
         pools
             .entry(key.clone())
             .or_insert_with(|| {
-                Arc::new(Pool { permits: Arc::new(Semaphore::new(self.settings.size)), idle: Mutex::new(Vec::new()), waiting: 0.into() })
+                Arc::new(Pool {
+                    id: self.next_pool_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    permits: Arc::new(Semaphore::new(self.settings.size)),
+                    idle: Mutex::new(Vec::new()),
+                    waiting: 0.into(),
+                    checkouts: Arc::new(AtomicU64::new(0)),
+                })
             })
             .clone()
     }
@@ -148,13 +170,27 @@ impl Pools {
             let candidate = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let Some(conn) = candidate else { break };
             if conn.addr == addr && self.still_usable(&conn) {
+                if let Some(r) = &conn.record {
+                    r.checked_out();
+                }
                 return Ok(Checkout { conn, key: key.clone(), _permit: permit });
             }
             tracing::debug!(backend = conn.backend, server_pid = conn.pid, "closing stale idle server connection");
         }
-        let conn =
+        let mut conn =
             ServerConn::connect(key.backend, addr, &key.startup_params(), credential, self.settings.connect_timeout).await?;
         tracing::debug!(backend = key.backend, server_pid = conn.pid, user = %key.user, database = %key.database, "opened server connection");
+        let record = Arc::new(registry::ConnRecord::new(
+            key.backend,
+            key.user.clone(),
+            key.database.clone(),
+            pool.id,
+            conn.pid,
+            pool.checkouts.clone(),
+        ));
+        record.checked_out();
+        self.registry.add(&record);
+        conn.record = Some(record);
         Ok(Checkout { conn, key: key.clone(), _permit: permit })
     }
 
@@ -163,6 +199,9 @@ impl Pools {
         let reset = tokio::time::timeout(self.settings.connect_timeout, checkout.conn.reset(&self.settings.reset_query)).await;
         match reset {
             Ok(Ok(())) => {
+                if let Some(r) = &checkout.conn.record {
+                    r.returned();
+                }
                 let pool = self.pool(&checkout.key);
                 pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(checkout.conn);
             }
@@ -200,6 +239,11 @@ impl Pools {
             .collect();
         out.sort_by(|a, b| (a.backend, &a.user, &a.database).cmp(&(b.backend, &b.user, &b.database)));
         out
+    }
+
+    /// Every pooled server connection, lent or idle (SHOW POOL_POOLS).
+    pub fn connections(&self) -> Vec<PooledConn> {
+        self.registry.snapshot()
     }
 
     /// Number of pools currently known.

@@ -1,12 +1,14 @@
 //! One server connection: connect, authenticate to PostgreSQL, reset for reuse.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::registry::ConnRecord;
 use crate::protocol::backend::{self, AuthRequest, ServerError};
 use crate::protocol::frame::{self, be, Message};
 use crate::protocol::md5::{md5_password_hash, md5_salted_response};
@@ -91,6 +93,8 @@ pub struct ServerConn {
     pub tx_status: u8,
     pub created: Instant,
     pub last_used: Instant,
+    /// Set for pooled connections: what SHOW POOL_POOLS lists.
+    pub record: Option<Arc<ConnRecord>>,
 }
 
 impl ServerConn {
@@ -129,6 +133,7 @@ impl ServerConn {
             tx_status: b'I',
             created: now,
             last_used: now,
+            record: None,
         };
         tokio::time::timeout(timeout, conn.startup(params, credential)).await.map_err(|_| ConnectError::Timeout(addr))??;
         Ok(conn)

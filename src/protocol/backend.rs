@@ -249,17 +249,36 @@ pub fn write_empty(out: &mut BytesMut, tag: u8) {
 
 /// RowDescription of text columns (type `text`, OID 25, text format).
 pub fn write_text_row_description(out: &mut BytesMut, columns: &[&str]) {
+    write_text_row_description_in(out, columns, &[]);
+}
+
+/// RowDescription of text columns in the result formats a Bind asked for: none (all
+/// text), one for every column, or one per column. The binary form of `text` is its
+/// bytes, so DataRows are the same either way.
+pub fn write_text_row_description_in(out: &mut BytesMut, columns: &[&str], formats: &[i16]) {
     let at = begin(out, be::ROW_DESCRIPTION);
     out.put_i16(columns.len() as i16);
-    for c in columns {
+    for (i, c) in columns.iter().enumerate() {
+        let format = match formats {
+            [] => 0,
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(0),
+        };
         put_cstr(out, c);
         out.put_i32(0); // table OID
         out.put_i16(0); // column number
         out.put_i32(25); // type OID: text
         out.put_i16(-1); // type size
         out.put_i32(-1); // type modifier
-        out.put_i16(0); // text format
+        out.put_i16(format);
     }
+    finish(out, at);
+}
+
+/// ParameterDescription of a statement without parameters.
+pub fn write_no_parameters(out: &mut BytesMut) {
+    let at = begin(out, be::PARAMETER_DESCRIPTION);
+    out.put_i16(0);
     finish(out, at);
 }
 

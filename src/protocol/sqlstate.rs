@@ -14,3 +14,6 @@ pub const INTERNAL_ERROR: &str = "XX000";
 pub const QUERY_CANCELED: &str = "57014";
 pub const INVALID_PARAMETER_VALUE: &str = "22023";
 pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+/// undefined_object, which PostgreSQL also uses for "unrecognized configuration parameter".
+pub const UNDEFINED_OBJECT: &str = "42704";
+pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";

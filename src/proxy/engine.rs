@@ -24,7 +24,10 @@ use tokio::net::TcpStream;
 
 use super::cancel::{CancelKey, CancelTarget};
 use super::link::{needed, Event, Expect, Link};
+use super::local::{Bind, LocalStatements};
 use super::route::{Dest, Local, SessionRoute};
+use super::show::{Command, Show};
+use super::stats::StatementClass;
 use super::Shared;
 use crate::monitor::{ClusterView, Role};
 use crate::pool::server::record_parameter;
@@ -182,6 +185,10 @@ pub(super) struct Engine<'a> {
     view_changed: tokio_util::sync::ReusableBoxFuture<'static, ViewRx>,
     /// The view changed since the connections were last checked against it.
     view_dirty: bool,
+    /// Extended-protocol statements pgvigil answers itself (SHOW POOL_…).
+    local: LocalStatements,
+    /// When the client connected (SHOW POOL_POOLS).
+    started: std::time::SystemTime,
 }
 
 type ViewRx = tokio::sync::watch::Receiver<Arc<ClusterView>>;
@@ -248,12 +255,17 @@ impl<'a> Engine<'a> {
             terminate: Box::pin(shared.terminate.clone().cancelled_owned()),
             view_changed: tokio_util::sync::ReusableBoxFuture::new(next_view(shared.view.clone())),
             view_dirty: false,
+            local: LocalStatements::default(),
+            started: std::time::SystemTime::now(),
         }
     }
 
     /// Adopts a connection checked out during startup.
     pub fn adopt(&mut self, node: usize, checkout: crate::pool::Checkout) {
         self.cancel.add_server(node, checkout.conn.pid);
+        if let Some(r) = &checkout.conn.record {
+            r.lend_to(self.cancel.pid, self.started);
+        }
         self.links.push(Link::new(node, checkout, self.log.reset_seq));
     }
 
@@ -407,6 +419,9 @@ impl<'a> Engine<'a> {
                 }
                 be::PARAMETER_STATUS if need == total => {
                     let _ = record_parameter(&mut link.checkout.conn.params, &buf[pos + 5..pos + total]);
+                }
+                be::ERROR_RESPONSE => {
+                    self.shared.stats.record_error(link.node, super::link::error_severity(&buf[pos..pos + need]));
                 }
                 _ => {}
             }
@@ -829,6 +844,9 @@ impl<'a> Engine<'a> {
             }
             fe::EXECUTE => {
                 let portal = cstr(body).map_err(End::Violation)?.to_string();
+                if self.local.has_portal(&portal) {
+                    return Ok(self.local_execute(&portal, body));
+                }
                 let node = self.portals.get(&portal).copied().or(self.batch).or(self.last_node);
                 self.extended_to(msg, node, Expect::Execute).await
             }
@@ -865,13 +883,13 @@ impl<'a> Engine<'a> {
             // A Query inside an unfinished batch belongs to the batch's node.
             return self.extended_to(msg, Some(n), Expect::Ready).await;
         }
-        if let Some(which) = show_command(sql) {
+        if let Some(command) = Command::parse(sql) {
             if !self.all_quiet() {
                 return Ok(Step::Blocked);
             }
-            match which {
-                Show::PoolNodes => self.show_pool_nodes(),
-                Show::HealthCheckStats => self.show_health_check_stats(),
+            match command {
+                Command::Show(which) => self.show_table(which).write(&mut self.cout),
+                Command::UnknownParameter(name) => super::show::unknown_parameter(&name).write(&mut self.cout),
             }
             let status = self.status_outside();
             backend::write_ready_for_query(&mut self.cout, status);
@@ -936,7 +954,8 @@ impl<'a> Engine<'a> {
                     let Some((node, reason)) = self.resolve(&dest, &kind, &decision.reason) else {
                         return self.no_node(&kind, true);
                     };
-                    match self.forward_query(msg, node, &c, &kind, sql, &reason, decision.label).await? {
+                    let class = StatementClass::of(&c, &kind, sql);
+                    match self.forward_query(msg, node, &c, &kind, sql, &reason, decision.label, class).await? {
                         Ok(step) => return Ok(step),
                         Err((e, node_down)) => {
                             // A read outside a transaction moves to another node.
@@ -999,6 +1018,7 @@ impl<'a> Engine<'a> {
         sql: &str,
         reason: &str,
         label: &'static str,
+        class: StatementClass,
     ) -> Result<Result<Step, (PgError, bool)>, End> {
         let li = match self.ready_link(node, true).await? {
             Ready::Link(li) => li,
@@ -1029,7 +1049,7 @@ impl<'a> Engine<'a> {
         let effects = self.effects_for(c, kind, sql);
         let unit = self.new_unit(effects);
         self.explain(li, unit, reason);
-        self.record(node, label, matches!(kind, Kind::Read));
+        self.record(node, label, class);
         let primary = self.view.primary();
         let link = &mut self.links[li];
         link.out.extend_from_slice(msg);
@@ -1432,6 +1452,16 @@ impl<'a> Engine<'a> {
     // ---- extended protocol -----------------------------------------------------------
 
     async fn on_parse(&mut self, msg: &Bytes, name: String, sql: String) -> Result<Step, End> {
+        if let Some(command) = Command::parse(&sql) {
+            return self.local_parse(name, command);
+        }
+        if !name.is_empty() && self.local.statement(&name).is_some() {
+            if let Some(step) = self.local_turn() {
+                return Ok(step);
+            }
+            return self.fail_request(super::local::statement_exists(&name), false);
+        }
+        self.local.forget_statement(&name);
         let c = self.classify(&sql);
         let (kind, reason) = self.final_kind(&c).await;
         if matches!(kind, Kind::Read) && self.lsn_needed && self.batch.is_none() {
@@ -1463,6 +1493,10 @@ impl<'a> Engine<'a> {
     }
 
     async fn on_bind(&mut self, msg: &Bytes, portal: String, stmt: String) -> Result<Step, End> {
+        if let Some(which) = self.local.statement(&stmt) {
+            return self.local_bind(msg, which);
+        }
+        self.local.forget_portal(&portal);
         let bound_kind = self.stmts.get(&stmt).map_or(Kind::Write, |s| s.class.kind.clone());
         if self.tx_broken_for(&bound_kind) {
             if self.batch.is_some() {
@@ -1494,6 +1528,7 @@ impl<'a> Engine<'a> {
         };
         self.ensure_prepared(li, &stmt);
         let decision = self.route.decide(&c, &kind, &reason.to_string(), &self.shared.routing, false);
+        let class = StatementClass::of(&c, &kind, &sql);
         if let Some((name, value)) = c.pgvigil_setting() {
             // The server accepts it as a placeholder setting; pgvigil applies it too.
             if let Err(e) = self.route.apply_setting(&name, &value) {
@@ -1502,7 +1537,7 @@ impl<'a> Engine<'a> {
         }
         let unit = self.batch_unit;
         self.explain(li, unit, &reason.to_string());
-        self.record(node, decision.label, matches!(kind, Kind::Read));
+        self.record(node, decision.label, class);
         if !sql.is_empty() {
             let effects = self.effects_for(&c, &kind, &sql);
             let entry = self.units.entry(unit).or_default();
@@ -1521,6 +1556,18 @@ impl<'a> Engine<'a> {
     }
 
     async fn on_describe_or_close(&mut self, tag: u8, msg: &Bytes, kind: u8, name: String) -> Result<Step, End> {
+        let local = if kind == b'S' { self.local.statement(&name).is_some() } else { self.local.has_portal(&name) };
+        if local {
+            if let Some(step) = self.local_turn() {
+                return Ok(step);
+            }
+            match (tag, kind) {
+                (fe::DESCRIBE, b'S') => self.local.describe_statement(&mut self.cout, &name),
+                (fe::DESCRIBE, _) => self.local.describe_portal(&mut self.cout, &name),
+                _ => self.local.close(&mut self.cout, kind, &name),
+            }
+            return Ok(Step::Done);
+        }
         let node = match kind {
             b'P' => self.portals.get(&name).copied().or(self.batch).or(self.last_node),
             _ if tag == fe::DESCRIBE => match self.stmts.get(&name).map(|s| s.class.clone()) {
@@ -1606,6 +1653,9 @@ impl<'a> Engine<'a> {
     }
 
     async fn on_sync(&mut self, msg: &Bytes) -> Result<Step, End> {
+        if !self.route.in_tx() {
+            self.local.end_of_transaction();
+        }
         let node = self.batch.or(self.last_node.filter(|n| self.link_index(*n).is_some()));
         let Some(node) = node else {
             // Nothing ran: answer it here.
@@ -1637,7 +1687,7 @@ impl<'a> Engine<'a> {
         }
         let Some(primary) = self.view.primary() else { return self.no_node(&Kind::Write, true) };
         let reason = "function call message".to_string();
-        match self.forward_query(msg, primary, &c, &Kind::Write, "", &reason, "function_call").await? {
+        match self.forward_query(msg, primary, &c, &Kind::Write, "", &reason, "function_call", StatementClass::Other).await? {
             Ok(step) => Ok(step),
             Err((e, _)) => self.fail_request(e, true),
         }
@@ -1850,6 +1900,9 @@ impl<'a> Engine<'a> {
             return Err((PgError::new(Severity::Error, sqlstate::CONNECTION_FAILURE, e.to_string()), true));
         }
         self.cancel.add_server(node, checkout.conn.pid);
+        if let Some(r) = &checkout.conn.record {
+            r.lend_to(self.cancel.pid, self.started);
+        }
         tracing::debug!(peer = %self.peer, node, server_pid = checkout.conn.pid, "session uses a new server connection");
         self.links.push(Link::new(node, checkout, self.log.reset_seq));
         Ok(self.links.len() - 1)
@@ -1910,8 +1963,8 @@ impl<'a> Engine<'a> {
         self.view.nodes.get(node).map_or_else(|| format!("#{node}"), |n| n.name.clone())
     }
 
-    fn record(&self, node: usize, label: &'static str, read: bool) {
-        self.shared.stats.record(node, label, read);
+    fn record(&self, node: usize, label: &'static str, class: StatementClass) {
+        self.shared.stats.record(node, label, class);
     }
 
     /// The explain NOTICE, placed before the unit's first answer.
@@ -1934,55 +1987,62 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn show_health_check_stats(&mut self) {
-        let view = self.shared.view.borrow().clone();
-        let rows: Vec<super::show::HealthCheckRow> = view
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let (hostname, port) = self.shared.backend_host(i);
-                super::show::HealthCheckRow {
-                    node_id: i,
-                    hostname,
-                    port,
-                    status: n.up && !n.fenced && !n.detached,
-                    role: n.role,
-                    last_status_change: n.last_change,
-                    stats: self.shared.monitor.stats(i).unwrap_or_default(),
-                }
-            })
-            .collect();
-        super::show::write_health_check_stats(&mut self.cout, &rows);
+    /// The answer to a SHOW command, as of now.
+    fn show_table(&self, which: Show) -> super::show::Table {
+        super::show::table(self.shared, which, self.read_node)
     }
 
-    fn show_pool_nodes(&mut self) {
-        let view = self.shared.view.borrow().clone();
-        let rows: Vec<super::show::PoolNodeRow> = view
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let (host, port) = self.shared.backend_host(i);
-                super::show::PoolNodeRow {
-                    node_id: i,
-                    hostname: host,
-                    port,
-                    // As pgvigil routes: a fenced node is "down" whatever the server says.
-                    status: n.up && !n.fenced && !n.detached,
-                    pg_status: n.up,
-                    lb_weight: self.shared.balancer.share(i),
-                    role: n.role,
-                    select_cnt: self.shared.stats.select_cnt(i),
-                    load_balance_node: self.read_node == Some(i),
-                    replication_delay: if n.role == Role::Primary { Some(0) } else { view.replay_lag_bytes(i) },
-                    replication_state: None,
-                    replication_sync_state: None,
-                    last_status_change: n.last_change,
-                }
-            })
-            .collect();
-        super::show::write_pool_nodes(&mut self.cout, &rows);
+    // ---- statements pgvigil answers itself, extended protocol -------------------------
+
+    /// Before pgvigil answers an extended-protocol message itself: the open batch is
+    /// ended (a Sync injected) and every server has answered. `Some(step)`: return it.
+    fn local_turn(&mut self) -> Option<Step> {
+        if self.batch.is_some() {
+            return Some(self.end_batch_early());
+        }
+        (!self.all_quiet()).then_some(Step::Blocked)
+    }
+
+    fn local_parse(&mut self, name: String, command: Command) -> Result<Step, End> {
+        if let Some(step) = self.local_turn() {
+            return Ok(step);
+        }
+        let result = match command {
+            Command::Show(_) if !name.is_empty() && self.stmts.contains_key(&name) => Err(super::local::statement_exists(&name)),
+            Command::Show(which) => self.local.parse(&mut self.cout, &name, which),
+            Command::UnknownParameter(param) => Err(super::show::unknown_parameter(&param)),
+        };
+        match result {
+            Ok(()) => {
+                // The unnamed statement is replaced.
+                self.stmts.remove(&name);
+                Ok(Step::Done)
+            }
+            Err(e) => self.fail_request(e, false),
+        }
+    }
+
+    fn local_bind(&mut self, msg: &Bytes, which: Show) -> Result<Step, End> {
+        let bind = Bind::parse(&msg[5..]).map_err(End::Violation)?;
+        if let Some(step) = self.local_turn() {
+            return Ok(step);
+        }
+        self.portals.remove(&bind.portal);
+        let table = self.show_table(which);
+        match self.local.bind(&mut self.cout, bind, table) {
+            Ok(()) => Ok(Step::Done),
+            Err(e) => self.fail_request(e, false),
+        }
+    }
+
+    fn local_execute(&mut self, portal: &str, body: &[u8]) -> Step {
+        if let Some(step) = self.local_turn() {
+            return step;
+        }
+        let mut r = Reader::new(body);
+        let max_rows = r.cstr().ok().and_then(|_| r.i32().ok()).unwrap_or(0);
+        self.local.execute(&mut self.cout, portal, max_rows);
+        Step::Done
     }
 }
 
@@ -2025,31 +2085,6 @@ fn mentions_pgvigil(sql: &str) -> bool {
 fn is_discard_all(sql: &str) -> bool {
     let words: Vec<String> = sql.trim().trim_end_matches(';').split_whitespace().map(str::to_ascii_lowercase).collect();
     words == ["discard", "all"]
-}
-
-/// The Pgpool-II SHOW commands pgvigil answers on the proxy port.
-enum Show {
-    PoolNodes,
-    HealthCheckStats,
-}
-
-fn show_command(sql: &str) -> Option<Show> {
-    let trimmed = sql.trim().trim_end_matches(';');
-    // Cheap test first: most statements are not SHOW.
-    if trimmed.len() > 48 || !(trimmed.get(..4).is_some_and(|w| w.eq_ignore_ascii_case("show")) || trimmed.get(..6).is_some_and(|w| w.eq_ignore_ascii_case("pgpool"))) {
-        return None;
-    }
-    let words: Vec<String> = trimmed.split_whitespace().map(str::to_ascii_lowercase).collect();
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let name = match words.as_slice() {
-        ["show", name] | ["pgpool", "show", name] => *name,
-        _ => return None,
-    };
-    match name {
-        "pool_nodes" => Some(Show::PoolNodes),
-        "pool_health_check_stats" => Some(Show::HealthCheckStats),
-        _ => None,
-    }
 }
 
 fn cstr(body: &[u8]) -> Result<&str, PgError> {

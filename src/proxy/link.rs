@@ -11,6 +11,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::BytesMut;
 
+use super::stats::ErrorSeverity;
 use crate::pool::Checkout;
 use crate::protocol::frame::be;
 
@@ -117,6 +118,9 @@ impl Link {
 
     pub fn push(&mut self, what: Expect, injected: bool, unit: u64) {
         self.expect.push_back(Pending { what, injected, unit });
+        if let Some(r) = &self.checkout.conn.record {
+            r.executing();
+        }
     }
 
     /// Decides about a server message whose header (and, for the tags that need it,
@@ -127,17 +131,23 @@ impl Link {
                 let status = msg.get(5).copied().unwrap_or(b'I');
                 self.checkout.conn.tx_status = status;
                 // Entries before the Ready are requests the server skipped after an error.
+                let mut done = None;
                 while let Some(p) = self.expect.pop_front() {
                     if p.what == Expect::Ready {
-                        let failed = std::mem::take(&mut self.error_in_unit);
-                        self.copy_in = false;
-                        if p.injected {
-                            return (false, Some(Event::InjectedSyncDone { failed }));
-                        }
-                        return (true, Some(Event::UnitDone { unit: p.unit, status, failed }));
+                        done = Some(p);
+                        break;
                     }
                 }
-                (true, None)
+                if let Some(r) = self.checkout.conn.record.as_ref().filter(|_| self.expect.is_empty()) {
+                    r.ready(status);
+                }
+                let Some(p) = done else { return (true, None) };
+                let failed = std::mem::take(&mut self.error_in_unit);
+                self.copy_in = false;
+                if p.injected {
+                    return (false, Some(Event::InjectedSyncDone { failed }));
+                }
+                (true, Some(Event::UnitDone { unit: p.unit, status, failed }))
             }
             be::PARSE_COMPLETE => self.complete(Expect::Parse),
             be::BIND_COMPLETE => self.complete(Expect::Bind),
@@ -216,6 +226,32 @@ pub(super) fn needed(tag: u8, total: usize) -> usize {
     .min(total)
 }
 
+/// The severity of an ErrorResponse (`msg` from its tag on, possibly cut short): its
+/// untranslated `V` field, else its `S` field; ERROR when neither is readable (an
+/// ErrorResponse is never less).
+pub(super) fn error_severity(msg: &[u8]) -> ErrorSeverity {
+    let mut from_s = None;
+    let mut i = 5;
+    while i < msg.len() && msg[i] != 0 {
+        let field = msg[i];
+        let start = i + 1;
+        let Some(len) = msg[start..].iter().position(|&c| c == 0) else { break };
+        let severity = match &msg[start..start + len] {
+            b"PANIC" => Some(ErrorSeverity::Panic),
+            b"FATAL" => Some(ErrorSeverity::Fatal),
+            b"ERROR" => Some(ErrorSeverity::Error),
+            _ => None,
+        };
+        match field {
+            b'V' => return severity.unwrap_or(ErrorSeverity::Error),
+            b'S' => from_s = severity,
+            _ => {}
+        }
+        i = start + len + 1;
+    }
+    from_s.unwrap_or(ErrorSeverity::Error)
+}
+
 /// Rewrites the severity of an ErrorResponse (whole message in `msg`) from FATAL or
 /// PANIC to ERROR, in place: the session outlives its server connection. Returns
 /// whether it did.
@@ -237,7 +273,8 @@ pub(super) fn demote_fatal(msg: &mut [u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::demote_fatal;
+    use super::{demote_fatal, error_severity};
+    use crate::proxy::stats::ErrorSeverity;
     use crate::protocol::backend::{parse_error_fields, PgError};
     use bytes::BytesMut;
 
@@ -253,5 +290,25 @@ mod tests {
         PgError::new(crate::protocol::backend::Severity::Error, "42P01", "x").write(&mut plain);
         assert!(!demote_fatal(&mut plain));
         assert!(!demote_fatal(&mut [b'E', 0, 0, 0, 9, b'S', b'F', b'A']));
+    }
+
+    #[test]
+    fn error_severity_from_v_then_s() {
+        let mut out = BytesMut::new();
+        PgError::shutting_down().write(&mut out);
+        assert_eq!(error_severity(&out), ErrorSeverity::Fatal);
+        let mut out = BytesMut::new();
+        PgError::new(crate::protocol::backend::Severity::Error, "42P01", "x").write(&mut out);
+        assert_eq!(error_severity(&out), ErrorSeverity::Error);
+        // A translated S with the untranslated V after it.
+        let body = b"SPANIK\0VPANIC\0CXX000\0Mboom\0\0";
+        let msg = [&b"E\0\0\0\0"[..], body].concat();
+        assert_eq!(error_severity(&msg), ErrorSeverity::Panic);
+        // Cut short after S (a huge message), or S only (servers before 9.6).
+        assert_eq!(error_severity(b"E\0\x01\0\0SFATAL\0"), ErrorSeverity::Fatal);
+        assert_eq!(error_severity(b"E\0\0\0\x0fSPANIC\0Mx\0\0"), ErrorSeverity::Panic);
+        // Unreadable: at least an error.
+        assert_eq!(error_severity(b"E\0\0\0\x0bSFEHL"), ErrorSeverity::Error);
+        assert_eq!(error_severity(b"E\0"), ErrorSeverity::Error);
     }
 }

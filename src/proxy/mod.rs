@@ -12,6 +12,7 @@ pub mod catalogs;
 mod engine;
 mod link;
 mod listener;
+mod local;
 pub mod route;
 pub mod session;
 pub mod show;
