@@ -295,6 +295,7 @@ impl ProxyHandle {
             ("failover.*", old.failover != next.failover),
             ("rejoin.*", old.rejoin != next.rejoin),
             ("backends", old.backends != next.backends),
+            ("watchdog.*", old.watchdog != next.watchdog),
         ]
         .into_iter()
         .filter(|(_, changed)| *changed)
