@@ -55,10 +55,12 @@ struct Spec {
     no_net_admin: bool,
     /// Uses another key than the others.
     wrong_key: bool,
+    /// More `[watchdog.vip]` lines; `DIR` stands for the test's directory.
+    vip_extra: String,
 }
 
 fn node(name: &'static str, priority: i32) -> Spec {
-    Spec { name, priority, witness: false, no_net_admin: false, wrong_key: false }
+    Spec { name, priority, witness: false, no_net_admin: false, wrong_key: false, vip_extra: String::new() }
 }
 
 fn witness(name: &'static str) -> Spec {
@@ -94,7 +96,7 @@ struct Cluster {
     net: Net,
 }
 
-fn config_text(i: usize, specs: &[Spec], phantom: Option<&str>) -> String {
+fn config_text(i: usize, specs: &[Spec], phantom: Option<&str>, dir: &std::path::Path) -> String {
     let s = &specs[i];
     let mut peers: Vec<String> = specs
         .iter()
@@ -120,7 +122,8 @@ fn config_text(i: usize, specs: &[Spec], phantom: Option<&str>) -> String {
     format!(
         "[proxy]\nlisten = \"0.0.0.0:{PROXY_PORT}\"\n[auth]\nmethod = \"trust\"\n{log}\
          [[backends]]\nname = \"pg\"\nhost = \"127.0.0.1\"\nport = 1\n\
-         {watchdog}[watchdog.vip]\naddress = \"{VIP}/24\"\ninterface = \"eth0\"\n"
+         {watchdog}[watchdog.vip]\naddress = \"{VIP}/24\"\ninterface = \"eth0\"\n{}",
+        s.vip_extra.replace("DIR", &dir.display().to_string())
     )
 }
 
@@ -162,7 +165,7 @@ impl Cluster {
         let mut members = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             let config = dir.path().join(format!("{}.toml", spec.name));
-            std::fs::write(&config, config_text(i, specs, phantom)).expect("config");
+            std::fs::write(&config, config_text(i, specs, phantom, dir.path())).expect("config");
             members.push(Member {
                 spec: spec.clone(),
                 ns: net.members[i].clone(),
@@ -531,14 +534,28 @@ fn two_nodes_and_a_witness_keep_a_leader() {
 }
 
 #[test]
-fn clean_shutdown_hands_over_at_once() {
+fn clean_shutdown_hands_over_at_once_and_commands_replace_netlink() {
     if skip() {
         return;
     }
     let _serial = serial();
-    let mut c = Cluster::start(&[node("n0", 30), node("n1", 20), node("n2", 10)]);
+    // n0 moves the VIP with commands, as in a cloud, and runs the hooks.
+    let commands = Spec {
+        vip_extra: "up_command = \"ip addr add $VIP/$PREFIX dev $IFACE && echo up >> DIR/events\"\n\
+                    down_command = \"ip addr del $VIP/$PREFIX dev $IFACE; echo down >> DIR/events\"\n\
+                    arp_command = \"echo arp $VIP $IFACE >> DIR/events\"\n\
+                    escalation_command = \"echo escalation >> DIR/events\"\n\
+                    de_escalation_command = \"echo de-escalation >> DIR/events\"\n"
+            .into(),
+        ..node("n0", 30)
+    };
+    let mut c = Cluster::start(&[commands, node("n1", 20), node("n2", 10)]);
+    let events = c._dir.path().join("events");
     let (h, _) = c.wait_single_holder(LONG);
     assert_eq!(h, 0);
+    let read = || std::fs::read_to_string(&events).unwrap_or_default();
+    wait_for(LONG, || read().contains("escalation") && read().contains("arp 192.0.2.100 eth0")).expect("hooks ran");
+    assert!(read().starts_with("up\n"), "{}", read());
     let start = Instant::now();
     let exit = c.terminate(0);
     assert!(!c.holds(0), "the VIP is removed before the process exits");
@@ -549,6 +566,10 @@ fn clean_shutdown_hands_over_at_once() {
     let removed = log.find("VIP removed").expect("removal logged");
     let stopped = log.find("watchdog stopped").expect("stop logged");
     assert!(removed < stopped);
+    let ev = read();
+    let lines: Vec<&str> = ev.lines().collect();
+    assert_eq!(lines.iter().filter(|l| **l == "down").count(), 1, "{ev}");
+    assert_eq!(lines.last(), Some(&"de-escalation"), "the de-escalation hook ran last, before the exit: {ev}");
     c.assert_never_two_live_holders();
 }
 

@@ -77,6 +77,9 @@ impl Runner {
         let actions = self.machine.leave(Now::current());
         self.apply(actions).await;
         self.publish();
+        if let Some(vip) = &self.vip {
+            vip.wait_for_hooks().await;
+        }
         tracing::info!("watchdog stopped");
     }
 

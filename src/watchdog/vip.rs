@@ -19,6 +19,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, CacheInfo};
 use rtnetlink::packet_route::link::LinkAttribute;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 use super::arp::ArpSender;
 use super::config::{VipAddress, VipConfig};
@@ -172,8 +173,8 @@ async fn run_command(key: &str, template: &str, address: VipAddress, interface: 
 }
 
 /// Runs a hook in the background, logging how it ended.
-fn spawn_hook(key: &'static str, template: String, address: VipAddress, interface: String) {
-    tokio::spawn(async move {
+fn spawn_hook(hooks: &TaskTracker, key: &'static str, template: String, address: VipAddress, interface: String) {
+    hooks.spawn(async move {
         match run_command(key, &template, address, &interface).await {
             Ok(()) => tracing::info!(command = key, "watchdog: hook finished"),
             Err(e) => tracing::error!(command = key, error = %e, "watchdog: hook failed"),
@@ -218,6 +219,8 @@ pub struct VipHolder {
     /// Set by the add task once the address is up.
     held: Arc<AtomicBool>,
     last_renewal: Option<Instant>,
+    /// Escalation and de-escalation hooks still running.
+    hooks: TaskTracker,
 }
 
 impl VipHolder {
@@ -283,6 +286,7 @@ impl VipHolder {
             announcing: None,
             held: Arc::new(AtomicBool::new(false)),
             last_renewal: None,
+            hooks: TaskTracker::new(),
         })
     }
 
@@ -320,6 +324,7 @@ impl VipHolder {
         let arp = self.arp.clone();
         let held = self.held.clone();
         let events = self.events.clone();
+        let hooks = self.hooks.clone();
         self.last_renewal = Some(Instant::now());
         self.adding = Some(tokio::spawn(async move {
             let started = Instant::now();
@@ -338,7 +343,7 @@ impl VipHolder {
                     );
                     let _ = events.send(VipEvent::Acquired);
                     if let Some(c) = &plan.escalation_command {
-                        spawn_hook("escalation_command", c.clone(), plan.address, plan.interface.clone());
+                        spawn_hook(&hooks, "escalation_command", c.clone(), plan.address, plan.interface.clone());
                     }
                     announce(&plan, arp.as_deref()).await;
                 }
@@ -367,6 +372,14 @@ impl VipHolder {
             t.abort();
         }
         self.announcing = Some(tokio::spawn(async move { announce(&plan, arp.as_deref()).await }));
+    }
+
+    /// Waits (up to the command timeout) for hooks still running, before exiting.
+    pub async fn wait_for_hooks(&self) {
+        self.hooks.close();
+        if tokio::time::timeout(COMMAND_TIMEOUT, self.hooks.wait()).await.is_err() {
+            tracing::warn!("watchdog: a hook was still running at exit");
+        }
     }
 
     /// Renews the address lifetime (built-in mode) when a quarter of it has passed.
@@ -408,7 +421,7 @@ impl VipHolder {
         }
         if was_held {
             if let Some(c) = &self.plan.de_escalation_command {
-                spawn_hook("de_escalation_command", c.clone(), self.plan.address, self.plan.interface.clone());
+                spawn_hook(&self.hooks, "de_escalation_command", c.clone(), self.plan.address, self.plan.interface.clone());
             }
         }
     }
