@@ -115,10 +115,12 @@ impl Link {
     }
 
     async fn remove(&self, address: VipAddress) -> Result<(), VipError> {
-        let msg = rtnetlink::AddressMessageBuilder::<std::net::Ipv4Addr>::new()
+        let mut msg = rtnetlink::AddressMessageBuilder::<std::net::Ipv4Addr>::new()
             .index(self.index)
             .address(address.ip, address.prefix)
             .build();
+        // Matched by the local address alone: whatever prefix length a leftover has.
+        msg.attributes.retain(|a| matches!(a, AddressAttribute::Local(_)));
         match tokio::time::timeout(NETLINK_TIMEOUT, self.handle.address().del(msg).execute()).await {
             Err(_) => Err(VipError::Other("netlink did not answer".into())),
             Ok(Ok(())) => Ok(()),
