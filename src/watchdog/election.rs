@@ -20,13 +20,14 @@
 //! extends nothing.
 //!
 //! **Elections.** A member with a free vote votes for the leader it hears (highest term),
-//! else campaigns if it could lead and is better than every member it hears that could
-//! lead or is campaigning (higher priority, then smaller name), else votes for the best
-//! candidate. A campaign takes a new term (greater than any term seen). A candidate
-//! yields to a leader and to a better candidate; a leader yields to a leader of a higher
-//! term. A candidate without a lease for `dead_after` gives up. A running leader is not
-//! displaced by a better member that comes back (each VIP move breaks every client
-//! connection).
+//! else campaigns if it could lead, is better than every member it hears that could lead
+//! or is campaigning (higher priority, then smaller name), and no member it hears votes
+//! for someone else; else it votes for the best candidate. A campaign takes a new term
+//! (greater than any term seen). A candidate yields to a leader and to a better
+//! candidate; a leader yields to a leader of a higher term. A candidate without a lease
+//! for `dead_after` gives up and does not campaign again for `dead_after`, so that voters
+//! stuck on it let another member try. A running leader is not displaced by a better
+//! member that comes back (each VIP move breaks every client connection).
 //!
 //! **Start-up.** For `dead_after` after start a member neither votes nor campaigns: a vote
 //! it gave before a restart has expired by then, and it has heard its peers first. The
@@ -155,6 +156,8 @@ pub struct Election {
     leaving: bool,
     /// The start-up wait is over (it was seen by a poll).
     quiet_over: bool,
+    /// After a campaign that found no quorum: no new one before this.
+    campaign_hold: Option<Instant>,
     last_poll: Instant,
     next_send: Instant,
     send_now: bool,
@@ -200,6 +203,7 @@ impl Election {
             digest: [0; 32],
             leaving: false,
             quiet_over: false,
+            campaign_hold: None,
             last_poll: now,
             next_send: now,
             send_now: true,
@@ -264,7 +268,10 @@ impl Election {
     /// Could lead now, or once the start-up wait is over (what heartbeats say, so that a
     /// better member still in its wait is waited for).
     fn can_lead(&self, now: Instant) -> bool {
-        self.eligible(now) && !self.leaving && self.reach(now) >= self.s.quorum
+        self.eligible(now)
+            && !self.leaving
+            && self.campaign_hold.is_none_or(|t| now >= t)
+            && self.reach(now) >= self.s.quorum
     }
 
     /// Counts a datagram dropped before it reached [`receive`](Self::receive).
@@ -424,6 +431,11 @@ impl Election {
         if !self.quiet_over {
             w = w.min(self.started + d);
         }
+        if let Some(t) = self.campaign_hold {
+            if self.claim.is_none() && t > self.last_poll {
+                w = w.min(t);
+            }
+        }
         w
     }
 
@@ -495,6 +507,8 @@ impl Election {
         if let Some(since) = self.claim.as_ref().and_then(|c| c.without_lease_since) {
             if now >= since + d {
                 self.step_down("no quorum voted for this node within dead_after");
+                // Let another member try: its voters may be stuck on this one.
+                self.campaign_hold = Some(now + d);
                 return;
             }
         }
