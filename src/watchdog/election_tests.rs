@@ -444,6 +444,22 @@ fn one_way_links_never_give_two_leases() {
 }
 
 #[test]
+fn one_way_links_around_the_best_member_do_not_stall_the_election() {
+    // a hears b and c (a quorum with itself) but they do not hear it; d and e hear a and
+    // vote for it, but a never gets their votes. Campaigns that find no quorum hold off,
+    // so another member gets to lead.
+    let mut sim = Sim::new(vec![node("a", 50), node("b", 40), node("c", 30), node("d", 20), node("e", 10)]);
+    for (from, to) in [(0, 1), (0, 2), (3, 0), (4, 0)] {
+        sim.link[from][to] = false;
+    }
+    sim.run_until(Duration::from_secs(15), |s| s.leader().is_some()).expect("someone leads");
+    let l = sim.leader();
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.leader(), l, "and keeps leading");
+    assert_ne!(l, Some("a"));
+}
+
+#[test]
 fn paused_leader_releases_before_sending_anything_and_follows() {
     let mut sim = three();
     sim.wait_leader(Duration::from_secs(5));
@@ -785,4 +801,5 @@ fn leader_lease_is_bounded_by_the_voters_dead_after() {
     assert!(lease <= sim.now + (D - H), "{:?}", lease - sim.now);
     assert!(lease > sim.now, "lease current");
 }
+
 
