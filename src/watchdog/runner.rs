@@ -71,10 +71,16 @@ impl Runner {
             // Always evaluated before anything is sent: after a pause, an expired lease
             // releases the VIP first.
             let actions = self.machine.poll(Now::current());
+            if let Some(vip) = &self.vip {
+                vip.gate.set(self.machine.lease_until());
+            }
             self.apply(actions).await;
             self.publish();
         }
         let actions = self.machine.leave(Now::current());
+        if let Some(vip) = &self.vip {
+            vip.gate.set(None);
+        }
         self.apply(actions).await;
         self.publish();
         if let Some(vip) = &self.vip {

@@ -11,7 +11,7 @@
 //! heartbeats; removing is awaited by the watchdog loop before it sends anything else.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
@@ -184,11 +184,31 @@ fn spawn_hook(hooks: &TaskTracker, key: &'static str, template: String, address:
     });
 }
 
-/// Sends one announcement: `ARP_COUNT` gratuitous ARPs, or `arp_command` once.
-async fn announce(plan: &Plan, arp: Option<&ArpSender>) {
+/// The end of this node's lease, as the watchdog loop last computed it. Background
+/// steps (adding, announcing) check it right before they act: after a pause their timers
+/// may fire before the loop has noticed that the lease ran out.
+#[derive(Clone, Default)]
+pub struct LeaseGate(Arc<Mutex<Option<Instant>>>);
+
+impl LeaseGate {
+    pub fn set(&self, until: Option<Instant>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+
+    pub fn open(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|l| Instant::now() < l)
+    }
+}
+
+/// Sends one announcement: `ARP_COUNT` gratuitous ARPs, or `arp_command` once; stops as
+/// soon as the lease is over.
+async fn announce(plan: &Plan, arp: Option<&ArpSender>, gate: &LeaseGate) {
     match (&plan.arp_command, arp) {
         (Some(c), _) if c.trim().is_empty() => {}
         (Some(c), _) => {
+            if !gate.open() {
+                return;
+            }
             if let Err(e) = run_command("arp_command", c, plan.address, &plan.interface).await {
                 tracing::warn!(error = %e, "watchdog: VIP announcement failed");
             }
@@ -197,6 +217,10 @@ async fn announce(plan: &Plan, arp: Option<&ArpSender>) {
             for i in 0..ARP_COUNT {
                 if i > 0 {
                     tokio::time::sleep(ARP_SPACING).await;
+                }
+                if !gate.open() {
+                    tracing::info!("watchdog: announcement stopped: the lease is over");
+                    return;
                 }
                 if let Err(e) = arp.send(plan.address.ip) {
                     tracing::warn!(error = %e, interface = %plan.interface, "watchdog: gratuitous ARP not sent");
@@ -223,6 +247,8 @@ pub struct VipHolder {
     last_renewal: Option<Instant>,
     /// Escalation and de-escalation hooks still running.
     hooks: TaskTracker,
+    /// Set by the watchdog loop after every evaluation.
+    pub gate: LeaseGate,
 }
 
 impl VipHolder {
@@ -289,6 +315,7 @@ impl VipHolder {
             held: Arc::new(AtomicBool::new(false)),
             last_renewal: None,
             hooks: TaskTracker::new(),
+            gate: LeaseGate::default(),
         })
     }
 
@@ -327,9 +354,13 @@ impl VipHolder {
         let held = self.held.clone();
         let events = self.events.clone();
         let hooks = self.hooks.clone();
+        let gate = self.gate.clone();
         self.last_renewal = Some(Instant::now());
         self.adding = Some(tokio::spawn(async move {
             let started = Instant::now();
+            if !gate.open() {
+                return;
+            }
             let added = match &plan.up_command {
                 Some(c) => run_command("up_command", c, plan.address, &plan.interface).await,
                 None => link.add(plan.address, plan.lifetime).await,
@@ -347,7 +378,7 @@ impl VipHolder {
                     if let Some(c) = &plan.escalation_command {
                         spawn_hook(&hooks, "escalation_command", c.clone(), plan.address, plan.interface.clone());
                     }
-                    announce(&plan, arp.as_deref()).await;
+                    announce(&plan, arp.as_deref(), &gate).await;
                 }
                 Err(e) => {
                     let permanent = e.is_permission();
@@ -370,10 +401,11 @@ impl VipHolder {
         }
         let plan = self.plan.clone();
         let arp = self.arp.clone();
+        let gate = self.gate.clone();
         if let Some(t) = self.announcing.take() {
             t.abort();
         }
-        self.announcing = Some(tokio::spawn(async move { announce(&plan, arp.as_deref()).await }));
+        self.announcing = Some(tokio::spawn(async move { announce(&plan, arp.as_deref(), &gate).await }));
     }
 
     /// Waits (up to the command timeout) for hooks still running, before exiting.
