@@ -25,7 +25,8 @@ enum Command {
     ///
     /// Signals: SIGTERM stops accepting and lets sessions finish for
     /// proxy.shutdown_timeout; SIGINT shuts down at once; SIGHUP reloads the users file
-    /// and auth settings and names what needs a restart.
+    /// and auth settings and names what needs a restart. With [watchdog], either stop
+    /// signal first releases the virtual IP and tells the other members.
     Run {
         /// Configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
