@@ -7,10 +7,13 @@ its own temporary directory, the proxy is started in front of it, and a probe of
 sessions (half writing, half reading) runs through the proxy. After a few seconds the
 primary fails: `kill` sends SIGKILL to its postmaster, `stop` sends SIGSTOP to the
 postmaster and every process under it (a host that stops answering) until the end of the
-probe. The probe goes on for a while, then the script checks which standby was promoted,
-whether every acknowledged write is on it and whether the other standby streams from it.
+probe. Or an operator hands the primary role over: `switchover` asks the proxy to make pg1
+the primary (pgvigil: POST /switchover on its admin API; Pgpool-II: pcp_promote_node -s).
+The probe goes on for a while, then the script checks which standby was promoted, whether
+every acknowledged write is on it and whether the other standby (and, after a switchover,
+the old primary) streams from it.
 
-Usage:  sudo python3 bench/failover.py [--runs 5] [--fault kill,stop] [--sync]
+Usage:  sudo python3 bench/failover.py [--runs 5] [--fault kill,stop,switchover] [--sync]
                                        [--targets pgvigil,pgvigil-tuned,pgpool]
 See bench/README.md.  Python 3.11 standard library only (plus the PostgreSQL binaries).
 """
@@ -23,7 +26,9 @@ import hmac
 import json
 import os
 import platform
+import pwd
 import re
+import secrets
 import signal
 import socket
 import statistics
@@ -32,6 +37,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 sys.dont_write_bytecode = True  # no bench/__pycache__ from the import below
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -56,10 +63,19 @@ PGPOOL_HEALTH = {
     "health_check_max_retries": "2",
     "health_check_retry_delay": "1",
 }
-FAULTS = ["kill", "stop"]
+FAULTS = ["kill", "stop", "switchover"]
+DEFAULT_FAULTS = ["kill", "stop"]
 # Seconds of probing after the fault when --observe is not given: a stopped primary is
 # only noticed through health check timeouts, and the follow step must fit after that.
-OBSERVE_DEFAULT = {"kill": 15.0, "stop": 20.0}
+# For `switchover`, seconds after the request was answered.
+OBSERVE_DEFAULT = {"kill": 15.0, "stop": 20.0, "switchover": 10.0}
+# switchover: the standby asked to take over, the window of the write pause after the
+# answer, how long after the answer the old primary may take to stream from the new one,
+# and how long the request may take.
+SWITCHOVER_TO = "pg1"
+PAUSE_AFTER_ANSWER_S = 5.0
+REJOIN_WITHIN_S = 10.0
+REQUEST_TIMEOUT_S = 120.0
 # --sync: quorum commit over both standbys, on every node (the standbys inherit it with
 # the base backup, so the promoted one is synchronous to the remaining standby in turn).
 SYNC_NAMES = "ANY 1 (pg1, pg2)"
@@ -386,7 +402,7 @@ class Monitor(threading.Thread):
 # --------------------------------------------------------------------------- setup
 
 
-def setup_cluster(env, pgbin, sync):
+def setup_cluster(env, pgbin, sync, rewindable=False):
     """Primary pg0 and standbys pg1, pg2 (pgbench.py's setup), with synchronous_commit = on
     so that an acknowledged commit is in the primary's WAL (pgbench.py turns it off) and a
     probe table.
@@ -394,19 +410,74 @@ def setup_cluster(env, pgbin, sync):
     With `sync`, `synchronous_standby_names = 'ANY 1 (pg1, pg2)'` is written with ALTER
     SYSTEM before the standbys are cloned (so they have it too, for when one of them is
     promoted) and applied on the primary once both stream; then a commit is acknowledged
-    only when at least one standby has flushed it."""
+    only when at least one standby has flushed it.
+
+    With `rewindable` (the switchover), `wal_log_hints = on` and `full_page_writes = on`
+    (pgbench.py turns it off) are written the same way and the primary is restarted before
+    the standbys are cloned: pg_rewind, which turns the old primary into a standby of the
+    new one, refuses a target without wal_log_hints (or data checksums) and a source
+    without full_page_writes."""
     proc, port, version = pb.setup_postgres(env, pgbin, 1, 2)
     sqls = ["ALTER SYSTEM SET synchronous_commit = on", "SELECT pg_reload_conf()",
             f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, writer int, at timestamptz DEFAULT now())"]
     if sync:
         sqls.append(f"ALTER SYSTEM SET synchronous_standby_names = '{SYNC_NAMES}'")  # no reload yet
+    if rewindable:
+        sqls += ["ALTER SYSTEM SET wal_log_hints = on", "ALTER SYSTEM SET full_page_writes = on"]
     r = pb.psql(pgbin, port, *sqls)
     if r.returncode != 0:
         raise BenchError(f"preparing the primary failed: {r.stderr}")
+    if rewindable:
+        proc = restart_primary(env, pgbin, proc, port)
+        r = pb.psql(pgbin, port, "SELECT current_setting('wal_log_hints') || ' ' || current_setting('full_page_writes')")
+        if r.stdout.strip() != "on on":
+            raise BenchError(f"wal_log_hints and full_page_writes are not on after the restart: {r.stdout}{r.stderr}")
     standbys = pb.setup_standbys(env, pgbin, port, 2)
     if sync:
         wait_sync(pgbin, port, [n for n, _, _ in standbys])
     return {"proc": proc, "port": port, "version": version, "standbys": standbys, "sync": sync}
+
+
+def restart_primary(env, pgbin, proc, port):
+    """Fast shutdown of the primary started by pb.setup_postgres, and a new start."""
+    env.stop(proc, signal.SIGINT)
+    env.procs = [x for x in env.procs if x[1] is not proc]
+    p = env.spawn("postgres", [os.path.join(pgbin, "postgres"), "-D", env.path("pgdata")], "postgres.log",
+                  signal.SIGINT)
+    pb.wait_ready(pgbin, "PostgreSQL", port, p, env.path("postgres.log"))
+    return p
+
+
+def data_dirs(cluster):
+    """{node name: data directory} (pb.setup_postgres and pb.setup_standbys name them)."""
+    return {"pg0": "pgdata", **{n: f"{n}data" for n, _, _ in cluster["standbys"]}}
+
+
+def stop_unmanaged_postmasters(env, cluster):
+    """Stop every postmaster running on one of the cluster's data directories that this
+    script did not start: one that pgvigil or a Pgpool-II script started with pg_ctl after
+    a switchover (pg_ctl puts it in its own session, out of reach of the cleanup)."""
+    ours = {p.pid for _, p, _ in env.procs}
+    for d in data_dirs(cluster).values():
+        try:
+            with open(os.path.join(env.path(d), "postmaster.pid")) as f:
+                pid = int(f.readline().strip())
+        except (OSError, ValueError):
+            continue
+        if pid in ours or proc_state(pid) is None:
+            continue
+        try:
+            os.kill(pid, signal.SIGINT)  # fast shutdown
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + 15
+        while proc_state(pid) not in (None, "Z") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if proc_state(pid) not in (None, "Z"):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def wait_sync(pgbin, port, names, deadline_s=30):
@@ -499,14 +570,34 @@ def cont_tree(pids):
             pass
 
 
-def setup_pgvigil(env, pgbin, binary, target, cluster):
+def setup_pgvigil(env, pgbin, binary, target, cluster, switchover):
+    """pgvigil in front of the three nodes. Its admin API listens only for a switchover,
+    then with a token (written into the temp dir) and every backend's data_dir, so that
+    pgvigil can stop the old primary, pg_rewind it and start it as a standby. Returns
+    (process, port, log file name, admin: {url, token} or None)."""
     port = pb.free_port()
     env.write("users.toml", f'{USER} = "{PASSWORD}"\n')
     health = "".join(f"{k} = {v}\n" for k, v in PGVIGIL_HEALTH[target].items())
+    dirs = data_dirs(cluster)
     backends = "".join(f'\n[[backends]]\nname = "{name}"\nhost = "127.0.0.1"\nport = {sport}\n'
+                       + (f'data_dir = "{env.path(dirs[name])}"\n' if switchover else "")
                        for name, sport in [("pg0", cluster["port"])] +
                        [(n, p) for n, _, p in cluster["standbys"]])
-    conf = env.write(f"{target}.toml", f"""[proxy]
+    admin = None
+    if switchover:
+        admin_port = pb.free_port()
+        token = secrets.token_hex(24)
+        token_file = env.write("admin.token", token + "\n")
+        admin = {"url": f"http://127.0.0.1:{admin_port}", "token": token}
+        admin_conf = f'listen = "127.0.0.1:{admin_port}"\ntoken_file = "{token_file}"\n'
+        # The PostgreSQL programs of this cluster's version for stop, pg_rewind and start.
+        failover_conf = f'\n[failover]\npg_bindir = "{pgbin}"\n'
+    else:
+        admin_conf = 'listen = ""\n'
+        failover_conf = ""
+    conf = env.write(f"{target}.toml", f"""[admin]
+{admin_conf}
+[proxy]
 listen = "127.0.0.1:{port}"
 
 [auth]
@@ -515,7 +606,7 @@ users_file = "users.toml"
 
 [health_check]
 user = "{USER}"
-{health}
+{health}{failover_conf}
 [log]
 level = "info"
 {backends}""")
@@ -526,7 +617,29 @@ level = "info"
                   as_server_user=False)
     pb.wait_ready(pgbin, target, port, p, env.path(f"{target}.log"))
     pb.wait_nodes_up(pgbin, target, port, 3)
-    return p, port, f"{target}.log"
+    if admin:
+        admin["users"] = run_users(p.pid, env, dirs)
+    return p, port, f"{target}.log", admin
+
+
+def run_users(pid, env, dirs):
+    """Who pgvigil runs as and who owns the data directories: pgvigil runs pg_ctl and
+    pg_rewind as the data directory's owner, which must be the server user (PostgreSQL
+    refuses root)."""
+    uid = None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    uid = int(line.split()[1])
+    except OSError:
+        pass
+    owners = {n: os.stat(env.path(d)).st_uid for n, d in dirs.items()}
+    name = lambda u: pwd.getpwuid(u).pw_name if u is not None else None
+    out = {"pgvigil": name(uid), "data_dirs": {n: name(u) for n, u in owners.items()}}
+    if any(u == 0 for u in owners.values()):
+        raise BenchError(f"a data directory belongs to root ({out}): PostgreSQL would not run")
+    return out
 
 
 FAILOVER_SH = """#!/bin/sh
@@ -538,7 +651,7 @@ export PGPASSWORD='{password}' PGCONNECT_TIMEOUT=3 PGSSLMODE=disable
 say() {{ echo "failover.sh $(date +%H:%M:%S.%N | cut -c1-12): $*"; }}
 say "node $FAILED detached (old primary $OLD_PRIMARY, Pgpool's new main node $NEW_MAIN)"
 if [ "$FAILED" != "$OLD_PRIMARY" ]; then say "not the primary: nothing to promote"; exit 0; fi
-BEST=""; BEST_LSN=-1
+{switchover}BEST=""; BEST_LSN=-1
 for NODE in {nodes}; do
     ID=${{NODE%%:*}}; PORT=${{NODE##*:}}
     [ "$ID" = "$FAILED" ] && continue
@@ -559,6 +672,23 @@ say "pg_promote() on node $ID: $R"
 exit 0
 """
 
+# The part of failover.sh for a switchover (pcp_promote_node -s: Pgpool-II has detached the
+# old primary, which still runs, and passes the node asked for as %m): stop the old primary
+# cleanly first (a fast shutdown sends all its WAL to the standbys before it exits, so the
+# promoted one has every acknowledged commit), then promote that node.
+FAILOVER_SH_SWITCHOVER = """# Switchover: the old primary still runs.
+say "switchover to node $NEW_MAIN: stopping node $FAILED (pg_ctl stop -m fast)"
+R=$("{pg_ctl}" stop -D "$4" -m fast -w -t 60 2>&1)
+say "pg_ctl stop of node $FAILED: rc=$? $R"
+PORT=""
+for NODE in {nodes}; do [ "${{NODE%%:*}}" = "$NEW_MAIN" ] && PORT=${{NODE##*:}}; done
+if [ -z "$PORT" ] || [ "$NEW_MAIN" = "$FAILED" ]; then say "no node $NEW_MAIN to promote"; exit 1; fi
+R=$("$PSQL" -X -At -h 127.0.0.1 -p "$PORT" -U {user} -d postgres -c "SELECT pg_promote()" 2>&1)
+say "pg_promote() on node $NEW_MAIN: $R"
+[ "$R" = "t" ] || exit 1
+exit 0
+"""
+
 FOLLOW_SH = """#!/bin/sh
 # follow_primary_command: point a standby at the new primary (slot + primary_conninfo +
 # reload; no restart, no pg_rewind), then attach it again in Pgpool-II.
@@ -569,7 +699,7 @@ export PGPASSWORD='{password}' PGCONNECT_TIMEOUT=3 PGSSLMODE=disable PCPPASSFILE
 say() {{ echo "follow_primary.sh $(date +%H:%M:%S.%N | cut -c1-12): $*"; }}
 say "node $NODE ($HOST:$PORT) to follow node $NEW_PRIMARY ($NEW_HOST:$NEW_PORT)"
 R=$("$PSQL" -X -At -h "$HOST" -p "$PORT" -U {user} -d postgres -c "SELECT pg_is_in_recovery()" 2>&1)
-if [ "$R" != "t" ]; then say "node $NODE not running as a standby ($R): skipped, stays detached"; exit 0; fi
+{rejoin}if [ "$R" != "t" ]; then say "node $NODE not running as a standby ($R): skipped, stays detached"; exit 0; fi
 SLOT="pg$NODE"
 R=$("$PSQL" -X -At -h "$NEW_HOST" -p "$NEW_PORT" -U {user} -d postgres \\
     -c "SELECT pg_create_physical_replication_slot('$SLOT')" 2>&1) || say "slot $SLOT: $R"
@@ -585,8 +715,39 @@ say "pcp_attach_node $NODE: rc=$RC $R"
 exit $RC
 """
 
+# The part of follow_primary.sh for a switchover: the old primary (%P), stopped by
+# failover.sh, is rewound from the new primary and started as its standby, as Pgpool-II's
+# sample follow_primary.sh does it, then attached again.
+FOLLOW_SH_REJOIN = """if [ "$R" != "t" ] && [ "$NODE" = "$8" ]; then
+    DATA="$4"
+    say "node $NODE is the old primary: pg_rewind from node $NEW_PRIMARY, start as its standby"
+    if "{pg_ctl}" status -D "$DATA" >/dev/null 2>&1; then
+        R=$("{pg_ctl}" stop -D "$DATA" -m fast -w -t 60 2>&1) || {{ say "pg_ctl stop failed: $R"; exit 1; }}
+    fi
+    SLOT="pg$NODE"
+    R=$("$PSQL" -X -At -h "$NEW_HOST" -p "$NEW_PORT" -U {user} -d postgres \\
+        -c "SELECT pg_create_physical_replication_slot('$SLOT')" 2>&1) || say "slot $SLOT: $R"
+    R=$("$PSQL" -X -At -h "$NEW_HOST" -p "$NEW_PORT" -U {user} -d postgres -c "CHECKPOINT" 2>&1) || say "checkpoint: $R"
+    R=$("{pg_rewind}" --target-pgdata="$DATA" -R \\
+        --source-server="host=$NEW_HOST port=$NEW_PORT user={user} dbname=postgres application_name=pg$NODE" 2>&1)
+    if [ $? -ne 0 ]; then say "pg_rewind failed: $R"; exit 1; fi
+    say "pg_rewind: $(echo "$R" | tail -n 1)"
+    echo "primary_slot_name = '$SLOT'" >> "$DATA/postgresql.auto.conf"
+    R=$("{pg_ctl}" start -D "$DATA" -w -t 60 -l "$DATA/rejoin.log" -o "-p $PORT" 2>&1)
+    if [ $? -ne 0 ]; then say "pg_ctl start failed: $R"; exit 1; fi
+    say "node $NODE started as a standby of node $NEW_PRIMARY; pcp_attach_node"
+    R=$({pcp_attach} -h 127.0.0.1 -p {pcp_port} -U {user} -w -n "$NODE" 2>&1)
+    RC=$?
+    say "pcp_attach_node $NODE: rc=$RC $R"
+    exit $RC
+fi
+"""
 
-def setup_pgpool(env, pgbin, binary, target, cluster):
+
+def setup_pgpool(env, pgbin, binary, target, cluster, switchover):
+    """Pgpool-II in front of the three nodes, with the failover and follow scripts (for a
+    switchover with their switchover parts). Returns (process, port, log file name, PCP:
+    {port, pcppass, bindir})."""
     port, pcp_port = pb.free_port(), pb.free_port()
     env.write("pool_passwd", f"{USER}:TEXT{PASSWORD}\n")
     env.write("pcp.conf", f"{USER}:{hashlib.md5(PASSWORD.encode()).hexdigest()}\n")
@@ -595,17 +756,22 @@ def setup_pgpool(env, pgbin, binary, target, cluster):
     env.chown(env.path("pgpool_log"))
     nodes = [("pg0", cluster["port"], "pgdata")] + [(n, p, f"{n}data") for n, _, p in cluster["standbys"]]
     psql_bin = os.path.join(pgbin, "psql")
+    node_list = " ".join(f"{i}:{p}" for i, (_, p, _) in enumerate(nodes))
+    pg_ctl, pg_rewind = os.path.join(pgbin, "pg_ctl"), os.path.join(pgbin, "pg_rewind")
     fo = env.write("failover.sh", FAILOVER_SH.format(
-        psql=psql_bin, password=PASSWORD, user=USER,
-        nodes=" ".join(f"{i}:{p}" for i, (_, p, _) in enumerate(nodes))), 0o755)
+        psql=psql_bin, password=PASSWORD, user=USER, nodes=node_list,
+        switchover=FAILOVER_SH_SWITCHOVER.format(pg_ctl=pg_ctl, nodes=node_list, user=USER)
+        if switchover else ""), 0o755)
     follow_line = "follow_primary_command = ''\n"
+    pcp_attach = os.path.join(os.path.dirname(binary), "pcp_attach_node")
     if target == "pgpool":
-        pcp_attach = os.path.join(os.path.dirname(binary), "pcp_attach_node")
         if not os.access(pcp_attach, os.X_OK):
             raise BenchError(f"{pcp_attach} not found (it comes with pgpool2)")
+        rejoin = FOLLOW_SH_REJOIN.format(pg_ctl=pg_ctl, pg_rewind=pg_rewind, user=USER, pcp_attach=pcp_attach,
+                                         pcp_port=pcp_port) if switchover else ""
         fp = env.write("follow_primary.sh", FOLLOW_SH.format(
             psql=psql_bin, password=PASSWORD, user=USER, pcppass=pcppass, pcp_attach=pcp_attach,
-            pcp_port=pcp_port), 0o755)
+            pcp_port=pcp_port, rejoin=rejoin), 0o755)
         follow_line = f"follow_primary_command = '{fp} %d %h %p %D %m %H %M %P %r %R'\n"
     backends = "".join(f"""backend_hostname{i} = '127.0.0.1'
 backend_port{i} = {p}
@@ -650,10 +816,48 @@ logdir = '{env.path('pgpool_log')}'
                   f"{target}.log", signal.SIGINT)
     pb.wait_ready(pgbin, "Pgpool-II", port, p, env.path(f"{target}.log"))
     pb.wait_nodes_up(pgbin, target, port, 3)
-    return p, port, f"{target}.log"
+    pcp = {"port": pcp_port, "pcppass": pcppass, "bindir": os.path.dirname(binary)}
+    return p, port, f"{target}.log", pcp
 
 
 # --------------------------------------------------------------------------- one trial
+
+
+def request_switchover(target, ctl):
+    """Asks the proxy to hand the primary role over to SWITCHOVER_TO; returns how, the
+    answer's status (HTTP status, or the exit status of pcp_promote_node), whether it
+    reports success, and its message. Never the token."""
+    if target.startswith("pgvigil"):
+        how = f"POST /switchover {{\"to\": \"{SWITCHOVER_TO}\"}}"
+        req = urllib.request.Request(ctl["url"] + "/switchover", method="POST",
+                                     data=json.dumps({"to": SWITCHOVER_TO}).encode(),
+                                     headers={"Authorization": f"Bearer {ctl['token']}",
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as r:
+                status, body = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        except OSError as e:  # URLError, timeout
+            return {"how": how, "status": None, "ok": False, "message": f"no answer: {e}"}
+        text = body.decode(errors="replace")
+        try:
+            doc = json.loads(text)
+            text = doc.get("message") or doc.get("error") or text
+        except ValueError:
+            pass
+        return {"how": how, "status": f"HTTP {status}", "ok": status == 200, "message": text[:2000]}
+    node = int(SWITCHOVER_TO[2:])
+    cmd = [os.path.join(ctl["bindir"], "pcp_promote_node"), "-h", "127.0.0.1", "-p", str(ctl["port"]),
+           "-U", USER, "-w", "-n", str(node), "-s"]
+    how = f"pcp_promote_node -n {node} -s"
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S,
+                           env=dict(os.environ, PCPPASSFILE=ctl["pcppass"]))
+    except subprocess.TimeoutExpired:
+        return {"how": how, "status": None, "ok": False, "message": f"no answer within {REQUEST_TIMEOUT_S:g}s"}
+    return {"how": how, "status": f"exit {r.returncode}", "ok": r.returncode == 0,
+            "message": (r.stdout + r.stderr).strip()[:2000]}
 
 
 def trial(args, pgbin, bins, target, fault, run_no):
@@ -663,18 +867,26 @@ def trial(args, pgbin, bins, target, fault, run_no):
            "dir": env.dir if args.keep else None}
     sessions, monitor = [], None
     stopped, pg_pid = [], None
+    cluster, proxy = None, None
+    switchover = fault == "switchover"
     observe = args.observe if args.observe is not None else OBSERVE_DEFAULT[fault]
     what = f"{target} {fault} {mode} run {run_no}"
     try:
-        cluster = setup_cluster(env, pgbin, args.sync)
+        cluster = setup_cluster(env, pgbin, args.sync, rewindable=switchover)
         res["postgres"] = cluster["version"]
         if target.startswith("pgvigil"):
-            proxy, port, logname = setup_pgvigil(env, pgbin, bins["pgvigil"], target, cluster)
+            proxy, port, logname, ctl = setup_pgvigil(env, pgbin, bins["pgvigil"], target, cluster, switchover)
+            if ctl:
+                res["run_as"] = ctl["users"]
         else:
-            proxy, port, logname = setup_pgpool(env, pgbin, bins["pgpool"], target, cluster)
-        log(f"{what}: proxy on 127.0.0.1:{port}, {args.sessions} sessions")
+            proxy, port, logname, ctl = setup_pgpool(env, pgbin, bins["pgpool"], target, cluster, switchover)
+        log(f"{what}: proxy on 127.0.0.1:{port}, {args.sessions} sessions"
+            + (f"; pgvigil runs as {ctl['users']['pgvigil']}, data directories belong to "
+               f"{', '.join(sorted(set(ctl['users']['data_dirs'].values())))}" if switchover and "users" in ctl else ""))
 
-        monitor = Monitor([(n, p) for n, _, p in cluster["standbys"]])
+        # After a switchover the old primary pg0 is watched too (does it stream from the new one).
+        monitor = Monitor(([("pg0", cluster["port"])] if switchover else [])
+                          + [(n, p) for n, _, p in cluster["standbys"]])
         n_writers = args.sessions // 2
         for i in range(args.sessions):
             role = "writer" if i < n_writers else "reader"
@@ -693,9 +905,17 @@ def trial(args, pgbin, bins, target, fault, run_no):
         # ---- the fault
         pg_pid = cluster["proc"].pid
         t_fault = time.monotonic()
+        t_answer = None
         if fault == "kill":
             os.kill(pg_pid, signal.SIGKILL)
             log(f"{what}: SIGKILL to the primary's postmaster (pid {pg_pid})")
+        elif switchover:
+            log(f"{what}: switchover to {SWITCHOVER_TO} requested")
+            answer = request_switchover(target, ctl)
+            t_answer = time.monotonic()
+            answer["answered_at_s"] = round(t_answer - t_fault, 3)
+            res["switchover"] = answer
+            log(f"{what}: answered after {answer['answered_at_s']:.2f} s: {answer['status']} {answer['message'][:300]}")
         else:
             stop_tree(pg_pid, stopped)
             not_stopped = [p for p in stopped if proc_state(p) not in ("T", None)]
@@ -716,7 +936,7 @@ def trial(args, pgbin, bins, target, fault, run_no):
         deadline = time.monotonic() + 3
         for s in sessions + [monitor]:
             s.join(max(0.0, deadline - time.monotonic()))
-        res.update(analyse(sessions, monitor, cluster, t_fault, t_end))
+        res.update(analyse(sessions, monitor, cluster, t_fault, t_end, t_answer))
         nodes = pb.pool_nodes(pgbin, port)
         res["proxy_nodes_at_end"] = nodes
         pg0 = next((n for n in nodes or [] if n.get("port") == str(cluster["port"])), None)
@@ -735,24 +955,33 @@ def trial(args, pgbin, bins, target, fault, run_no):
         if stopped:
             # Everything stop_tree() reached, plus anything still under the postmaster.
             cont_tree(stopped + [p for p in descendants(pg_pid) if p not in stopped])
+        if switchover and cluster is not None:
+            # The proxy first (nothing may start a node again), then the servers it or its
+            # scripts started with pg_ctl.
+            if proxy is not None:
+                env.stop(proxy, signal.SIGINT)
+            stop_unmanaged_postmasters(env, cluster)
         env.cleanup()
 
 
-def analyse(sessions, monitor, cluster, t_fault, t_end):
-    """The trial's measurements; every time in seconds after the fault."""
+def analyse(sessions, monitor, cluster, t_fault, t_end, t_answer=None):
+    """The trial's measurements; every time in seconds after the fault (for a switchover,
+    after the request was sent; `t_answer`: when it was answered)."""
     out = {"observe_s": round(t_end - t_fault, 3)}
     rel = lambda t: round(t - t_fault, 3)
     # -- who was promoted, who follows (monitor samples)
     samples_rel = {name: [(rel(x[0]),) + tuple(x[1:]) for x in samples]
                    for name, samples in monitor.samples.items()}
+    ports = {n: p for n, _, p in cluster["standbys"]}
     promoted = {}
     for name, samples in samples_rel.items():
+        if name not in ports:
+            continue  # the old primary (watched after a switchover)
         for t, inrec, status, sport in samples:
             if t > 0 and inrec is False:
                 promoted[name] = t
                 break
     out["monitor"] = {name: [list(x) for x in samples] for name, samples in samples_rel.items()}
-    ports = {n: p for n, _, p in cluster["standbys"]}
     new_primary = min(promoted, key=promoted.get) if promoted else None
     out["promoted"] = {k: round(v, 3) for k, v in promoted.items()}
     out["new_primary"] = new_primary
@@ -800,6 +1029,32 @@ def analyse(sessions, monitor, cluster, t_fault, t_end):
             except (Dropped, PgError) as e:
                 end_err = f"asking {other}: {e}"
     out["follows_at_end"] = follows_end
+    if t_answer is not None:
+        # -- after a switchover: does the old primary stream from the new one (monitor
+        # samples, and asked directly at the end)
+        out["answered_at_s"] = rel(t_answer)
+        new_port = ports.get(new_primary)
+        streams_t = next((t for t, inrec, status, sport in samples_rel.get("pg0", [])
+                          if t > 0 and inrec is True and status == "streaming" and new_port is not None
+                          and sport == new_port), None)
+        out["old_primary_streams_at_s"] = streams_t
+        out["old_primary_streams_after_answer_s"] = (round(streams_t - rel(t_answer), 3)
+                                                     if streams_t is not None else None)
+        out["old_primary_streams_within"] = (streams_t is not None
+                                             and streams_t - rel(t_answer) <= REJOIN_WITHIN_S)
+        try:
+            c = direct(cluster["port"], timeout=5)
+            row = c.query("SELECT pg_is_in_recovery(), (SELECT status || ' ' || coalesce(sender_port::text, '') "
+                          "FROM pg_stat_wal_receiver)")[0]
+            c.close()
+            status, _, sport = (row[1] or "none ").partition(" ")
+            out["old_primary_at_end"] = {"in_recovery": row[0] == "t", "wal_receiver": status,
+                                         "sender_port": int(sport) if sport else None}
+            out["old_primary_streams_at_end"] = (row[0] == "t" and status == "streaming"
+                                                 and new_port is not None and sport == str(new_port))
+        except (Dropped, PgError) as e:
+            out["old_primary_at_end"] = {"error": str(e)[:200]}
+            out["old_primary_streams_at_end"] = False
     if end_err:
         out["end_error"] = end_err
     # -- sessions
@@ -852,6 +1107,22 @@ def analyse(sessions, monitor, cluster, t_fault, t_end):
             if first is not None:
                 first_write = first if first_write is None else min(first_write, first)
     out["sessions"] = per
+    if t_answer is not None:
+        # -- the write pause: the longest time between two acknowledged writes (any writer)
+        # from the request to PAUSE_AFTER_ANSWER_S after the answer. It starts at the last
+        # write acknowledged before the request, and a pause that lasts to the end of that
+        # window ends there ("open").
+        w_end = t_answer + PAUSE_AFTER_ANSWER_S
+        acks = sorted(b for s in sessions if s.role == "writer" for _, _, b, _ in s.acked)
+        points = [b for b in acks if b < t_fault][-1:] + [b for b in acks if t_fault <= b <= w_end] + [w_end]
+        a, b = max(zip(points, points[1:]), key=lambda ab: ab[1] - ab[0], default=(t_fault, w_end))
+        out["write_pause_s"] = round(b - a, 3)
+        out["write_pause_from_s"], out["write_pause_to_s"] = rel(a), rel(b)
+        out["write_pause_open"] = b == w_end
+        out["write_pause_window_s"] = rel(w_end)
+        # The same up to the end of the probe, in case a later step pauses writes again.
+        points = [b for b in acks if b < t_fault][-1:] + [b for b in acks if t_fault <= b <= t_end] + [t_end]
+        out["write_gap_to_end_s"] = round(max((b - a for a, b in zip(points, points[1:])), default=0), 3)
     out["time_to_first_write_s"] = round(first_write, 3) if first_write is not None else None
     out["acked_by_old_primary_after_fault"] = old_acks_after_fault
     out["acked_writes"] = len(acked)
@@ -879,7 +1150,7 @@ def analyse(sessions, monitor, cluster, t_fault, t_end):
 
 
 def interesting_log_lines(path, limit=80):
-    keep = re.compile(r"failover|follow|promot|fence|primary|degenerat|detach|attach|failback|"
+    keep = re.compile(r"failover|follow|promot|fence|primary|degenerat|detach|attach|failback|switchover|rejoin|rewind|"
                       r"event=|health check|panic", re.I)
     lines = []
     try:
@@ -931,19 +1202,60 @@ def summary(target, fault, mode, runs):
     s["promotions"] = sum(1 for r in ok if r["new_primary"])
     s["old_primary_down_in_proxy"] = sum(1 for r in ok if r.get("old_primary_status_in_proxy_at_end") == "down")
     s["split_brain"] = sum(1 for r in ok if r["split_brain"])
+    if fault == "switchover":
+        s["answered_at_s"] = med([r.get("answered_at_s") for r in ok])
+        s["answers"] = {}
+        for r in ok:
+            key = str((r.get("switchover") or {}).get("status"))
+            s["answers"][key] = s["answers"].get(key, 0) + 1
+        s["answers_ok"] = sum(1 for r in ok if (r.get("switchover") or {}).get("ok"))
+        s["switchover_how"] = (ok[0].get("switchover") or {}).get("how")
+        s["write_pause_s"] = med([r.get("write_pause_s") for r in ok])
+        s["write_pause_max_s"] = max((r["write_pause_s"] for r in ok if r.get("write_pause_s") is not None),
+                                     default=None)
+        s["write_pause_by_run"] = [r.get("write_pause_s") for r in ok]
+        s["write_pause_open"] = sum(1 for r in ok if r.get("write_pause_open"))
+        s["old_primary_streams_within"] = sum(1 for r in ok if r.get("old_primary_streams_within"))
+        s["old_primary_streams_after_answer_s"] = med([r.get("old_primary_streams_after_answer_s") for r in ok])
+        s["old_primary_streams_at_s"] = med([r.get("old_primary_streams_at_s") for r in ok])
+        s["old_primary_streams_at_end"] = sum(1 for r in ok if r.get("old_primary_streams_at_end"))
     return s
 
 
+def switchover_cells(s):
+    """The switchover columns of a summary row: request answered, write pause, old primary
+    streams from the new primary."""
+    n = s["completed"]
+    answers = ", ".join(f"{k} in {v}/{n}" for k, v in sorted(s["answers"].items()))
+    answered = f"{fmt(s['answered_at_s'], '.2f')} ({answers})"
+    pause = fmt(s["write_pause_s"], ".2f")
+    if s["write_pause_max_s"] is not None and s["write_pause_max_s"] != s["write_pause_s"]:
+        pause += f" (max {s['write_pause_max_s']:.2f})"
+    if s["write_pause_open"]:
+        pause += f"; no write until {PAUSE_AFTER_ANSWER_S:g} s after the answer in {s['write_pause_open']}/{n}"
+    if s["old_primary_streams_within"]:
+        rejoined = (f"{s['old_primary_streams_within']}/{n} within {REJOIN_WITHIN_S:g} s of the answer, median "
+                    f"{fmt(s['old_primary_streams_at_s'], '.2f')} s after the request")
+    else:
+        rejoined = f"0/{n} within {REJOIN_WITHIN_S:g} s of the answer"
+    rejoined += f"; at the end {s['old_primary_streams_at_end']}/{n}"
+    return [answered, pause, rejoined]
+
+
 def table(summaries):
+    # The switchover columns only when a switchover was measured: otherwise the table is
+    # the one of kill and stop alone.
+    sw = any(s["fault"] == "switchover" for s in summaries)
     lines = ["| target | fault | mode | promoted (s) | time to first write (s) "
              "| client-visible errors: total (statements + connects) "
              "| sessions dropped: readers / writers (drops) | acked writes lost "
-             "| other standby follows new primary | longest read gap (s) |",
-             "|---|---|---|---|---:|---|---|---|---|---:|"]
+             "| other standby follows new primary | longest read gap (s) |"
+             + (" request answered (s) | write pause (s) | old primary streams from new primary |" if sw else ""),
+             "|---|---|---|---|---:|---|---|---|---|---:|" + ("---|---:|---|" if sw else "")]
     for s in summaries:
         head = f"| {s['target']} | {s['fault']} | {s['mode']} "
         if not s.get("completed"):
-            lines.append(head + "| no run completed | | | | | | |")
+            lines.append(head + "| no run completed | | | | | | |" + (" | | |" if sw else ""))
             continue
         n = s["completed"]
         promoted = (f"{fmt(s['promoted_at_s'], '.2f')} ({s['promotions']}/{n}"
@@ -967,7 +1279,9 @@ def table(summaries):
             head + f"| {promoted} | {ttfw} | {num(s['errors'])} ({num(s['statement_errors'])} + "
             f"{num(s['connect_errors'])}) | {num(s['readers_dropped'])}/{s['readers']} / "
             f"{num(s['writers_dropped'])}/{s['writers']} ({num(s['drops'])}) | {lost} | {follows} | "
-            f"{fmt(s['reader_longest_gap_s'], '.2f')} |")
+            f"{fmt(s['reader_longest_gap_s'], '.2f')} |"
+            + ("".join(f" {c} |" for c in (switchover_cells(s) if s["fault"] == "switchover" else ["-"] * 3))
+               if sw else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -983,7 +1297,12 @@ def run_line(r):
             f"lost {r['acked_writes_lost']} in doubt {r['in_doubt_writes']} "
             f"(old primary acked {r['acked_by_old_primary_after_fault']} after the fault), "
             f"{r['other_standby'] or '-'} follows at {fmt(r['follow_at_s'], '.2f')} s "
-            f"(end: {r['follows_at_end']}), longest read gap {fmt(r['reader_longest_gap_s'], '.2f')} s")
+            f"(end: {r['follows_at_end']}), longest read gap {fmt(r['reader_longest_gap_s'], '.2f')} s"
+            + (f"; answered {(r.get('switchover') or {}).get('status')} at {fmt(r.get('answered_at_s'), '.2f')} s, "
+               f"write pause {fmt(r.get('write_pause_s'), '.2f')} s ({fmt(r.get('write_pause_from_s'), '.2f')} to "
+               f"{fmt(r.get('write_pause_to_s'), '.2f')} s{', open' if r.get('write_pause_open') else ''}), "
+               f"old primary streams from the new one at {fmt(r.get('old_primary_streams_at_s'), '.2f')} s "
+               f"(end: {r.get('old_primary_streams_at_end')})" if r["fault"] == "switchover" else ""))
 
 
 # --------------------------------------------------------------------------- main
@@ -998,15 +1317,15 @@ def main():
     ap.add_argument("--sessions", type=int, default=8, help="probe sessions, half writing, half reading (default 8)")
     ap.add_argument("--interval-ms", type=int, default=50, help="time between a session's statements (default 50)")
     ap.add_argument("--fault", action="append", metavar="LIST",
-                    help="kill (SIGKILL to the primary's postmaster) and/or stop (SIGSTOP to the postmaster "
-                         "and all its children until the end of the probe); repeatable or a comma list "
-                         "(default: kill,stop)")
+                    help="kill (SIGKILL to the primary's postmaster), stop (SIGSTOP to the postmaster "
+                         f"and all its children until the end of the probe) and/or switchover (to {SWITCHOVER_TO}, "
+                         "asked of the proxy); repeatable or a comma list (default: kill,stop)")
     ap.add_argument("--sync", action="store_true",
                     help=f"synchronous replication: synchronous_standby_names = '{SYNC_NAMES}' "
                          "(default: asynchronous)")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of probing before the fault (default 3)")
     ap.add_argument("--observe", type=float, default=None,
-                    help="seconds of probing after the fault (default " +
+                    help="seconds of probing after the fault, for switchover after the answer (default " +
                          ", ".join(f"{v:g} for {k}" for k, v in OBSERVE_DEFAULT.items()) + ")")
     ap.add_argument("--stmt-timeout", type=float, default=15.0,
                     help="seconds a statement or connection attempt may take before the client gives up "
@@ -1024,7 +1343,7 @@ def main():
     if args.sessions < 2:
         ap.error("--sessions must be at least 2 (half write, half read)")
     faults = []
-    for item in args.fault or ["kill,stop"]:
+    for item in args.fault or [",".join(DEFAULT_FAULTS)]:
         for f in item.split(","):
             f = f.strip()
             if f and f not in faults:
@@ -1083,7 +1402,7 @@ def main():
                     r["wall_s"] = round(time.monotonic() - t0, 1)
                     if "postgres" in r:
                         versions.setdefault("postgres", r["postgres"])
-                    if args.sync and r.get("acked_writes_lost"):
+                    if (args.sync or fault == "switchover") and r.get("acked_writes_lost"):
                         exit_code = 1
                     results.append(r)
                     log(run_line(r)[2:])
@@ -1115,11 +1434,15 @@ def main():
     print(f"## Failover ({meta['date']}, {meta['cpus']} CPUs, kernel {meta['kernel']})")
     print()
     fault_text = {"kill": "kill = SIGKILL to the primary's postmaster",
-                  "stop": "stop = SIGSTOP to the postmaster and all its children until the end of the probe"}
+                  "stop": "stop = SIGSTOP to the postmaster and all its children until the end of the probe",
+                  "switchover": f"switchover = to {SWITCHOVER_TO}: POST /switchover on pgvigil's admin API, "
+                                f"pcp_promote_node -s with Pgpool-II; times after the request, the write pause "
+                                f"up to {PAUSE_AFTER_ANSWER_S:g} s after the answer"}
     print(f"{args.sessions} sessions ({args.sessions // 2} writers, {args.sessions - args.sessions // 2} readers), "
           f"one statement every {args.interval_ms} ms each; the fault after {args.warmup:g} s ("
           + "; ".join(fault_text[f] for f in faults) + "), then "
-          + ", ".join(f"{observe[f]:g} s ({f})" for f in faults) + " of probing; "
+          + ", ".join(f"{observe[f]:g} s ({f}{' after the answer' if f == 'switchover' else ''})"
+                      for f in faults) + " of probing; "
           + (f"synchronous replication ({SYNC_NAMES})" if args.sync else "asynchronous replication")
           + f"; medians over {args.runs} run(s); "
           + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in versions.items()))
@@ -1127,14 +1450,14 @@ def main():
         print(f"skipped {t}: {why}")
     print()
     print(table(summaries))
-    if args.sync:
-        lost = [r for r in results if r.get("acked_writes_lost")]
-        for r in lost:
-            print(f"WARNING: {r['target']} {r['fault']} run {r['run']}: {r['acked_writes_lost']} acknowledged "
-                  f"write(s) missing on the promoted {r['new_primary']} with synchronous replication "
-                  f"(ids {r.get('lost_ids', [])[:10]})")
-        if lost:
-            print()
+    lost = [r for r in results if r.get("acked_writes_lost") and (args.sync or r["fault"] == "switchover")]
+    for r in lost:
+        why = "with synchronous replication" if args.sync else "after a switchover"
+        print(f"WARNING: {r['target']} {r['fault']} run {r['run']}: {r['acked_writes_lost']} acknowledged "
+              f"write(s) missing on the promoted {r['new_primary']} {why} "
+              f"(ids {r.get('lost_ids', [])[:10]})")
+    if lost:
+        print()
     print("Runs:")
     for r in results:
         print(run_line(r))

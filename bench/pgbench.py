@@ -424,7 +424,10 @@ host = "127.0.0.1"
 port = {sport}
 """ for name, _, sport in standbys)
     routing = "".join(f"{k} = {v}\n" for k, v in PGVIGIL_TARGETS[target].items())
-    conf = env.write(f"{target}.toml", f"""[proxy]
+    conf = env.write(f"{target}.toml", f"""[admin]
+listen = ""
+
+[proxy]
 listen = "127.0.0.1:{port}"
 max_clients = 500
 

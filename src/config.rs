@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::protocol::md5::is_md5_hash;
 use crate::protocol::scram::ScramVerifier;
@@ -25,7 +25,7 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -45,6 +45,8 @@ pub struct Config {
     #[serde(default)]
     pub rejoin: RejoinConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub backends: Vec<BackendConfig>,
     /// `[watchdog]`: membership in a cluster of pgvigil nodes. Default: none (one node).
     #[serde(default)]
@@ -55,7 +57,7 @@ pub struct Config {
 }
 
 /// `[proxy]`: the client-facing listener.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Address clients connect to. Default "127.0.0.1:9999".
@@ -86,7 +88,7 @@ impl Default for ProxyConfig {
 }
 
 /// `[pool]`: backend connections.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Server connections per (backend, user, database, startup parameters). Default 20.
@@ -114,7 +116,7 @@ impl Default for PoolConfig {
 }
 
 /// How clients prove who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum AuthMethod {
     #[serde(rename = "trust")]
     Trust,
@@ -135,7 +137,7 @@ impl fmt::Display for AuthMethod {
 }
 
 /// `[auth]`: client authentication and the users file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// trust | md5 | scram-sha-256. Default "scram-sha-256".
@@ -152,7 +154,7 @@ impl Default for AuthConfig {
 }
 
 /// `[health_check]`: how pgvigil checks backends and finds the primary.
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckConfig {
     /// Time between checks of each backend. Default "1s".
@@ -201,7 +203,7 @@ impl Default for HealthCheckConfig {
 }
 
 /// `[failover]`: what pgvigil does when the primary is down.
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverConfig {
     /// Promote a standby when the primary is confirmed down. Default true.
@@ -280,10 +282,33 @@ impl Default for FailoverConfig {
     }
 }
 
+/// `[admin]`: the HTTP API (node states, operations, health endpoints).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP listener; empty: no listener. Default "127.0.0.1:9898".
+    pub listen: String,
+    /// File holding the bearer token that requests changing state must carry. Default:
+    /// unset (such requests are refused).
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9898".into(), token_file: None }
+    }
+}
+
+impl AdminConfig {
+    pub fn enabled(&self) -> bool {
+        !self.listen.trim().is_empty()
+    }
+}
+
 /// `[rejoin]`: how a fenced old primary is made a standby of the new primary. Each node
 /// operation runs its command when one is set, else the built-in one on the node's
 /// `data_dir` on this host.
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RejoinConfig {
     /// When pg_rewind fails, take a fresh base backup from the new primary instead (the
@@ -333,7 +358,7 @@ impl Default for RejoinConfig {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// Filter in `RUST_LOG` syntax; the `RUST_LOG` environment variable wins. Default "info".
@@ -349,7 +374,7 @@ impl Default for LogConfig {
 }
 
 /// `[routing]`: where statements run.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Send reads to hot standbys (and the primary) by weight. Off: everything goes
@@ -404,7 +429,7 @@ impl Default for RoutingConfig {
 }
 
 /// `routing.granularity`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Granularity {
     Session,
@@ -412,7 +437,7 @@ pub enum Granularity {
 }
 
 /// `routing.after_write`, as Pgpool-II's `disable_load_balance_on_write`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AfterWrite {
     /// After a write in a transaction, its later reads go to the primary.
@@ -429,7 +454,7 @@ pub enum AfterWrite {
 }
 
 /// One `[[routing.redirect]]` rule: every given pattern must match (regexes, unanchored).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectRule {
     pub application_name: Option<String>,
@@ -440,7 +465,7 @@ pub struct RedirectRule {
 }
 
 /// `[[backends]]`: one PostgreSQL server.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// Unique name, used in logs and the admin interface. Required.
@@ -511,6 +536,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+impl Serialize for DurationStr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ms = self.0.as_millis();
+        let text = if self.0.subsec_nanos() % 1_000_000 != 0 {
+            format!("{}us", self.0.as_micros())
+        } else if ms % 1000 != 0 {
+            format!("{ms}ms")
+        } else {
+            format!("{}s", ms / 1000)
+        };
+        s.serialize_str(&text)
+    }
+}
+
 impl<'de> Deserialize<'de> for DurationStr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -537,6 +576,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         other => return Err(format!("invalid size unit {other:?} in {s:?}: use B, kB, MB, GB or TB")),
     };
     value.checked_mul(mult).ok_or_else(|| format!("size {s:?} is out of range"))
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = self.0;
+        let text = match n {
+            0 => "0".to_string(),
+            n if n % (1 << 30) == 0 => format!("{}GB", n >> 30),
+            n if n % (1 << 20) == 0 => format!("{}MB", n >> 20),
+            n if n % (1 << 10) == 0 => format!("{}kB", n >> 10),
+            n => format!("{n}B"),
+        };
+        s.serialize_str(&text)
+    }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
@@ -632,6 +685,9 @@ impl Config {
         if self.pool.connect_timeout.0.is_zero() {
             return err("pool.connect_timeout must be greater than 0");
         }
+        if self.admin.enabled() && self.admin.listen.parse::<SocketAddr>().is_err() {
+            return err(format!("admin.listen: {:?} is not an address:port such as \"127.0.0.1:9898\" (empty: no admin listener)", self.admin.listen));
+        }
         if self.rejoin.timeout.0.is_zero() {
             return err("rejoin.timeout must be greater than 0");
         }
@@ -718,6 +774,11 @@ impl Config {
     }
 
     /// `failover.state_dir`, resolved against the config file's directory.
+    /// `admin.token_file`, resolved against the config file's directory.
+    pub fn admin_token_file(&self) -> Option<PathBuf> {
+        self.admin.token_file.as_ref().map(|p| if p.is_absolute() { p.clone() } else { self.base_dir.join(p) })
+    }
+
     pub fn state_dir(&self) -> Option<PathBuf> {
         self.failover.state_dir.as_ref().map(|p| if p.is_absolute() { p.clone() } else { self.base_dir.join(p) })
     }
@@ -933,5 +994,21 @@ mod tests {
         assert!(e.starts_with("users.toml:2:"), "{e}");
         assert!(!e.contains("bad\""), "{e}");
         assert!(!format!("{:?}", u).contains("s3cret"));
+    }
+
+    #[test]
+    fn durations_and_sizes_serialize_as_they_are_written() {
+        let d = |s: &str| serde_json::to_value(DurationStr(parse_duration(s).unwrap())).unwrap();
+        assert_eq!(d("500ms"), "500ms");
+        assert_eq!(d("2s"), "2s");
+        assert_eq!(d("10m"), "600s");
+        assert_eq!(d("1.5ms"), "1500us");
+        let b = |s: &str| serde_json::to_value(ByteSize(parse_size(s).unwrap())).unwrap();
+        assert_eq!(b("16MB"), "16MB");
+        assert_eq!(b("512kB"), "512kB");
+        assert_eq!(b("1000"), "1000B");
+        for text in ["500ms", "2s", "1500us"] {
+            assert_eq!(parse_duration(text).map(|x| d(text) == serde_json::to_value(DurationStr(x)).unwrap()), Ok(true));
+        }
     }
 }

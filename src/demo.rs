@@ -43,8 +43,12 @@ pub async fn run(port: u16, standbys: usize) -> anyhow::Result<()> {
     let config_path = dir.join("pgvigil.toml");
     let users_path = dir.join("users.toml");
     std::fs::write(&users_path, format!("postgres = \"{password}\"\n")).context("writing the demo users file")?;
+    let admin_port = free_port(9898).context("no free port for the admin API")?;
+    let token = format!("{:032x}", rand::random::<u128>());
+    std::fs::write(dir.join("admin.token"), &token).context("writing the demo admin token")?;
     let text = format!(
-        "# Written by `pgvigil demo`.\n[proxy]\nlisten = \"127.0.0.1:{port}\"\n\n[auth]\nmethod = \"trust\"\nusers_file = \"users.toml\"\n\n\
+        "# Written by `pgvigil demo`.\n[proxy]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_file = \"admin.token\"\n\n[auth]\nmethod = \"trust\"\nusers_file = \"users.toml\"\n\n\
          [health_check]\ninterval = \"500ms\"\nuser = \"postgres\"\n\n{backends}"
     );
     std::fs::write(&config_path, text).context("writing the demo configuration")?;
@@ -64,6 +68,12 @@ pub async fn run(port: u16, standbys: usize) -> anyhow::Result<()> {
     say!("Connect with:");
     say!("  psql -h 127.0.0.1 -p {port} -U postgres postgres");
     say!();
+    if let Some(admin) = handle.admin_addr {
+        say!("Admin API (token in {}):", dir.join("admin.token").display());
+        say!("  curl http://{admin}/nodes");
+        say!("  curl -X POST -H \"Authorization: Bearer $(cat {})\" http://{admin}/switchover", dir.join("admin.token").display());
+        say!();
+    }
     say!("Configuration: {}  (data, logs and sockets under {})", config_path.display(), dir.display());
     say!("Press Ctrl-C to stop; everything is removed.");
 

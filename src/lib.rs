@@ -6,11 +6,15 @@
 //! for tests and for `pgvigil demo`, `watchdog` elects one leader among pgvigil nodes and
 //! moves the virtual IP.
 
+pub mod admin;
 pub mod cluster;
 pub mod config;
+pub mod ctl;
 pub mod demo;
+pub mod events;
 pub mod failover;
 pub mod logging;
+pub mod metrics;
 pub mod monitor;
 pub mod pool;
 pub mod protocol;

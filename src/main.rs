@@ -61,6 +61,10 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         standbys: usize,
     },
+    /// Talk to a running pgvigil's admin API: show nodes, pools and events; switch over,
+    /// promote, detach, attach, rejoin, reload. Exit status 1 on failure, with the
+    /// server's reason.
+    Ctl(pgvigil::ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +117,13 @@ fn main() -> ExitCode {
             pgvigil::logging::init(&cfg.log.level, &cfg.log.format);
             let threads = cfg.proxy.worker_threads;
             report(runtime(threads).and_then(|rt| rt.block_on(pgvigil::run::run_until_signalled(cfg, Some(config)))))
+        }
+        Command::Ctl(args) => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return report(Err(e.into())),
+            };
+            report(rt.block_on(pgvigil::ctl::run(args)))
         }
         Command::Demo { port, standbys } => {
             pgvigil::logging::init("info", "text");

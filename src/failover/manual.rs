@@ -21,6 +21,8 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use super::candidate::{choose, Choice};
 use super::{connect, edit_view, failover, promote_node, rejoin, remember, repoint, run_rejoin, standbys, streams_from, Failover, Memory, Op, Remembered, Settings, Status};
 use crate::monitor::{ClusterView, Monitor, Role};
@@ -77,6 +79,7 @@ fn detach(monitor: &Monitor, i: usize) -> Result<String, String> {
     }
     edit_view(monitor, |next| next.nodes[i].detached = true);
     tracing::warn!(event = "node_detached", node = %name, "detached: nothing new is routed to it");
+    monitor.events.record("node_detached", name, "detached by an operator: nothing new is routed to it", json!({}));
     Ok(format!("{name} detached: nothing new is routed to it"))
 }
 
@@ -125,6 +128,7 @@ fn attach(monitor: &Monitor, mem: &mut Memory, i: usize) -> Result<String, Strin
         next.nodes[i].fenced = false;
     });
     tracing::warn!(event = "node_attached", node = %name, "attached: routed to again");
+    monitor.events.record("node_attached", name, "attached by an operator: routed to again", json!({}));
     Ok(format!("{name} attached"))
 }
 
@@ -141,7 +145,7 @@ async fn rejoin_op(monitor: &Monitor, settings: &Settings, mem: &mut Memory, i: 
     if !view.nodes[i].fenced {
         edit_view(monitor, |next| next.nodes[i].fenced = true);
     }
-    run_rejoin(settings, &view, i, p).await?;
+    run_rejoin(monitor, settings, &view, i, p).await?;
     mem.rewound.push(i);
     let mut rx = monitor.view.subscribe();
     // The `Ref` wait_for returns holds the view's lock: not kept past this statement.
@@ -153,7 +157,9 @@ async fn rejoin_op(monitor: &Monitor, settings: &Settings, mem: &mut Memory, i: 
     }
     mem.rewound.retain(|&r| r != i);
     edit_view(monitor, |next| next.nodes[i].fenced = false);
-    tracing::warn!(event = "node_rejoined", node = %name, elapsed_ms = started.elapsed().as_millis() as u64, "rejoined: streams from the primary");
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::warn!(event = "node_rejoined", node = %name, elapsed_ms, "rejoined: streams from the primary");
+    monitor.events.record("node_rejoined", &name, "rejoined: streams from the primary", json!({"primary": view.nodes[p].name, "elapsed_ms": elapsed_ms}));
     let detached = if was_detached { " (still detached: attach it to route to it)" } else { "" };
     Ok(format!("{name} rejoined as a standby of {} in {} ms{detached}", view.nodes[p].name, started.elapsed().as_millis()))
 }
@@ -186,6 +192,7 @@ async fn promote_without_primary(monitor: &Monitor, settings: &Settings, state: 
             });
             state.promotions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(event = "failover_promoted", node = %name, "promoted by an operator; no earlier primary known");
+            monitor.events.record("failover_promoted", &name, "promoted by an operator; no earlier primary known", json!({}));
             Ok(format!("{name} promoted (no earlier primary known to fence)"))
         }
     }
@@ -217,6 +224,7 @@ async fn switchover(monitor: &Monitor, settings: &Settings, state: &Failover, me
     }
     let started = Instant::now();
     tracing::warn!(event = "switchover_started", node = %old_name, to = %name, "switchover: new work for the primary is held");
+    monitor.events.record("switchover_started", &old_name, "switchover: new work for the primary is held", json!({"to": name}));
     state.set(Status::InProgress { from: old_name.clone() });
     edit_view(monitor, |next| next.writes_paused = true);
     let stopped = match hand_over(monitor, settings, old, target, started).await {
@@ -224,7 +232,9 @@ async fn switchover(monitor: &Monitor, settings: &Settings, state: &Failover, me
         Err(e) => {
             edit_view(monitor, |next| next.writes_paused = false);
             let e = format!("switchover from {old_name} to {name} abandoned: {e}");
-            tracing::error!(event = "switchover_failed", node = %old_name, to = %name, error = %e, elapsed_ms = started.elapsed().as_millis() as u64, "switchover failed");
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            tracing::error!(event = "switchover_failed", node = %old_name, to = %name, error = %e, elapsed_ms, "switchover failed");
+            monitor.events.record("switchover_failed", &old_name, "switchover failed", json!({"to": name, "error": e, "elapsed_ms": elapsed_ms}));
             state.set(if monitor.view.borrow().primary().is_some() { Status::Idle } else { Status::ReadOnly { reasons: vec![e.clone()] } });
             return Err(e);
         }
@@ -232,9 +242,10 @@ async fn switchover(monitor: &Monitor, settings: &Settings, state: &Failover, me
     let paused_ms = started.elapsed().as_millis() as u64;
     state.promotions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(event = "switchover_promoted", node = %name, fenced = %old_name, paused_ms, "new primary; writes resume");
+    monitor.events.record("switchover_promoted", &name, "new primary; writes resume", json!({"fenced": old_name, "paused_ms": paused_ms}));
     mem.remembered = Some(remember(&monitor.view.borrow().clone(), target));
     let others: Vec<usize> = standbys.iter().filter(|s| s.node != target && s.up && !s.fenced).map(|s| s.node).collect();
-    let not_following = repoint(settings, &others, target, old, started).await;
+    let not_following = repoint(monitor, settings, &others, target, old, started).await;
     state.set(Status::Idle);
     let mut outcome = format!("{name} is the primary; writes were held {paused_ms} ms");
     if !not_following.is_empty() {
@@ -249,7 +260,10 @@ async fn switchover(monitor: &Monitor, settings: &Settings, state: &Failover, me
     } else {
         outcome.push_str(&format!("; {old_name} is fenced: rejoin it as a standby"));
     }
-    tracing::warn!(event = "switchover_finished", node = %name, paused_ms, elapsed_ms = started.elapsed().as_millis() as u64, outcome = %outcome, "switchover finished");
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    state.last_duration_ms.store(elapsed_ms, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(event = "switchover_finished", node = %name, paused_ms, elapsed_ms, outcome = %outcome, "switchover finished");
+    monitor.events.record("switchover_finished", &name, &outcome, json!({"from": old_name, "paused_ms": paused_ms, "elapsed_ms": elapsed_ms}));
     Ok(outcome)
 }
 
@@ -268,6 +282,7 @@ async fn hand_over(monitor: &Monitor, settings: &Settings, old: usize, target: u
         if Instant::now() >= deadline {
             let n: i64 = oc.query_one(&format!("SELECT count(pg_terminate_backend(pid)) {BUSY}"), &[]).await.map_err(|e| e.to_string())?.get(0);
             tracing::warn!(event = "switchover_terminated", sessions = n, "transactions still open after failover.switchover_drain_timeout: terminated");
+            monitor.events.record("switchover_terminated", &settings.backends[old].name, "transactions still open after failover.switchover_drain_timeout: terminated", json!({"sessions": n}));
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -31,6 +31,7 @@ pub mod state;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -109,6 +110,8 @@ pub struct Failover {
     pub status: Mutex<Status>,
     /// Number of completed promotions.
     pub promotions: std::sync::atomic::AtomicU64,
+    /// How long the last failover or switchover took, start to finish (ms; 0: none yet).
+    pub last_duration_ms: std::sync::atomic::AtomicU64,
     ops: tokio::sync::mpsc::UnboundedSender<(Op, Reply)>,
     names: Vec<String>,
 }
@@ -164,7 +167,7 @@ impl Failover {
 pub fn spawn(monitor: Arc<Monitor>, settings: Settings, stop: CancellationToken) -> Arc<Failover> {
     let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
     let names = settings.backends.iter().map(|b| b.name.clone()).collect();
-    let state = Arc::new(Failover { status: Mutex::new(Status::Idle), promotions: 0.into(), ops: tx, names });
+    let state = Arc::new(Failover { status: Mutex::new(Status::Idle), promotions: 0.into(), last_duration_ms: 0.into(), ops: tx, names });
     // Before anything is routed.
     let kept = load_state(&settings, &monitor);
     tokio::spawn(run(monitor, settings, state.clone(), kept, requests, stop));
@@ -200,6 +203,7 @@ async fn run(
             mem.rewound.retain(|&r| r != i);
             // An operator made the old primary a standby of the current one: use it again.
             tracing::warn!(event = "node_rejoined", node = %view.nodes[i].name, "fenced node streams from the primary: no longer fenced");
+            monitor.events.record("node_rejoined", &view.nodes[i].name, "fenced node streams from the primary: no longer fenced", json!({}));
             edit_view(&monitor, |next| next.nodes[i].fenced = false);
             continue;
         }
@@ -208,6 +212,7 @@ async fn run(
             // newer timeline), fence the others. The next view change routes again.
             for i in fence {
                 tracing::error!(event = "node_fenced", node = %view.nodes[i].name, "two primaries: fencing the one the standbys do not follow");
+                monitor.events.record("node_fenced", &view.nodes[i].name, "two primaries: fencing the one the standbys do not follow", json!({}));
             }
             let last = kept_primary(&mem.kept);
             edit_view(&monitor, |next| {
@@ -245,7 +250,7 @@ async fn run(
                 if let Some((i, _)) = due {
                     mem.tried.retain(|(t, _)| *t != i);
                     mem.tried.push((i, Instant::now()));
-                    if run_rejoin(&settings, &view, i, p).await.is_ok() {
+                    if run_rejoin(&monitor, &settings, &view, i, p).await.is_ok() {
                         mem.rewound.push(i);
                     }
                     continue;
@@ -273,18 +278,22 @@ fn kept_primary(kept: &[state::Kept]) -> Option<String> {
 
 /// Rejoins node `i` as a standby of `p`: `Ok` when it was rewound (or re-cloned),
 /// started, and streams from `p`.
-async fn run_rejoin(settings: &Settings, view: &ClusterView, i: usize, p: usize) -> Result<(), String> {
+async fn run_rejoin(monitor: &Monitor, settings: &Settings, view: &ClusterView, i: usize, p: usize) -> Result<(), String> {
     let name = &view.nodes[i].name;
     let started = Instant::now();
     tracing::warn!(event = "rejoin_started", node = %name, primary = %view.nodes[p].name, "rejoining the old primary as a standby");
+    monitor.events.record("rejoin_started", name, "rejoining as a standby", json!({"primary": view.nodes[p].name}));
     match rejoin::rejoin(settings, p, i).await {
         Ok(()) => {
-            tracing::warn!(event = "rejoin_started_standby", node = %name, elapsed_ms = started.elapsed().as_millis() as u64, "started as a standby streaming from the primary; it is used again once the monitor sees it");
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            tracing::warn!(event = "rejoin_started_standby", node = %name, elapsed_ms, "started as a standby streaming from the primary; it is used again once the monitor sees it");
+            monitor.events.record("rejoin_started_standby", name, "started as a standby streaming from the primary", json!({"elapsed_ms": elapsed_ms}));
             Ok(())
         }
         Err(e) => {
             let e = format!("{e:#}");
             tracing::error!(event = "rejoin_failed", node = %name, error = %e, "rejoin failed");
+            monitor.events.record("rejoin_failed", name, "rejoin failed", json!({"error": e}));
             Err(e)
         }
     }
@@ -407,6 +416,7 @@ async fn failover(monitor: &Monitor, settings: &Settings, state: &Failover, view
     let before = state.status();
     if !matches!(before, Status::ReadOnly { .. }) || forced.is_some() {
         tracing::warn!(event = "failover_started", node = %old_name, last_lsn = ?r.last.lsn, forced = ?forced.map(|f| &view.nodes[f].name), "primary is down: failover started");
+        monitor.events.record("failover_started", &old_name, "primary is down: failover started", json!({"last_lsn": r.last.lsn, "to": forced.map(|f| &view.nodes[f].name)}));
         state.set(Status::InProgress { from: old_name.clone() });
     }
     let standbys = standbys(settings, view, r, Some(r.node)).await;
@@ -428,15 +438,19 @@ async fn failover(monitor: &Monitor, settings: &Settings, state: &Failover, view
         (None, Choice::NoCandidate { reasons }) => {
             if before != (Status::ReadOnly { reasons: reasons.clone() }) {
                 tracing::error!(event = "failover_impossible", node = %old_name, reasons = %reasons.join("; "), "no standby may be promoted: the cluster is read-only");
+                monitor.events.record("failover_impossible", &old_name, "no standby may be promoted: the cluster is read-only", json!({"reasons": reasons}));
             }
             let e = reasons.join("; ");
             state.set(Status::ReadOnly { reasons });
             return Err(e);
         }
     };
-    tracing::warn!(event = "failover_candidate", node = %name, why = %why, elapsed_ms = started.elapsed().as_millis() as u64, "promoting");
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::warn!(event = "failover_candidate", node = %name, why = %why, elapsed_ms, "promoting");
+    monitor.events.record("failover_candidate", &name, "promoting", json!({"why": why, "elapsed_ms": elapsed_ms}));
     if let Err(e) = promote_node(settings, node, r.node).await {
         tracing::error!(event = "failover_failed", node = %name, error = %e, "promotion failed");
+        monitor.events.record("failover_failed", &name, "promotion failed", json!({"error": format!("{e:#}")}));
         let e = format!("promotion of {name} failed: {e}");
         state.set(Status::ReadOnly { reasons: vec![e.clone()] });
         return Err(e);
@@ -450,9 +464,13 @@ async fn failover(monitor: &Monitor, settings: &Settings, state: &Failover, view
     state.promotions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let promoted_ms = started.elapsed().as_millis() as u64;
     tracing::warn!(event = "failover_promoted", node = %name, fenced = %old_name, elapsed_ms = promoted_ms, "new primary");
+    monitor.events.record("failover_promoted", &name, "new primary", json!({"fenced": old_name, "elapsed_ms": promoted_ms}));
     let others: Vec<usize> = standbys.iter().filter(|s| s.node != node && s.up).map(|s| s.node).collect();
-    let not_following = repoint(settings, &others, node, r.node, started).await;
-    tracing::warn!(event = "failover_finished", node = %name, elapsed_ms = started.elapsed().as_millis() as u64, promoted_ms, not_following = not_following.len(), "failover finished");
+    let not_following = repoint(monitor, settings, &others, node, r.node, started).await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    state.last_duration_ms.store(elapsed_ms, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(event = "failover_finished", node = %name, elapsed_ms, promoted_ms, not_following = not_following.len(), "failover finished");
+    monitor.events.record("failover_finished", &name, "failover finished", json!({"elapsed_ms": elapsed_ms, "promoted_ms": promoted_ms, "from": old_name, "not_following": not_following.iter().map(|&s| &settings.backends[s].name).collect::<Vec<_>>()}));
     state.set(Status::Idle);
     let view = monitor.view.borrow().clone();
     Ok(remember(&view, node))
@@ -504,7 +522,7 @@ async fn promote_node(settings: &Settings, node: usize, old: usize) -> anyhow::R
 
 /// Re-points standbys `others` to the new primary `node`; returns those that do not
 /// stream from it.
-async fn repoint(settings: &Settings, others: &[usize], node: usize, old: usize, started: Instant) -> Vec<usize> {
+async fn repoint(monitor: &Monitor, settings: &Settings, others: &[usize], node: usize, old: usize, started: Instant) -> Vec<usize> {
     let name = &settings.backends[node].name;
     let mut failed = Vec::new();
     for &s in others {
@@ -517,9 +535,14 @@ async fn repoint(settings: &Settings, others: &[usize], node: usize, old: usize,
         };
         let standby = &settings.backends[s].name;
         match followed {
-            Ok(()) => tracing::info!(event = "standby_follows", node = %standby, primary = %name, elapsed_ms = started.elapsed().as_millis() as u64, "standby streams from the new primary"),
+            Ok(()) => {
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(event = "standby_follows", node = %standby, primary = %name, elapsed_ms, "standby streams from the new primary");
+                monitor.events.record("standby_follows", standby, "standby streams from the new primary", json!({"primary": name, "elapsed_ms": elapsed_ms}));
+            }
             Err(e) => {
                 tracing::error!(event = "standby_not_following", node = %standby, primary = %name, error = %e, "standby does not stream from the new primary");
+                monitor.events.record("standby_not_following", standby, "standby does not stream from the new primary", json!({"primary": name, "error": format!("{e:#}")}));
                 failed.push(s);
             }
         }

@@ -220,6 +220,8 @@ pub struct CheckSettings {
 /// an immediate check of one backend, and each backend's check statistics.
 pub struct Monitor {
     pub view: Arc<watch::Sender<Arc<ClusterView>>>,
+    /// Recent events (this monitor's node up/down, failover's steps) for the admin API.
+    pub events: Arc<crate::events::EventLog>,
     pokes: Vec<Arc<Notify>>,
     stats: Vec<Arc<CheckStats>>,
 }
@@ -257,6 +259,7 @@ pub fn spawn(nodes: Vec<(String, String, u16, SocketAddr)>, settings: CheckSetti
 /// [`spawn`] with any probe: one task per `(node, probe)`.
 fn start<P: Probe>(nodes: Vec<(String, SocketAddr)>, probes: Vec<P>, settings: &CheckSettings, stop: CancellationToken) -> Monitor {
     let started = SystemTime::now();
+    let events = Arc::new(crate::events::EventLog::default());
     let view = ClusterView {
         nodes: nodes
             .iter()
@@ -285,6 +288,7 @@ fn start<P: Probe>(nodes: Vec<(String, SocketAddr)>, probes: Vec<P>, settings: &
             retry_delay: settings.retry_delay,
             retries: settings.retries,
             view: tx.clone(),
+            events: events.clone(),
             poke: Arc::new(Notify::new()),
             stats: Arc::new(CheckStats::default()),
             stop: stop.clone(),
@@ -293,7 +297,7 @@ fn start<P: Probe>(nodes: Vec<(String, SocketAddr)>, probes: Vec<P>, settings: &
         stats.push(checker.stats.clone());
         tokio::spawn(checker.run(probe));
     }
-    Monitor { view: tx, pokes, stats }
+    Monitor { view: tx, events, pokes, stats }
 }
 
 /// One backend's checking task.
@@ -304,6 +308,7 @@ struct Checker {
     retry_delay: Duration,
     retries: u32,
     view: Arc<watch::Sender<Arc<ClusterView>>>,
+    events: Arc<crate::events::EventLog>,
     poke: Arc<Notify>,
     stats: Arc<CheckStats>,
     stop: CancellationToken,
@@ -400,6 +405,13 @@ impl Checker {
             let (before, after) = (&view.nodes[self.index], &next.nodes[self.index]);
             if before.up != after.up || before.role != after.role {
                 tracing::info!(node = %self.name, up = after.up, role = ?after.role, "backend state changed");
+                let (event, message) = match (after.up, before.up) {
+                    (true, false) => ("node_up", "health check succeeds"),
+                    (false, _) => ("node_down", "marked down after its health-check retries"),
+                    (true, true) => ("node_role_changed", "the backend's role changed"),
+                };
+                let role = format!("{:?}", after.role).to_lowercase();
+                self.events.record(event, &self.name, message, serde_json::json!({"role": role}));
             }
             *view = Arc::new(next);
             true

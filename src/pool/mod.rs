@@ -58,11 +58,31 @@ pub enum CheckoutError {
 struct Pool {
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
+    /// Sessions waiting for a free slot.
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// One pool as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolInfo {
+    pub backend: usize,
+    pub user: String,
+    pub database: String,
+    /// `pool.size`.
+    pub size: usize,
+    /// Server connections lent to sessions.
+    pub in_use: usize,
+    /// Server connections kept idle for the next session.
+    pub idle: usize,
+    /// Sessions waiting for a free slot.
+    pub waiting: usize,
 }
 
 /// All pools of this pgvigil node.
 pub struct Pools {
     settings: PoolSettings,
+    /// How long checkouts waited for a free slot (0 for most).
+    pub checkout_wait: crate::metrics::Histogram,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
 }
 
@@ -75,7 +95,7 @@ pub struct Checkout {
 
 impl Pools {
     pub fn new(settings: PoolSettings) -> Self {
-        Self { settings, pools: Mutex::new(HashMap::new()) }
+        Self { settings, pools: Mutex::new(HashMap::new()), checkout_wait: crate::metrics::Histogram::new(&crate::metrics::LATENCY_BUCKETS) }
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -86,7 +106,9 @@ impl Pools {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(Pool { permits: Arc::new(Semaphore::new(self.settings.size)), idle: Mutex::new(Vec::new()) }))
+            .or_insert_with(|| {
+                Arc::new(Pool { permits: Arc::new(Semaphore::new(self.settings.size)), idle: Mutex::new(Vec::new()), waiting: 0.into() })
+            })
             .clone()
     }
 
@@ -105,9 +127,22 @@ impl Pools {
     ) -> Result<Checkout, CheckoutError> {
         let pool = self.pool(key);
         let wait = self.settings.checkout_timeout;
-        let permit = match tokio::time::timeout(wait, pool.permits.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => return Err(CheckoutError::Timeout(wait)),
+        let permit = match pool.permits.clone().try_acquire_owned() {
+            Ok(p) => {
+                self.checkout_wait.record(Duration::ZERO);
+                p
+            }
+            Err(_) => {
+                pool.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let started = std::time::Instant::now();
+                let got = tokio::time::timeout(wait, pool.permits.clone().acquire_owned()).await;
+                self.checkout_wait.record(started.elapsed());
+                pool.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                match got {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(CheckoutError::Timeout(wait)),
+                }
+            }
         };
         loop {
             let candidate = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -146,6 +181,25 @@ impl Pools {
             let unused = pool.permits.available_permits() == self.settings.size && Arc::strong_count(pool) == 1;
             !(idle.is_empty() && unused)
         });
+    }
+
+    /// Every pool's counts, by backend, user and database.
+    pub fn snapshot(&self) -> Vec<PoolInfo> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<PoolInfo> = pools
+            .iter()
+            .map(|(k, p)| PoolInfo {
+                backend: k.backend,
+                user: k.user.clone(),
+                database: k.database.clone(),
+                size: self.settings.size,
+                in_use: self.settings.size - p.permits.available_permits(),
+                idle: p.idle.lock().unwrap_or_else(|p| p.into_inner()).len(),
+                waiting: p.waiting.load(std::sync::atomic::Ordering::Relaxed),
+            })
+            .collect();
+        out.sort_by(|a, b| (a.backend, &a.user, &a.database).cmp(&(b.backend, &b.user, &b.database)));
+        out
     }
 
     /// Number of pools currently known.

@@ -156,6 +156,9 @@ pub(super) struct Engine<'a> {
     batch: Option<usize>,
     batch_unit: u64,
     units: HashMap<u64, UnitEffects>,
+    /// When each unanswered client request (unit) arrived, oldest first, for the query
+    /// latency histogram.
+    unit_started: std::collections::VecDeque<(u64, std::time::Instant)>,
     next_unit: u64,
     /// Skip client messages up to the next Sync, then answer it (after an error that
     /// pgvigil reported for the batch).
@@ -231,6 +234,7 @@ impl<'a> Engine<'a> {
             batch: None,
             batch_unit: 0,
             units: HashMap::new(),
+            unit_started: std::collections::VecDeque::new(),
             next_unit: 1,
             discard_until_sync: false,
             last_node: None,
@@ -449,6 +453,7 @@ impl<'a> Engine<'a> {
                 }
             }
             Event::UnitDone { unit, status, failed } => {
+                self.unit_ended(unit);
                 let effects = self.units.remove(&unit).unwrap_or_default();
                 if !failed {
                     for e in effects.log {
@@ -642,6 +647,7 @@ impl<'a> Engine<'a> {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(End::ClientLost)),
                     Poll::Ready(Ok(n)) => {
                         self.cout.advance(n);
+                        self.shared.metrics.bytes_to_clients.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                         progress = true;
                     }
                     Poll::Pending => break,
@@ -672,7 +678,10 @@ impl<'a> Engine<'a> {
                         self.client_eof = true;
                         progress = true;
                     }
-                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Ready(Ok(n)) => {
+                        self.shared.metrics.bytes_from_clients.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        progress = true;
+                    }
                     Poll::Ready(Err(_)) => return Poll::Ready(Err(End::ClientLost)),
                     Poll::Pending => {}
                 }
@@ -1098,6 +1107,7 @@ impl<'a> Engine<'a> {
     fn new_unit(&mut self, effects: UnitEffects) -> u64 {
         let unit = self.next_unit;
         self.next_unit += 1;
+        self.unit_began(unit);
         if !effects.log.is_empty() || effects.wrote {
             self.units.insert(unit, effects);
         }
@@ -1705,6 +1715,28 @@ impl<'a> Engine<'a> {
             self.batch = Some(node);
             self.batch_unit = self.next_unit;
             self.next_unit += 1;
+            self.unit_began(self.batch_unit);
+        }
+    }
+
+    /// Notes when a client request began (bounded: a client that pipelines thousands of
+    /// requests only loses their latency samples).
+    fn unit_began(&mut self, unit: u64) {
+        if self.unit_started.len() < 4096 {
+            self.unit_started.push_back((unit, std::time::Instant::now()));
+        }
+    }
+
+    /// Records the latency of a request answered with ReadyForQuery.
+    fn unit_ended(&mut self, unit: u64) {
+        while let Some(&(u, at)) = self.unit_started.front() {
+            if u > unit {
+                break;
+            }
+            self.unit_started.pop_front();
+            if u == unit {
+                self.shared.metrics.query_duration.record(at.elapsed());
+            }
         }
     }
 

@@ -19,6 +19,7 @@ pub(super) async fn accept_loop(socket: TcpListener, shared: Arc<Shared>) {
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                shared.metrics.client_connections_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let slot = shared.client_slots.clone().try_acquire_owned().ok();
                 let s = shared.clone();
                 shared.sessions.spawn(session::run(stream, peer, slot, s));

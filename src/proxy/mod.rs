@@ -71,10 +71,14 @@ pub struct Shared {
     pub balancer: Balancer,
     pub catalogs: catalogs::Catalogs,
     pub stats: stats::RouteStats,
+    /// Counters and histograms recorded as things happen (`GET /metrics`).
+    pub metrics: crate::metrics::ProxyMetrics,
     /// ParameterStatus values of the primary, per pool key (backend field unused).
     pub startup_params: Mutex<HashMap<PoolKey, Vec<(String, String)>>>,
     redirects: Vec<Redirect>,
     backend_names: Vec<(String, String, u16)>,
+    /// The configuration file and the configuration in effect, for reloads.
+    reload_state: Mutex<(Option<PathBuf>, Config)>,
 }
 
 /// A compiled `[[routing.redirect]]` rule.
@@ -86,6 +90,45 @@ struct Redirect {
 }
 
 impl Shared {
+    /// Re-reads the configuration file: applies what can change at run time, names the
+    /// rest (SIGHUP and the admin API's reload).
+    pub fn reload(&self) -> Result<Vec<String>, ConfigError> {
+        let mut state = self.reload_state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(path) = state.0.clone() else {
+            return Err(ConfigError("no configuration file to reload".into()));
+        };
+        let next = Config::load(&path)?;
+        let reloadable = Reloadable::from_config(&next)?;
+        // Compared with the configuration in effect, so a change that needs a restart is
+        // reported again at every reload until the restart.
+        let old = &state.1;
+        let not_applied: Vec<String> = [
+            ("proxy.*", old.proxy != next.proxy),
+            ("pool.*", old.pool != next.pool),
+            ("health_check.*", old.health_check != next.health_check),
+            ("log.*", old.log != next.log),
+            ("routing.*", old.routing != next.routing),
+            ("failover.*", old.failover != next.failover),
+            ("rejoin.*", old.rejoin != next.rejoin),
+            ("admin.*", old.admin != next.admin),
+            ("backends", old.backends != next.backends),
+            ("watchdog.*", old.watchdog != next.watchdog),
+        ]
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(section, _)| section.to_string())
+        .collect();
+        *self.reloadable.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(reloadable);
+        state.1.auth = next.auth;
+        state.1.base_dir = next.base_dir;
+        Ok(not_applied)
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> Config {
+        self.reload_state.lock().unwrap_or_else(|p| p.into_inner()).1.clone()
+    }
+
     pub fn reloadable(&self) -> Arc<Reloadable> {
         self.reloadable.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -140,8 +183,8 @@ pub struct ProxyHandle {
     shared: Arc<Shared>,
     background: CancellationToken,
     accept_task: tokio::task::JoinHandle<()>,
-    config_path: Option<PathBuf>,
-    config: Config,
+    /// The admin HTTP listener's address, when it runs.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 impl Reloadable {
@@ -256,13 +299,19 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             config.health_check.timeout.get().max(Duration::from_secs(5)),
         ),
         stats: stats::RouteStats::new(config.backends.len()),
+        metrics: crate::metrics::ProxyMetrics::default(),
         startup_params: Mutex::new(HashMap::new()),
         redirects: compile_redirects(&config)?,
         backend_names: config.backends.iter().map(|b| (b.name.clone(), b.host.clone(), b.port)).collect(),
+        reload_state: Mutex::new((config_path, config.clone())),
     });
+    let admin_addr = match config.admin.enabled() {
+        true => Some(crate::admin::start(&config, shared.clone(), background.clone()).await?),
+        false => None,
+    };
     let accept_task = tokio::spawn(listener::accept_loop(socket, shared.clone()));
     tracing::info!(listen = %local_addr, backends = config.backends.len(), "pgvigil proxy listening");
-    Ok(ProxyHandle { local_addr, shared, background, accept_task, config_path, config })
+    Ok(ProxyHandle { local_addr, shared, background, accept_task, admin_addr })
 }
 
 impl ProxyHandle {
@@ -278,33 +327,7 @@ impl ProxyHandle {
 
     /// Re-reads the configuration file: applies what can change at run time, names the rest.
     pub fn reload(&mut self) -> Result<Vec<String>, ConfigError> {
-        let Some(path) = self.config_path.clone() else {
-            return Err(ConfigError("no configuration file to reload".into()));
-        };
-        let next = Config::load(&path)?;
-        let reloadable = Reloadable::from_config(&next)?;
-        // Compared with the configuration in effect, so a change that needs a restart is
-        // reported again at every reload until the restart.
-        let old = &self.config;
-        let not_applied: Vec<String> = [
-            ("proxy.*", old.proxy != next.proxy),
-            ("pool.*", old.pool != next.pool),
-            ("health_check.*", old.health_check != next.health_check),
-            ("log.*", old.log != next.log),
-            ("routing.*", old.routing != next.routing),
-            ("failover.*", old.failover != next.failover),
-            ("rejoin.*", old.rejoin != next.rejoin),
-            ("backends", old.backends != next.backends),
-            ("watchdog.*", old.watchdog != next.watchdog),
-        ]
-        .into_iter()
-        .filter(|(_, changed)| *changed)
-        .map(|(section, _)| section.to_string())
-        .collect();
-        *self.shared.reloadable.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(reloadable);
-        self.config.auth = next.auth;
-        self.config.base_dir = next.base_dir;
-        Ok(not_applied)
+        self.shared.reload()
     }
 
     /// Graceful shutdown: stop accepting, let sessions finish for up to `grace`, then

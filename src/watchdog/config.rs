@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, DurationStr};
 
@@ -31,7 +31,7 @@ pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
 pub const MIN_DEAD_AFTER_INTERVALS: u32 = 4;
 
 /// `[watchdog]`: this node's membership in the pgvigil cluster.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WatchdogConfig {
     /// This member's name, unique in the cluster. Required.
@@ -61,7 +61,7 @@ pub struct WatchdogConfig {
 }
 
 /// One `peers` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// The peer's `watchdog.name`. Required.
@@ -71,7 +71,7 @@ pub struct PeerConfig {
 }
 
 /// `watchdog.quorum`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QuorumMode {
     /// More than half of the configured members.
@@ -101,8 +101,9 @@ impl fmt::Display for QuorumMode {
     }
 }
 
-/// `[watchdog.vip]`: the virtual IP and how it is moved.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+/// `[watchdog.vip]`: the virtual IP and how it is moved. Serialized for `GET /config`,
+/// whose redaction hides every `*_command`.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipConfig {
     /// IPv4 address with prefix length, e.g. "10.0.0.100/24". Required.

@@ -165,8 +165,10 @@ async fn start_proxy(cluster: &LocalCluster, opts: &Options, dir: &std::path::Pa
         }
         backends.push('\n');
     }
+    // Tests run many pgvigils at once: an admin listener on any free port.
+    let admin = if opts.extra.contains("[admin]") { "" } else { "[admin]\nlisten = \"127.0.0.1:0\"\n" };
     let text = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n{}\n\n[pool]\n{}\n\n[auth]\nmethod = \"{}\"\nusers_file = \"users.toml\"\n\n\
+        "{admin}[proxy]\nlisten = \"127.0.0.1:0\"\n{}\n\n[pool]\n{}\n\n[auth]\nmethod = \"{}\"\nusers_file = \"users.toml\"\n\n\
          [health_check]\ninterval = \"200ms\"\nuser = \"{SUPERUSER}\"\n{}\n\n{}\n{}",
         opts.proxy, opts.pool, opts.auth_method, opts.health_check, opts.extra, backends
     );
@@ -374,7 +376,7 @@ impl Env {
             h.fast_shutdown().await;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let text = std::fs::read_to_string(&self.config_path).unwrap().replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        let text = std::fs::read_to_string(&self.config_path).unwrap().replace("[proxy]\nlisten = \"127.0.0.1:0\"", &format!("[proxy]\nlisten = \"127.0.0.1:{port}\""));
         std::fs::write(&self.config_path, &text).unwrap();
         let proc = Proc(
             std::process::Command::new(env!("CARGO_BIN_EXE_pgvigil"))
