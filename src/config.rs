@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::protocol::md5::is_md5_hash;
 use crate::protocol::scram::ScramVerifier;
+pub use crate::watchdog::config::{PeerConfig, QuorumMode, VipConfig, WatchdogConfig};
 
 /// A configuration problem, phrased for an operator: names the file, line and key.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// `[watchdog]`: membership in a cluster of pgvigil nodes. Default: none (one node).
+    #[serde(default)]
+    pub watchdog: Option<WatchdogConfig>,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -628,6 +632,28 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads and validates the file of a `pgvigil witness`: only `[watchdog]` (required,
+    /// without `[watchdog.vip]`) and `[log]` are used; other sections are ignored.
+    pub fn load_witness(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        let mut config = Self::parse(path, &text)?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.validate_log()?;
+        match &config.watchdog {
+            Some(w) => w.validate(&config.base_dir, true)?,
+            None => return err(format!("{}: a witness needs a [watchdog] section", path.display())),
+        }
+        Ok(config)
+    }
+
+    fn validate_log(&self) -> Result<(), ConfigError> {
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return err(format!("log.format: {:?} is not \"text\" or \"json\"", self.log.format));
+        }
+        Ok(())
+    }
+
     /// Parses TOML text; `path` only names the source in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| toml_error(path, text, &e))
@@ -668,9 +694,7 @@ impl Config {
         if self.health_check.interval.0.is_zero() || self.health_check.timeout.0.is_zero() {
             return err("health_check.interval and health_check.timeout must be greater than 0");
         }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return err(format!("log.format: {:?} is not \"text\" or \"json\"", self.log.format));
-        }
+        self.validate_log()?;
         if self.backends.is_empty() {
             return err("backends: at least one [[backends]] entry is required");
         }
@@ -693,6 +717,9 @@ impl Config {
             }
         }
         self.validate_routing()?;
+        if let Some(w) = &self.watchdog {
+            w.validate(&self.base_dir, false)?;
+        }
         if self.auth.method != AuthMethod::Trust && self.auth.users_file.is_none() {
             return err(format!("auth.users_file is required when auth.method is \"{}\"", self.auth.method));
         }

@@ -3,7 +3,8 @@
 //! Layout (see docs/architecture.md): `protocol` is the I/O-free wire codec and auth math,
 //! `proxy` holds client sessions, `pool` the backend connections, `monitor` watches the
 //! backends and publishes the cluster view, `cluster` builds local PostgreSQL clusters
-//! for tests and for `pgvigil demo`.
+//! for tests and for `pgvigil demo`, `watchdog` elects one leader among pgvigil nodes and
+//! moves the virtual IP.
 
 pub mod admin;
 pub mod cluster;
@@ -20,3 +21,4 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod run;
+pub mod watchdog;

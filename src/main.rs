@@ -25,7 +25,8 @@ enum Command {
     ///
     /// Signals: SIGTERM stops accepting and lets sessions finish for
     /// proxy.shutdown_timeout; SIGINT shuts down at once; SIGHUP reloads the users file
-    /// and auth settings and names what needs a restart.
+    /// and auth settings and names what needs a restart. With [watchdog], either stop
+    /// signal first releases the virtual IP and tells the other members.
     Run {
         /// Configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
@@ -33,6 +34,19 @@ enum Command {
     },
     /// Check a configuration file and its users file, then exit (status 0 when valid).
     CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Check it as the file of a `pgvigil witness` (only [watchdog] and [log]).
+        #[arg(long)]
+        witness: bool,
+    },
+    /// Run a watchdog member that only votes (no proxy, no VIP): the third vote that lets
+    /// a two-node cluster keep a quorum when one node is down.
+    ///
+    /// The file needs only [watchdog] (without [watchdog.vip]) and optionally [log].
+    /// SIGTERM or SIGINT stops it.
+    Witness {
         /// Configuration file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
@@ -56,16 +70,42 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!("{}: OK ({} backends, listen {})", config.display(), c.backends.len(), c.proxy.listen);
-                ExitCode::SUCCESS
+        Command::CheckConfig { config, witness } => {
+            let loaded = if witness { Config::load_witness(&config) } else { Config::load(&config) };
+            match loaded {
+                Ok(c) => {
+                    let watchdog = c.watchdog.as_ref().map_or(String::new(), |w| {
+                        format!(
+                            ", watchdog {}: {} members, quorum {}",
+                            w.name,
+                            w.members(),
+                            w.quorum.size(w.members())
+                        )
+                    });
+                    if witness {
+                        println!("{}: OK (witness{watchdog})", config.display());
+                    } else {
+                        println!("{}: OK ({} backends, listen {}{watchdog})", config.display(), c.backends.len(), c.proxy.listen);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pgvigil: {e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("pgvigil: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }
+        Command::Witness { config } => {
+            let cfg = match Config::load_witness(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("pgvigil: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            pgvigil::logging::init(&cfg.log.level, &cfg.log.format);
+            report(runtime(1).and_then(|rt| rt.block_on(pgvigil::run::run_witness(cfg))))
+        }
         Command::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,

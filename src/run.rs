@@ -1,4 +1,5 @@
-//! `pgvigil run`: the proxy plus signal handling.
+//! `pgvigil run`: the proxy, the watchdog when configured, and signal handling;
+//! `pgvigil witness`: the watchdog alone, as a vote-only member.
 
 use std::path::PathBuf;
 
@@ -6,23 +7,37 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::proxy;
+use crate::watchdog::{Membership, Watchdog};
 
-/// Runs until SIGTERM (graceful) or SIGINT (fast); SIGHUP reloads.
+/// Runs until SIGTERM (graceful) or SIGINT (fast); SIGHUP reloads. On either stop signal
+/// the watchdog goes first: the VIP is removed before sessions are drained.
 pub async fn run_until_signalled(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let grace = config.proxy.shutdown_timeout.get();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let watchdog_config = config.watchdog.clone();
+    let base_dir = config.base_dir.clone();
     let mut handle = proxy::start(config, config_path).await?;
+    let watchdog = match &watchdog_config {
+        Some(w) => Some(Watchdog::start(w, &base_dir, Membership::Node).await?),
+        None => None,
+    };
     loop {
         tokio::select! {
             _ = term.recv() => {
                 tracing::info!(grace = ?grace, "SIGTERM: no new clients; sessions may finish");
+                if let Some(w) = &watchdog {
+                    w.shutdown().await;
+                }
                 handle.shutdown(grace).await;
                 return Ok(());
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: fast shutdown");
+                if let Some(w) = &watchdog {
+                    w.shutdown().await;
+                }
                 handle.fast_shutdown().await;
                 return Ok(());
             }
@@ -33,4 +48,20 @@ pub async fn run_until_signalled(config: Config, config_path: Option<PathBuf>) -
             },
         }
     }
+}
+
+/// `pgvigil witness`: votes in the watchdog until SIGTERM or SIGINT.
+pub async fn run_witness(config: Config) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let Some(w) = &config.watchdog else {
+        anyhow::bail!("a witness needs a [watchdog] section");
+    };
+    let watchdog = Watchdog::start(w, &config.base_dir, Membership::Witness).await?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: witness stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: witness stopping"),
+    }
+    watchdog.shutdown().await;
+    Ok(())
 }

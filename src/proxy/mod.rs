@@ -113,6 +113,7 @@ impl Shared {
             ("rejoin.*", old.rejoin != next.rejoin),
             ("admin.*", old.admin != next.admin),
             ("backends", old.backends != next.backends),
+            ("watchdog.*", old.watchdog != next.watchdog),
         ]
         .into_iter()
         .filter(|(_, changed)| *changed)
