@@ -66,7 +66,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let client = Client { base, token };
     match &args.command {
         CtlCommand::Nodes => show(&client, "/nodes", args.json, nodes_table).await,
-        CtlCommand::Watchdog => show(&client, "/watchdog", args.json, |v| Ok(pretty(v))).await,
+        CtlCommand::Watchdog => show(&client, "/watchdog", args.json, watchdog_table).await,
         CtlCommand::Pools => show(&client, "/pools", args.json, pools_table).await,
         CtlCommand::Events { limit } => show(&client, &format!("/events?limit={limit}"), args.json, events_table).await,
         CtlCommand::Promote { name } => act(&client, &format!("/nodes/{name}/promote"), "", args.json).await,
@@ -230,6 +230,27 @@ fn pools_table(v: &Value) -> anyhow::Result<String> {
     let keys = ["node", "user", "database", "in_use", "idle", "waiting", "size"];
     let rows: Vec<Vec<String>> = pools.iter().map(|p| keys.iter().map(|k| cell(&p[*k])).collect()).collect();
     Ok(format!("client sessions: {}\n", cell(&v["clients"])) + &table(&["NODE", "USER", "DATABASE", "IN_USE", "IDLE", "WAITING", "SIZE"], &rows))
+}
+
+fn watchdog_table(v: &Value) -> anyhow::Result<String> {
+    let members = v["members"].as_array().ok_or_else(|| anyhow!("unexpected answer: {v}"))?;
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let name = if m["self"] == true { format!("{} (this node)", cell(&m["name"])) } else { cell(&m["name"]) };
+            let vip = if m["vip"] == true { "VIP".to_string() } else { String::new() };
+            vec![name, cell(&m["role"]), cell(&m["alive"]), cell(&m["term"]), cell(&m["last_heard_ms"]), vip]
+        })
+        .collect();
+    let head = format!(
+        "leader: {}  term: {}  quorum: {} (needs {})  VIP holder: {}\n",
+        cell(&v["leader"]),
+        cell(&v["term"]),
+        cell(&v["quorum"]),
+        cell(&v["quorum_size"]),
+        cell(&v["vip_holder"])
+    );
+    Ok(head + &table(&["MEMBER", "ROLE", "ALIVE", "TERM", "LAST_HEARD_MS", "VIP"], &rows))
 }
 
 fn event_line(e: &Value) -> String {

@@ -16,28 +16,17 @@ pub async fn run_until_signalled(config: Config, config_path: Option<PathBuf>) -
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let watchdog_config = config.watchdog.clone();
-    let base_dir = config.base_dir.clone();
+    // The watchdog starts with the proxy and stops first when it shuts down.
     let mut handle = proxy::start(config, config_path).await?;
-    let watchdog = match &watchdog_config {
-        Some(w) => Some(Watchdog::start(w, &base_dir, Membership::Node).await?),
-        None => None,
-    };
     loop {
         tokio::select! {
             _ = term.recv() => {
                 tracing::info!(grace = ?grace, "SIGTERM: no new clients; sessions may finish");
-                if let Some(w) = &watchdog {
-                    w.shutdown().await;
-                }
                 handle.shutdown(grace).await;
                 return Ok(());
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: fast shutdown");
-                if let Some(w) = &watchdog {
-                    w.shutdown().await;
-                }
                 handle.fast_shutdown().await;
                 return Ok(());
             }

@@ -73,6 +73,7 @@ fn router(state: Arc<Admin>) -> Router {
         .route("/nodes/{name}", get(node))
         .route("/nodes/{name}/{action}", post(node_action))
         .route("/failover", get(failover_status))
+        .route("/watchdog", get(watchdog))
         .route("/events", get(events))
         .route("/pools", get(pools))
         .route("/metrics", get(metrics))
@@ -387,6 +388,34 @@ pub fn render_metrics(shared: &Shared) -> String {
         &[],
         &shared.metrics.query_duration,
     );
+    if let Some(w) = &shared.watchdog {
+        let s = w.state();
+        e.family("pgvigil_watchdog_leader", "gauge", "1 when this pgvigil leads with a quorum's lease.");
+        e.sample("pgvigil_watchdog_leader", &[], flag(s.is_leader_with_quorum(std::time::Instant::now())));
+        e.family("pgvigil_watchdog_state", "gauge", "1 for this member's watchdog role.");
+        for role in ["follower", "candidate", "leader", "witness"] {
+            e.sample("pgvigil_watchdog_state", &[("state", role)], flag(watchdog_role(s.role) == role));
+        }
+        e.family("pgvigil_watchdog_term", "gauge", "The leadership term this member knows.");
+        e.sample("pgvigil_watchdog_term", &[], s.term as f64);
+        e.family("pgvigil_watchdog_quorum", "gauge", "1 when this member hears a quorum (itself included).");
+        e.sample("pgvigil_watchdog_quorum", &[], flag(s.quorum));
+        e.family("pgvigil_watchdog_vip_held", "gauge", "1 when the virtual IP is on this node.");
+        e.sample("pgvigil_watchdog_vip_held", &[], flag(s.vip_held));
+        e.family("pgvigil_watchdog_members_alive", "gauge", "Peers heard within dead_after.");
+        e.sample("pgvigil_watchdog_members_alive", &[], s.members.iter().filter(|m| m.alive).count() as f64);
+        e.family("pgvigil_watchdog_dropped_packets_total", "counter", "Heartbeats dropped, by reason.");
+        for (reason, v) in [
+            ("malformed", s.drops.malformed),
+            ("bad_mac", s.drops.bad_mac),
+            ("unknown_member", s.drops.unknown_member),
+            ("wrong_cluster", s.drops.wrong_cluster),
+            ("replayed", s.drops.replayed),
+            ("stale", s.drops.stale),
+        ] {
+            e.sample("pgvigil_watchdog_dropped_packets_total", &[("reason", reason)], v as f64);
+        }
+    }
     e.family("pgvigil_cluster_writable", "gauge", "1 when there is a primary to route writes to.");
     e.sample("pgvigil_cluster_writable", &[], flag(view.primary().is_some()));
     e.family("pgvigil_failovers_total", "counter", "Standbys promoted by pgvigil (failovers, switchovers and promotions).");
@@ -527,7 +556,69 @@ async fn health(State(a): State<Arc<Admin>>) -> Response {
     health_answer(up > 0, &format!("{up} of {} backends up", view.nodes.len()), "no backend is up".into())
 }
 
-/// 200 on the node that leads (a single pgvigil without a watchdog always does).
-async fn leader() -> Response {
-    health_answer(true, "leader (no watchdog configured)", String::new())
+/// 200 on the node that leads with a quorum's lease (a single pgvigil without a
+/// watchdog always does), 503 elsewhere.
+async fn leader(State(a): State<Arc<Admin>>) -> Response {
+    match &a.shared.watchdog {
+        None => health_answer(true, "leader (no watchdog configured)", String::new()),
+        Some(w) => {
+            let s = w.state();
+            let leads = s.is_leader_with_quorum(std::time::Instant::now());
+            health_answer(leads, &format!("{} leads (term {})", s.name, s.term), format!("{} does not lead; leader: {}", s.name, s.leader.as_deref().unwrap_or("none")))
+        }
+    }
+}
+
+fn watchdog_role(r: crate::watchdog::packet::Role) -> &'static str {
+    use crate::watchdog::packet::Role as R;
+    match r {
+        R::Follower => "follower",
+        R::Candidate => "candidate",
+        R::Leader => "leader",
+        R::Witness => "witness",
+    }
+}
+
+/// The watchdog as this node sees it: itself first, then its peers.
+pub fn watchdog_json(w: &crate::watchdog::Watchdog) -> serde_json::Value {
+    let s = w.state();
+    let now = std::time::Instant::now();
+    let leads = s.is_leader_with_quorum(now);
+    let mut members = vec![json!({
+        "name": s.name, "self": true, "alive": true, "role": watchdog_role(s.role), "term": s.term,
+        "vip": s.vip_held, "last_heard_ms": 0,
+    })];
+    for m in &s.members {
+        let role = m.role.map(watchdog_role);
+        members.push(json!({
+            "name": m.name, "self": false, "alive": m.alive, "role": role, "term": m.term,
+            // As far as this node knows: the leader it follows holds the VIP.
+            "vip": m.alive && role == Some("leader") && s.leader.as_deref() == Some(m.name.as_str()),
+            "last_heard_ms": m.last_heard.map(|t| now.saturating_duration_since(t).as_millis() as u64),
+        }));
+    }
+    json!({
+        "name": s.name,
+        "role": watchdog_role(s.role),
+        "term": s.term,
+        "leader": s.leader,
+        "leader_with_quorum": leads,
+        "quorum": s.quorum,
+        "quorum_size": s.quorum_size,
+        "vip_held": s.vip_held,
+        "vip_holder": if s.vip_held { Some(s.name.clone()) } else { members.iter().skip(1).find(|m| m["vip"] == true).and_then(|m| m["name"].as_str().map(String::from)) },
+        "members": members,
+        "dropped_packets": {
+            "malformed": s.drops.malformed, "bad_mac": s.drops.bad_mac, "unknown_member": s.drops.unknown_member,
+            "wrong_cluster": s.drops.wrong_cluster, "replayed": s.drops.replayed, "stale": s.drops.stale,
+        },
+    })
+}
+
+/// `GET /watchdog`; 404 without `[watchdog]`.
+async fn watchdog(State(a): State<Arc<Admin>>) -> Response {
+    match &a.shared.watchdog {
+        Some(w) => Json(watchdog_json(w)).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({"ok": false, "error": "no [watchdog] is configured on this pgvigil"}))).into_response(),
+    }
 }

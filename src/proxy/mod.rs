@@ -80,6 +80,8 @@ pub struct Shared {
     backend_names: Vec<(String, String, u16)>,
     /// The configuration file and the configuration in effect, for reloads.
     reload_state: Mutex<(Option<PathBuf>, Config)>,
+    /// The watchdog, when `[watchdog]` is configured.
+    pub watchdog: Option<Arc<crate::watchdog::Watchdog>>,
 }
 
 /// A compiled `[[routing.redirect]]` rule.
@@ -197,6 +199,11 @@ impl Reloadable {
 /// Starts the proxy: monitor, pools, listener. Returns once the listener is bound.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<ProxyHandle> {
     let reloadable = Reloadable::from_config(&config)?;
+    // First: its errors name their settings before anything listens.
+    let watchdog = match &config.watchdog {
+        Some(w) => Some(Arc::new(crate::watchdog::Watchdog::start(w, &config.base_dir, crate::watchdog::Membership::Node).await?)),
+        None => None,
+    };
     let background = CancellationToken::new();
     let mut nodes = Vec::new();
     for (i, b) in config.backends.iter().enumerate() {
@@ -305,6 +312,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         redirects: compile_redirects(&config)?,
         backend_names: config.backends.iter().map(|b| (b.name.clone(), b.host.clone(), b.port)).collect(),
         reload_state: Mutex::new((config_path, config.clone())),
+        watchdog,
     });
     let admin_addr = match config.admin.enabled() {
         true => Some(crate::admin::start(&config, shared.clone(), background.clone()).await?),
@@ -331,9 +339,13 @@ impl ProxyHandle {
         self.shared.reload()
     }
 
-    /// Graceful shutdown: stop accepting, let sessions finish for up to `grace`, then
-    /// `FATAL 57P01` to the rest.
+    /// Graceful shutdown: the watchdog first (the VIP goes before anything else), then
+    /// stop accepting, let sessions finish for up to `grace`, then `FATAL 57P01` to the
+    /// rest.
     pub async fn shutdown(self, grace: Duration) {
+        if let Some(w) = &self.shared.watchdog {
+            w.shutdown().await;
+        }
         self.shared.stop_accepting.cancel();
         let _ = self.accept_task.await;
         self.shared.sessions.close();
@@ -348,6 +360,9 @@ impl ProxyHandle {
 
     /// Fast shutdown: terminate every session at once.
     pub async fn fast_shutdown(self) {
+        if let Some(w) = &self.shared.watchdog {
+            w.shutdown().await;
+        }
         self.shared.terminate.cancel();
         self.shutdown(Duration::ZERO).await;
     }
