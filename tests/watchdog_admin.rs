@@ -86,6 +86,29 @@ async fn one_leader_answers_leader_and_it_moves_when_the_leader_stops() {
     let (_, metrics) = http_get(follower_admin, "/metrics").await;
     assert!(metrics.contains("pgvigil_watchdog_leader 0\n"), "{metrics}");
 
+    // The primary dies: only the leader promotes, once both nodes see it down; the
+    // other node adopts the fence and routes writes to the new primary too.
+    let (leader_h, follower_h) = if a_leads { (env.handle(), b.handle()) } else { (b.handle(), env.handle()) };
+    let follower_refuses = follower_h.shared().failover.operate(pgvigil::failover::Op::Detach("pg1".into())).await.unwrap_err();
+    assert!(follower_refuses.contains("not the watchdog leader"), "{follower_refuses}");
+    tokio::task::block_in_place(|| env.cluster.kill9(0)).unwrap();
+    let (leader_h, follower_h) = if a_leads { (env.handle(), b.handle()) } else { (b.handle(), env.handle()) };
+    let both = eventually(Duration::from_secs(30), || async {
+        [leader_h, follower_h].iter().all(|h| {
+            let v = h.shared().view.borrow().clone();
+            v.primary() == Some(1) && v.nodes[0].fenced
+        })
+    })
+    .await;
+    assert!(both, "both nodes route to pg1 with pg0 fenced: leader {:?} follower {:?}", leader_h.shared().view.borrow(), follower_h.shared().view.borrow());
+    let promotions = |h: &pgvigil::proxy::ProxyHandle| h.shared().failover.promotions.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((promotions(leader_h), promotions(follower_h)), (1, 0), "only the leader promoted");
+    let events = follower_h.shared().monitor.events.since(0, 1000);
+    assert!(events.iter().any(|e| e.event == "cluster_state_adopted"), "{events:?}");
+    let writer = connect(if a_leads { b.pg_config() } else { env.pg_config(SUPERUSER, SUPERPASS) }).await.unwrap();
+    let port: i32 = writer.query_one("/*NO LOAD BALANCE*/ SELECT inet_server_port()", &[]).await.unwrap().get(0);
+    assert_eq!(port, env.port(1), "the follower routes writes to the new primary");
+
     // The leader stops: the other node leads within a few seconds (the witness votes).
     let stopped = std::time::Instant::now();
     if a_leads {

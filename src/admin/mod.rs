@@ -102,7 +102,9 @@ pub struct NodeInfo {
     pub port: u16,
     /// "primary", "standby" or "unknown".
     pub role: String,
-    /// "up", "down", "fenced" or "detached" (fenced and detached nodes get no statement).
+    /// "up", "down", "quarantined" (down as seen from this pgvigil only, while the
+    /// watchdog leader sees it up), "fenced" or "detached" (none of these but "up" gets a
+    /// statement from this pgvigil).
     pub status: String,
     /// Configured load-balancing weight.
     pub weight: f64,
@@ -128,6 +130,8 @@ fn role_name(r: Role) -> &'static str {
 fn node_infos(shared: &Shared) -> Vec<NodeInfo> {
     let view = shared.view.borrow().clone();
     let config = shared.config();
+    // With a watchdog: the leader's view of which backends are down.
+    let leader_down = shared.watchdog.as_ref().and_then(|w| crate::failover::consensus::leader_digest(&w.state())).map(|d| d.down);
     view.nodes
         .iter()
         .enumerate()
@@ -139,6 +143,9 @@ fn node_infos(shared: &Shared) -> Vec<NodeInfo> {
                 "detached"
             } else if n.up {
                 "up"
+            } else if leader_down.is_some_and(|down| !crate::failover::consensus::Digest::has(down, i)) {
+                // Down from here only: not routed to from this pgvigil until it answers.
+                "quarantined"
             } else {
                 "down"
             };

@@ -43,6 +43,16 @@ pub(super) async fn run(monitor: &Monitor, settings: &Settings, state: &Failover
             format!("no backend named {name:?} (backends: {})", names.join(", "))
         })
     };
+    if let Some(w) = &mem.watchdog {
+        let ws = w.state();
+        if !ws.is_leader_with_quorum(Instant::now()) {
+            return Err(format!(
+                "this pgvigil ({}) is not the watchdog leader with a quorum: send operations to the leader ({})",
+                ws.name,
+                ws.leader.as_deref().unwrap_or("none yet")
+            ));
+        }
+    }
     let outcome = match &op {
         Op::Detach(name) => detach(monitor, index(name)?),
         Op::Attach(name) => attach(monitor, mem, index(name)?),

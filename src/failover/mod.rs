@@ -22,6 +22,7 @@
 //! statement, whatever it says it is when it comes back.
 
 pub mod candidate;
+pub mod consensus;
 pub mod conninfo;
 pub mod hooks;
 pub mod manual;
@@ -164,13 +165,13 @@ impl Failover {
 }
 
 /// Starts the failover task.
-pub fn spawn(monitor: Arc<Monitor>, settings: Settings, stop: CancellationToken) -> Arc<Failover> {
+pub fn spawn(monitor: Arc<Monitor>, settings: Settings, watchdog: Option<Arc<crate::watchdog::Watchdog>>, stop: CancellationToken) -> Arc<Failover> {
     let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
     let names = settings.backends.iter().map(|b| b.name.clone()).collect();
     let state = Arc::new(Failover { status: Mutex::new(Status::Idle), promotions: 0.into(), last_duration_ms: 0.into(), ops: tx, names });
     // Before anything is routed.
     let kept = load_state(&settings, &monitor);
-    tokio::spawn(run(monitor, settings, state.clone(), kept, requests, stop));
+    tokio::spawn(run(monitor, settings, state.clone(), kept, watchdog, requests, stop));
     state
 }
 
@@ -184,6 +185,15 @@ struct Memory {
     tried: Vec<(usize, Instant)>,
     /// Nodes pgvigil itself rewound: known to be on the primary's timeline.
     rewound: Vec<usize>,
+    /// With several pgvigil nodes: the watchdog, the epoch of the fenced and detached
+    /// sets, and those sets as of the last epoch this node made or adopted.
+    watchdog: Option<Arc<crate::watchdog::Watchdog>>,
+    epoch: u32,
+    sets: (u64, u64),
+    /// What was last logged about waiting for the other members (said once).
+    waiting_said: Option<String>,
+    /// The digest last given to the watchdog.
+    digest_sent: Option<consensus::Digest>,
 }
 
 async fn run(
@@ -191,13 +201,20 @@ async fn run(
     settings: Settings,
     state: Arc<Failover>,
     kept: Vec<state::Kept>,
+    watchdog: Option<Arc<crate::watchdog::Watchdog>>,
     mut requests: tokio::sync::mpsc::UnboundedReceiver<(Op, Reply)>,
     stop: CancellationToken,
 ) {
     let mut rx = monitor.subscribe();
-    let mut mem = Memory { remembered: None, kept, tried: Vec::new(), rewound: Vec::new() };
+    let mut wd_rx = watchdog.as_ref().map(|w| w.subscribe());
+    let mut mem = Memory { remembered: None, kept, tried: Vec::new(), rewound: Vec::new(), watchdog, epoch: 0, sets: (0, 0), waiting_said: None, digest_sent: None };
     loop {
         let view = rx.borrow_and_update().clone();
+        if let Some(w) = mem.watchdog.clone() {
+            if share_state(&monitor, &w, &view, &mut mem) {
+                continue;
+            }
+        }
         keep_state(&settings, &view, &mut mem.kept);
         if let Some(i) = rejoined(&view, &mem.rewound) {
             mem.rewound.retain(|&r| r != i);
@@ -230,7 +247,9 @@ async fn run(
         } else if let Some(r) = mem.remembered.clone() {
             let old = &view.nodes[r.node];
             // Down as the monitor decided it (after its retries), and still ours to replace.
-            if !old.up && !old.fenced {
+            if !old.up && !old.fenced && !may_fail_over(&mut mem, &view, r.node) {
+                // Another member decides, or not enough members see it down yet.
+            } else if !old.up && !old.fenced {
                 if !settings.automatic {
                     if state.status() != Status::Manual {
                         tracing::error!(node = %old.name, "primary is down and failover.automatic is off: the cluster is read-only");
@@ -260,12 +279,74 @@ async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
+            Some(Ok(())) = async { match wd_rx.as_mut() { Some(w) => Some(w.changed().await), None => std::future::pending().await } } => {}
             Some((op, reply)) = requests.recv() => {
                 let outcome = manual::run(&monitor, &settings, &state, &mut mem, op).await;
                 let _ = reply.send(outcome);
             }
         }
     }
+}
+
+/// With several pgvigil nodes: publishes this node's digest, bumps the epoch when the
+/// leader's own fenced or detached sets changed, and on the other members adopts the
+/// leader's sets when its epoch is newer. True when the view was changed (the caller
+/// looks again).
+fn share_state(monitor: &Monitor, w: &crate::watchdog::Watchdog, view: &ClusterView, mem: &mut Memory) -> bool {
+    use consensus::Digest;
+    let ws = w.state();
+    let mine = Digest::of(view, mem.epoch);
+    let leads = ws.is_leader_with_quorum(Instant::now());
+    if leads && (mine.fenced, mine.detached) != mem.sets {
+        mem.epoch += 1;
+        mem.sets = (mine.fenced, mine.detached);
+    } else if !leads {
+        if let Some(ld) = consensus::leader_digest(&ws).filter(|d| d.epoch > mem.epoch) {
+            mem.epoch = ld.epoch;
+            mem.sets = (ld.fenced, ld.detached);
+            if (ld.fenced, ld.detached) != (mine.fenced, mine.detached) {
+                tracing::warn!(event = "cluster_state_adopted", leader = ?ws.leader, epoch = ld.epoch, "fenced and detached backends as the watchdog leader has them");
+                monitor.events.record("cluster_state_adopted", ws.leader.as_deref().unwrap_or(""), "fenced and detached backends as the watchdog leader has them", json!({"epoch": ld.epoch}));
+                edit_view(monitor, |next| {
+                    for (i, n) in next.nodes.iter_mut().enumerate() {
+                        n.fenced = Digest::has(ld.fenced, i);
+                        n.detached = Digest::has(ld.detached, i);
+                    }
+                });
+                return true;
+            }
+        }
+    }
+    let digest = Digest::of(view, mem.epoch);
+    if mem.digest_sent != Some(digest) {
+        w.set_digest(digest.encode());
+        mem.digest_sent = Some(digest);
+    }
+    false
+}
+
+/// With several pgvigil nodes, only the watchdog leader with a quorum's lease fails
+/// over, and only once a quorum of members see the primary (`old`) down on their own
+/// health checks. Says why it waits, once per reason.
+fn may_fail_over(mem: &mut Memory, view: &ClusterView, old: usize) -> bool {
+    let Some(w) = &mem.watchdog else { return true };
+    let ws = w.state();
+    let name = &view.nodes[old].name;
+    let why = if !ws.is_leader_with_quorum(Instant::now()) {
+        format!("{name} is down as seen from here; the watchdog leader ({}) decides", ws.leader.as_deref().unwrap_or("none yet"))
+    } else {
+        let (seen, need) = consensus::seen_down(&ws, &consensus::Digest::of(view, mem.epoch), old);
+        if seen >= need {
+            mem.waiting_said = None;
+            return true;
+        }
+        format!("{name} is down as seen by {seen} member(s); a failover needs {need}")
+    };
+    if mem.waiting_said.as_deref() != Some(why.as_str()) {
+        tracing::warn!(event = "failover_waiting", node = %name, "{why}");
+        mem.waiting_said = Some(why);
+    }
+    false
 }
 
 /// The node the kept state names as primary (used to break a tie between two

@@ -265,6 +265,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
                 timeout: config.rejoin.timeout.get(),
             },
         },
+        watchdog.clone(),
         background.clone(),
     );
     let pools = Arc::new(Pools::new(PoolSettings {

@@ -145,6 +145,14 @@ impl Runner {
 
     fn publish(&self) {
         let held = self.vip.as_ref().is_some_and(|v| v.held());
-        self.state.send_replace(self.machine.snapshot(Instant::now(), held));
+        let next = self.machine.snapshot(Instant::now(), held);
+        // Only real changes wake the subscribers (failover reacts to each one).
+        self.state.send_if_modified(|s| {
+            if *s == next {
+                return false;
+            }
+            *s = next;
+            true
+        });
     }
 }
