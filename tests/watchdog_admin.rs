@@ -88,7 +88,7 @@ async fn one_leader_answers_leader_and_it_moves_when_the_leader_stops() {
 
     // The primary dies: only the leader promotes, once both nodes see it down; the
     // other node adopts the fence and routes writes to the new primary too.
-    let (leader_h, follower_h) = if a_leads { (env.handle(), b.handle()) } else { (b.handle(), env.handle()) };
+    let follower_h = if a_leads { b.handle() } else { env.handle() };
     let follower_refuses = follower_h.shared().failover.operate(pgvigil::failover::Op::Detach("pg1".into())).await.unwrap_err();
     assert!(follower_refuses.contains("not the watchdog leader"), "{follower_refuses}");
     tokio::task::block_in_place(|| env.cluster.kill9(0)).unwrap();
