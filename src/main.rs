@@ -51,8 +51,9 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Build a local primary + 2 standbys from the installed PostgreSQL and run pgvigil
-    /// in front of them. Needs no configuration; Ctrl-C stops and removes everything.
+    /// Build a local primary + 2 standbys from the installed PostgreSQL and run two
+    /// pgvigil nodes and a watchdog witness in front of them. Needs no configuration;
+    /// Ctrl-C stops and removes everything.
     Demo {
         /// Port to listen on; the next free one is used when it is taken.
         #[arg(long, default_value_t = 9999)]
@@ -60,6 +61,10 @@ enum Command {
         /// Number of hot standbys.
         #[arg(long, default_value_t = 2)]
         standbys: usize,
+        /// Kill the primary (kill -9) this long after the start ("30s"), to watch a
+        /// failover happen.
+        #[arg(long, value_name = "DURATION", value_parser = |s: &str| pgvigil::config::parse_duration(s))]
+        failover_after: Option<std::time::Duration>,
     },
     /// Talk to a running pgvigil's admin API: show nodes, pools and events; switch over,
     /// promote, detach, attach, rejoin, reload. Exit status 1 on failure, with the
@@ -125,9 +130,9 @@ fn main() -> ExitCode {
             };
             report(rt.block_on(pgvigil::ctl::run(args)))
         }
-        Command::Demo { port, standbys } => {
+        Command::Demo { port, standbys, failover_after } => {
             pgvigil::logging::init("info", "text");
-            report(runtime(0).and_then(|rt| rt.block_on(pgvigil::demo::run(port, standbys))))
+            report(runtime(0).and_then(|rt| rt.block_on(pgvigil::demo::run(port, standbys, failover_after))))
         }
     }
 }

@@ -171,21 +171,25 @@ fn version_and_help() {
 async fn demo_runs_a_cluster_and_cleans_up() {
     let mut proc = Proc(
         Command::new(BIN)
-            .args(["demo", "--port", "0", "--standbys", "1"])
+            .args(["demo", "--port", "0", "--standbys", "1", "--failover-after", "3s"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     let stdout = proc.0.stdout.take().unwrap();
-    let (port, dir, rest) = tokio::task::spawn_blocking(move || {
+    let (port, dir, pg0, rest) = tokio::task::spawn_blocking(move || {
         let mut port = None;
         let mut dir = None;
+        let mut pg0 = None;
         let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref() {
             let line = line.unwrap();
             if let Some(rest) = line.trim().strip_prefix("psql -h 127.0.0.1 -p ") {
                 port = rest.split_whitespace().next().and_then(|p| p.parse::<u16>().ok());
+            }
+            if let Some(rest) = line.trim().strip_prefix("pg0  primary  127.0.0.1:") {
+                pg0 = rest.trim().parse::<i32>().ok();
             }
             if let Some(rest) = line.split("under ").nth(1) {
                 dir = Some(rest.trim_end_matches(')').to_string());
@@ -194,7 +198,7 @@ async fn demo_runs_a_cluster_and_cleans_up() {
                 break;
             }
         }
-        (port.expect("psql command printed"), dir.expect("dir printed"), lines)
+        (port.expect("psql command printed"), dir.expect("dir printed"), pg0.expect("pg0 printed"), lines)
     })
     .await
     .unwrap();
@@ -205,6 +209,21 @@ async fn demo_runs_a_cluster_and_cleans_up() {
     let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0);
     assert!(!in_recovery);
     drop(c);
+    // --failover-after 3s: pg0 is killed and the standby promoted; writes go on through
+    // the same port (a new session).
+    let wrote = eventually(Duration::from_secs(30), || async {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1").port(port).user("postgres").dbname("postgres");
+        match connect(cfg).await {
+            Ok(c) => {
+                c.batch_execute("CREATE TABLE IF NOT EXISTS after_failover (x int)").await.is_ok()
+                    && c.query_one("/*NO LOAD BALANCE*/ SELECT inet_server_port()", &[]).await.is_ok_and(|r| r.get::<_, i32>(0) != pg0)
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(wrote, "writes go on after the demo's failover");
     signal(&proc, Signal::SIGINT);
     let tail = std::thread::spawn(move || rest.map_while(Result::ok).collect::<Vec<_>>());
     let status = wait_exit(&mut proc, Duration::from_secs(60));
