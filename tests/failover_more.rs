@@ -154,18 +154,6 @@ async fn failover_finished() {
     assert!(done, "failover finished: {:#?}", events());
 }
 
-/// True once standby `s` streams from node `p` (its `pg_stat_wal_receiver`), within 20 s.
-async fn streams_from(env: &Env, s: usize, p: usize) -> bool {
-    let c = env.direct(s).await;
-    let port = env.port(p);
-    eventually(Duration::from_secs(20), || async {
-        match c.query_opt("SELECT sender_port, status FROM pg_stat_wal_receiver", &[]).await {
-            Ok(Some(r)) => r.get::<_, Option<i32>>(0) == Some(port) && r.get::<_, Option<String>>(1).as_deref() == Some("streaming"),
-            _ => false,
-        }
-    })
-    .await
-}
 
 /// `SQLSTATE message` of an error.
 fn describe(e: &tokio_postgres::Error) -> String {
@@ -226,7 +214,7 @@ async fn graceful_stop_of_the_primary_under_write_load_moves_writes_and_idle_ses
     // view change (which fences the old one) lands.
     assert!(eventually(Duration::from_secs(10), || async { fenced(&env, 0) }).await, "the old primary is fenced");
     let other = 3 - new;
-    assert!(streams_from(&env, other, new).await, "the other standby streams from the new primary");
+    assert!(env.streams_from(other, new).await, "the other standby streams from the new primary");
     failover_finished().await;
     one_failover("graceful_stop", fault, &env.cluster.node(0).name, &env.cluster.node(new).name);
 
@@ -423,7 +411,7 @@ async fn a_paused_primary_is_replaced_and_gets_no_statement_once_it_resumes() {
     assert!(eventually(Duration::from_secs(10), || async { fenced(&env, 0) }).await, "the paused primary is fenced");
     failover_finished().await;
     one_failover("paused_primary", fault, &env.cluster.node(0).name, &env.cluster.node(new).name);
-    assert!(streams_from(&env, 3 - new, new).await, "the other standby streams from the new primary");
+    assert!(env.streams_from(3 - new, new).await, "the other standby streams from the new primary");
 
     block(|| env.cluster.resume(0)).unwrap();
     let back = eventually(Duration::from_secs(20), || async { env.handle().shared().view.borrow().nodes[0].up }).await;

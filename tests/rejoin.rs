@@ -160,20 +160,6 @@ async fn rejoined(env: &Env, timeout: Duration) -> bool {
     .await
 }
 
-/// Node `s` is in recovery and streams from node `p`.
-async fn streams_from(env: &Env, s: usize, p: usize) -> bool {
-    let c = env.direct(s).await;
-    let port = env.port(p);
-    eventually(Duration::from_secs(30), || async {
-        match c.query_opt("SELECT sender_port, status, pg_is_in_recovery() FROM pg_stat_wal_receiver", &[]).await {
-            Ok(Some(r)) => {
-                r.get::<_, Option<i32>>(0) == Some(port) && r.get::<_, Option<String>>(1).as_deref() == Some("streaming") && r.get::<_, bool>(2)
-            }
-            _ => false,
-        }
-    })
-    .await
-}
 
 /// The `application_name` of the WAL sender on node `p` that uses slot `pgvigil_pg0`.
 async fn walsender_of_slot(env: &Env, p: usize) -> Option<String> {
@@ -293,7 +279,7 @@ async fn auto_rejoin_through_commands_alone_makes_the_old_primary_a_streaming_st
     );
 
     // A standby of the new primary through its slot, with the row written after the failover.
-    assert!(streams_from(&env, 0, new).await, "node 0 streams from the new primary");
+    assert!(env.streams_from(0, new).await, "node 0 streams from the new primary");
     assert_eq!(walsender_of_slot(&env, new).await.as_deref(), Some("pg0"), "it streams through its slot, named pg0");
     assert_eq!(rows_become(&env, 0, &[1, 2]).await, Ok(()));
     // Unfenced: reads reach it again (statement granularity: each read is balanced).
@@ -353,7 +339,7 @@ async fn a_failed_rewind_with_allow_reclone_takes_a_fresh_base_backup_and_keeps_
 
     // A standby of the new primary: the row written there after the failover is in it,
     // the old primary's own write is not, and new writes arrive.
-    assert!(streams_from(&env, 0, new).await, "node 0 streams from the new primary");
+    assert!(env.streams_from(0, new).await, "node 0 streams from the new primary");
     assert_eq!(walsender_of_slot(&env, new).await.as_deref(), Some("pg0"), "it streams through its slot, named pg0");
     assert_eq!(rows_become(&env, 0, &[1, 2]).await, Ok(()));
     env.client().await.batch_execute("INSERT INTO j VALUES (3)").await.unwrap();

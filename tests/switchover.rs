@@ -33,18 +33,6 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// True once standby `s` streams from node `p` (its `pg_stat_wal_receiver`), within 20 s.
-async fn streams_from(env: &Env, s: usize, p: usize) -> bool {
-    let c = env.direct(s).await;
-    let port = env.port(p);
-    eventually(Duration::from_secs(20), || async {
-        match c.query_opt("SELECT sender_port, status FROM pg_stat_wal_receiver", &[]).await {
-            Ok(Some(r)) => r.get::<_, Option<i32>>(0) == Some(port) && r.get::<_, Option<String>>(1).as_deref() == Some("streaming"),
-            _ => false,
-        }
-    })
-    .await
-}
 
 /// A client loop through pgvigil: each round runs `round(client, n)`; records when each
 /// success happened and every error.
@@ -171,9 +159,9 @@ async fn switchover_under_load_loses_no_acknowledged_write_and_rejoins_the_old_p
 
     // The other standby follows the new primary; the old primary was rewound and streams
     // from it, and takes reads again.
-    assert!(streams_from(&env, 2, 1).await, "pg2 streams from pg1");
+    assert!(env.streams_from(2, 1).await, "pg2 streams from pg1");
     assert!(outcome.contains("pg0 rejoined"), "{outcome}");
-    assert!(streams_from(&env, 0, 1).await, "pg0 streams from pg1");
+    assert!(env.streams_from(0, 1).await, "pg0 streams from pg1");
     let view = env.handle().shared().view.borrow().clone();
     assert!(!view.nodes[0].fenced && !view.writes_paused, "{view:?}");
     assert!(block(|| env.cluster.is_in_recovery(0)).unwrap(), "pg0 is a standby");
@@ -290,6 +278,6 @@ async fn promote_while_the_primary_is_down_and_failover_is_manual() {
     let c = env.client().await;
     c.execute("INSERT INTO w VALUES (1)", &[]).await.unwrap();
     assert_eq!(port_of(&c, "/*NO LOAD BALANCE*/ SELECT inet_server_port()").await, env.port(2));
-    assert!(streams_from(&env, 1, 2).await, "pg1 follows pg2");
+    assert!(env.streams_from(1, 2).await, "pg1 follows pg2");
     assert!(env.handle().shared().view.borrow().nodes[0].fenced);
 }

@@ -335,25 +335,7 @@ async fn hand_over(monitor: &Monitor, settings: &Settings, old: usize, target: u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::monitor::{NodeState, ReplicationInfo, Upstream, WalPosition};
-
-    fn node(port: u16, role: Role, timeline: u32, upstream: Option<u16>) -> NodeState {
-        NodeState {
-            name: format!("n{port}"),
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            up: true,
-            role,
-            wal: WalPosition::default(),
-            last_change: std::time::SystemTime::UNIX_EPOCH,
-            fenced: false,
-            detached: false,
-            repl: ReplicationInfo {
-                timeline: Some(timeline),
-                upstream: upstream.map(|port| Upstream { host: "127.0.0.1".into(), port, status: "streaming".into() }),
-                ..ReplicationInfo::default()
-            },
-        }
-    }
+    use crate::failover::tests::node;
 
     #[test]
     fn only_the_primary_or_its_streaming_standbys_attach() {

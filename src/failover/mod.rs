@@ -752,11 +752,12 @@ async fn follow(settings: &Settings, p: usize, s: usize) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::monitor::{NodeState, ReplicationInfo, Upstream, WalPosition};
 
-    fn node(port: u16, role: Role, timeline: u32, upstream: Option<u16>) -> NodeState {
+    /// An up node named `n<port>` on 127.0.0.1:`port`, streaming from `upstream`'s port.
+    pub(crate) fn node(port: u16, role: Role, timeline: u32, upstream: Option<u16>) -> NodeState {
         NodeState {
             name: format!("n{port}"),
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),

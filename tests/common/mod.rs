@@ -454,6 +454,22 @@ impl Env {
         (0..self.cluster.len()).find(|&i| self.port(i) == port).unwrap_or_else(|| panic!("no node on port {port}"))
     }
 
+    /// True once node `s` is in recovery and its WAL receiver streams from node `p`
+    /// (`pg_stat_wal_receiver`), within 30 s.
+    pub async fn streams_from(&self, s: usize, p: usize) -> bool {
+        let c = self.direct(s).await;
+        let port = self.port(p);
+        eventually(Duration::from_secs(30), || async {
+            match c.query_opt("SELECT sender_port, status, pg_is_in_recovery() FROM pg_stat_wal_receiver", &[]).await {
+                Ok(Some(r)) => {
+                    r.get::<_, Option<i32>>(0) == Some(port) && r.get::<_, Option<String>>(1).as_deref() == Some("streaming") && r.get::<_, bool>(2)
+                }
+                _ => false,
+            }
+        })
+        .await
+    }
+
     /// Waits until every standby has replayed everything the primary wrote so far.
     pub async fn wait_replicated(&self) {
         let primary = self.direct(0).await;
