@@ -275,7 +275,7 @@ pub fn redact(v: &mut serde_json::Value) {
     }
 }
 
-/// Prometheus text format (see docs/admin.md for the list).
+/// Prometheus text format (see docs/api.md for the list).
 async fn metrics(State(a): State<Arc<Admin>>) -> Response {
     let text = render_metrics(&a.shared);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
