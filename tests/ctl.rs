@@ -44,6 +44,12 @@ async fn tables_json_operations_with_progress_and_failures() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[1]["name"], "pg1");
 
+    for what in ["pools", "events"] {
+        let (code, out, err) = ctl(admin, None, &["--json", what]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("--json {what}: {e}: {out}"));
+        assert!(v.is_object() || v.is_array(), "{out}");
+    }
     let (code, out, _) = ctl(admin, None, &["pools"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("client sessions: "), "{out}");
@@ -65,8 +71,19 @@ async fn tables_json_operations_with_progress_and_failures() {
     let (code, out, err) = ctl(admin, Some(&token), &["detach", "pg2"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("node_detached") && out.trim_end().ends_with("pg2 detached: nothing new is routed to it"), "{out}");
-    let (code, out, _) = ctl(admin, Some(&token), &["attach", "pg2"]);
+    let (code, out, _) = ctl(admin, Some(&token), &["--json", "attach", "pg2"]);
     assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["ok"].as_bool(), v["message"].as_str()), (Some(true), Some("pg2 attached")), "{out}");
+    let (code, out, err) = ctl(admin, Some(&token), &["--json", "reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["needs_restart"], serde_json::json!([]));
+    let (code, out, err) = ctl(admin, Some(&token), &["rejoin", "pg0"]);
+    assert_eq!(code, 1, "the primary cannot rejoin: {out}");
+    assert!(err.contains("pg0 is the primary"), "{err}");
+    let (code, out, _) = ctl(admin, Some(&token), &["promote", "pg0"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("pg0 is already the primary"), "{out}");
 
     // A switchover prints its events as they happen, then the outcome.
     let (code, out, err) = ctl(admin, Some(&token), &["switchover", "--to", "pg1"]);
