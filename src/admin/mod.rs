@@ -67,19 +67,23 @@ fn state_changes_allowed(config: &Config) -> &'static str {
 }
 
 fn router(state: Arc<Admin>) -> Router {
+    // Everything that changes state, behind the token check.
+    let actions = Router::new()
+        .route("/nodes/{name}/{action}", post(node_action))
+        .route("/switchover", post(switchover))
+        .route("/reload", post(reload))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
+        .merge(actions)
         .route("/", get(dashboard))
         .route("/nodes", get(nodes))
         .route("/nodes/{name}", get(node))
-        .route("/nodes/{name}/{action}", post(node_action))
         .route("/failover", get(failover_status))
         .route("/watchdog", get(watchdog))
         .route("/events", get(events))
         .route("/pools", get(pools))
         .route("/metrics", get(metrics))
         .route("/config", get(config_json))
-        .route("/switchover", post(switchover))
-        .route("/reload", post(reload))
         .route("/primary", get(primary).head(primary))
         .route("/replica", get(replica).head(replica))
         .route("/read-only", get(read_only).head(read_only))
@@ -182,6 +186,14 @@ fn not_found(shared: &Shared, name: &str) -> Response {
     (StatusCode::NOT_FOUND, Json(json!({"ok": false, "error": format!("no backend named {name:?} (backends: {})", names.join(", "))}))).into_response()
 }
 
+/// Passes a request on only when it carries the admin token.
+async fn require_token(State(a): State<Arc<Admin>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match authorize(&a, req.headers(), peer, req.method(), req.uri()) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => *refused,
+    }
+}
+
 /// `Err(response)` unless the request carries the admin token.
 fn authorize(a: &Admin, headers: &HeaderMap, peer: SocketAddr, method: &Method, uri: &Uri) -> Result<(), Box<Response>> {
     let Some(token) = &a.token else {
@@ -210,14 +222,9 @@ async fn operate(a: &Admin, op: Op) -> Response {
 async fn node_action(
     State(a): State<Arc<Admin>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
     uri: Uri,
-    headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = authorize(&a, &headers, peer, &method, &uri) {
-        return *r;
-    }
     if !a.shared.view.borrow().nodes.iter().any(|n| n.name == name) {
         return not_found(&a.shared, &name);
     }
@@ -475,10 +482,7 @@ struct SwitchoverBody {
     to: Option<String>,
 }
 
-async fn switchover(State(a): State<Arc<Admin>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorize(&a, &headers, peer, &method, &uri) {
-        return *r;
-    }
+async fn switchover(State(a): State<Arc<Admin>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, body: Bytes) -> Response {
     let body: SwitchoverBody = if body.iter().all(u8::is_ascii_whitespace) {
         SwitchoverBody::default()
     } else {
@@ -496,10 +500,7 @@ async fn switchover(State(a): State<Arc<Admin>>, ConnectInfo(peer): ConnectInfo<
     operate(&a, Op::Switchover(body.to)).await
 }
 
-async fn reload(State(a): State<Arc<Admin>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&a, &headers, peer, &method, &uri) {
-        return *r;
-    }
+async fn reload(State(a): State<Arc<Admin>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
     match a.shared.reload() {
         Ok(not_applied) => {
             tracing::info!(peer = %peer, needs_restart = ?not_applied, "configuration reloaded through the admin API");
