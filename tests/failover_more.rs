@@ -8,103 +8,18 @@
 //! `elapsed_ms`) are captured for the running test, checked for their order and printed.
 
 mod common;
+#[path = "common/capture.rs"]
+mod capture;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use capture::{events, logged, serial, Logged};
 use common::*;
-use tracing_subscriber::prelude::*;
 
-// ---- captured failover events ----------------------------------------------------------
-
-/// One event pgvigil logged with an `event` field.
-#[derive(Debug, Clone)]
-struct Logged {
-    event: String,
-    node: String,
-    elapsed_ms: Option<u64>,
-    promoted_ms: Option<u64>,
-    at: Instant,
-}
-
-static EVENTS: Mutex<Vec<Logged>> = Mutex::new(Vec::new());
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[derive(Default)]
-struct Fields {
-    event: Option<String>,
-    node: String,
-    elapsed_ms: Option<u64>,
-    promoted_ms: Option<u64>,
-}
-
-impl Fields {
-    fn set(&mut self, name: &str, value: String) {
-        match name {
-            "event" => self.event = Some(value),
-            "node" => self.node = value,
-            _ => {}
-        }
-    }
-}
-
-impl tracing::field::Visit for Fields {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.set(field.name(), value.to_string());
-    }
-
-    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        match field.name() {
-            "elapsed_ms" => self.elapsed_ms = Some(value),
-            "promoted_ms" => self.promoted_ms = Some(value),
-            _ => {}
-        }
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.set(field.name(), format!("{value:?}"));
-    }
-}
-
-/// Keeps pgvigil's structured events.
-struct Capture;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let mut f = Fields::default();
-        event.record(&mut f);
-        if let Some(name) = f.event {
-            let logged = Logged { event: name, node: f.node, elapsed_ms: f.elapsed_ms, promoted_ms: f.promoted_ms, at: Instant::now() };
-            EVENTS.lock().unwrap_or_else(|p| p.into_inner()).push(logged);
-        }
-    }
-}
-
-/// Runs the tests of this file one at a time, each starting with no captured event.
-/// Logs go to stderr as `common::init_logging` sends them (`TEST_LOG`, default warn).
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        let level = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
-        let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).with_filter(tracing_subscriber::EnvFilter::new(level));
-        let capture = Capture.with_filter(tracing_subscriber::filter::Targets::new().with_target("pgvigil", tracing::Level::INFO));
-        // common::init_logging, called later, then finds a subscriber and does nothing.
-        let _ = tracing_subscriber::registry().with(text).with(capture).try_init();
-    });
-    let guard = SERIAL.lock().await;
-    EVENTS.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    guard
-}
-
-fn events() -> Vec<Logged> {
-    EVENTS.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
-fn logged(name: &str) -> Vec<Logged> {
-    events().into_iter().filter(|e| e.event == name).collect()
-}
+// ---- captured events ------------------------------------------------------------------
 
 /// Checks that exactly one failover ran, from `old` to `new`, in order, and prints its
 /// timings, measured from `fault` (when the fault was injected) and as pgvigil logged them.

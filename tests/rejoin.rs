@@ -8,92 +8,18 @@
 //! tests run one at a time (`serial`) and capture the `rejoin_*` events pgvigil logs.
 
 mod common;
+#[path = "common/capture.rs"]
+mod capture;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use capture::{events, logged, serial};
 use common::*;
 use pgvigil::monitor::Role;
-use tracing_subscriber::prelude::*;
 
-// ---- captured events --------------------------------------------------------------------
-
-/// One event pgvigil logged with an `event` field.
-#[derive(Debug, Clone)]
-struct Logged {
-    event: String,
-    node: String,
-    error: String,
-}
-
-static EVENTS: Mutex<Vec<Logged>> = Mutex::new(Vec::new());
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[derive(Default)]
-struct Fields {
-    event: Option<String>,
-    node: String,
-    error: String,
-}
-
-impl Fields {
-    fn set(&mut self, name: &str, value: String) {
-        match name {
-            "event" => self.event = Some(value),
-            "node" => self.node = value,
-            "error" => self.error = value,
-            _ => {}
-        }
-    }
-}
-
-impl tracing::field::Visit for Fields {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.set(field.name(), value.to_string());
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.set(field.name(), format!("{value:?}"));
-    }
-}
-
-/// Keeps pgvigil's structured events.
-struct Capture;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let mut f = Fields::default();
-        event.record(&mut f);
-        if let Some(name) = f.event {
-            EVENTS.lock().unwrap_or_else(|p| p.into_inner()).push(Logged { event: name, node: f.node, error: f.error });
-        }
-    }
-}
-
-/// Runs the tests of this file one at a time, each starting with no captured event.
-/// Logs go to stderr as `common::init_logging` sends them (`TEST_LOG`, default warn).
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        let level = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
-        let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).with_filter(tracing_subscriber::EnvFilter::new(level));
-        let capture = Capture.with_filter(tracing_subscriber::filter::Targets::new().with_target("pgvigil", tracing::Level::INFO));
-        let _ = tracing_subscriber::registry().with(text).with(capture).try_init();
-    });
-    let guard = SERIAL.lock().await;
-    EVENTS.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    guard
-}
-
-fn events() -> Vec<Logged> {
-    EVENTS.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
-fn logged(name: &str) -> Vec<Logged> {
-    events().into_iter().filter(|e| e.event == name).collect()
-}
+// ---- captured events ------------------------------------------------------------------
 
 /// The `rejoin_*` and `node_rejoined` events, as "event node".
 fn rejoin_events() -> Vec<String> {
