@@ -52,6 +52,9 @@ pub fn ineligible(view: &ClusterView, i: usize, needs: &ReadNeeds) -> Option<Str
         return Some(format!("{} is detached", node.name));
     }
     match node.role {
+        // A switchover is about to stop it: reads go elsewhere while they can, so that
+        // none is cut off by the stop (the drain waits for those already running).
+        Role::Primary if view.writes_paused => Some(format!("{} is being switched over", node.name)),
         Role::Primary => None,
         Role::Unknown => Some(format!("{}'s role is unknown", node.name)),
         Role::Standby => {
@@ -266,6 +269,21 @@ mod tests {
         let b = Balancer::new(vec![1.0, 1.0, 1.0]);
         assert_eq!(counts(&b, &view(), ReadTarget::Standby, 100), vec![0, 50, 50]);
         assert_eq!(counts(&b, &view(), ReadTarget::Primary, 10), vec![10, 0, 0]);
+    }
+
+    #[test]
+    fn a_primary_being_switched_over_serves_reads_only_when_nothing_else_can() {
+        let b = Balancer::new(vec![1.0, 1.0, 1.0]);
+        let mut v = view();
+        v.writes_paused = true;
+        assert_eq!(counts(&b, &v, ReadTarget::Any, 100), vec![0, 50, 50]);
+        let pick = b.pick(&v, ReadTarget::Any, &NEEDS, &[], false).unwrap();
+        assert_eq!(pick.skipped, vec!["p is being switched over".to_string()]);
+        assert_eq!(ineligible(&v, 0, &NEEDS), Some("p is being switched over".into()));
+        v.nodes[1].up = false;
+        v.nodes[2].up = false;
+        assert_eq!(b.pick(&v, ReadTarget::Any, &NEEDS, &[], false).unwrap().node, 0);
+        assert_eq!(b.pick(&v, ReadTarget::Primary, &NEEDS, &[], false).unwrap().node, 0);
     }
 
     #[test]
