@@ -8,373 +8,17 @@
 //! Needs root (CI runs as root); otherwise each test says why and returns. Run with
 //! `--nocapture` to see the measured times.
 
+#[path = "common/members.rs"]
+mod members;
 #[path = "common/netns.rs"]
 mod netns;
 
-use std::collections::BTreeSet;
-use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netns::{Net, Prober, CLIENT_ADDR};
-
-const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
-const WD_PORT: u16 = 9694;
-const PROXY_PORT: u16 = 9999;
-const BIN: &str = env!("CARGO_BIN_EXE_pgvigil");
-const KEY: &str = "6d1f0a9c2b7e45f38a0c4d2e9b1f7a6c";
-
-/// One namespace test at a time: they measure timings on a small shared machine.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn skip() -> bool {
-    match netns::unavailable() {
-        Some(why) => {
-            eprintln!("skipping the watchdog namespace tests: {why}");
-            true
-        }
-        None => false,
-    }
-}
-
-#[derive(Clone)]
-struct Spec {
-    name: &'static str,
-    priority: i32,
-    witness: bool,
-    /// Runs under `setpriv` without CAP_NET_ADMIN.
-    no_net_admin: bool,
-    /// Uses another key than the others.
-    wrong_key: bool,
-    /// More `[watchdog.vip]` lines; `DIR` stands for the test's directory.
-    vip_extra: String,
-}
-
-fn node(name: &'static str, priority: i32) -> Spec {
-    Spec { name, priority, witness: false, no_net_admin: false, wrong_key: false, vip_extra: String::new() }
-}
-
-fn witness(name: &'static str) -> Spec {
-    Spec { witness: true, ..node(name, 0) }
-}
-
-struct Sample {
-    at: Instant,
-    holders: Vec<bool>,
-    not_live: BTreeSet<usize>,
-}
-
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    samples: Arc<Mutex<Vec<Sample>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-struct Member {
-    spec: Spec,
-    ns: String,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-/// Members in namespaces. Fields drop in order: processes first, namespaces last.
-struct Cluster {
-    members: Vec<Member>,
-    sampler: Sampler,
-    not_live: Arc<Mutex<BTreeSet<usize>>>,
-    _dir: tempfile::TempDir,
-    net: Net,
-}
-
-fn config_text(i: usize, specs: &[Spec], phantom: Option<&str>, dir: &std::path::Path) -> String {
-    let s = &specs[i];
-    let mut peers: Vec<String> = specs
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| *j != i)
-        .map(|(j, p)| format!("{{ name = \"{}\", address = \"{}:{WD_PORT}\" }}", p.name, Net::addr(j)))
-        .collect();
-    if let Some(name) = phantom {
-        peers.push(format!("{{ name = \"{name}\", address = \"{CLIENT_ADDR}:{WD_PORT}\" }}"));
-    }
-    let key = if s.wrong_key { "other.key" } else { "wd.key" };
-    let watchdog = format!(
-        "[watchdog]\nname = \"{}\"\nlisten = \"{}:{WD_PORT}\"\npeers = [ {} ]\npriority = {}\nauth_key_file = \"{key}\"\n",
-        s.name,
-        Net::addr(i),
-        peers.join(", "),
-        s.priority
-    );
-    let log = "[log]\nlevel = \"info,pgvigil::monitor=off,pgvigil::failover=off,pgvigil::pool=off\"\n";
-    if s.witness {
-        return format!("{log}{watchdog}");
-    }
-    format!(
-        "[proxy]\nlisten = \"0.0.0.0:{PROXY_PORT}\"\n[auth]\nmethod = \"trust\"\n{log}\
-         [[backends]]\nname = \"pg\"\nhost = \"127.0.0.1\"\nport = 1\n\
-         {watchdog}[watchdog.vip]\naddress = \"{VIP}/24\"\ninterface = \"eth0\"\n{}",
-        s.vip_extra.replace("DIR", &dir.display().to_string())
-    )
-}
-
-fn wait_for(max: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if cond() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > max {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(child.id() as i32, sig) };
-    assert_eq!(rc, 0, "kill {sig}: {}", std::io::Error::last_os_error());
-}
-
-impl Cluster {
-    fn start(specs: &[Spec]) -> Cluster {
-        Self::start_with(specs, None)
-    }
-
-    /// `phantom`: a peer name every member also lists, at the client's address (where
-    /// the test can receive real heartbeats).
-    fn start_with(specs: &[Spec], phantom: Option<&str>) -> Cluster {
-        let net = Net::new(specs.len());
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("wd.key"), format!("{KEY}\n")).expect("key");
-        std::fs::write(dir.path().join("other.key"), "a different key of enough bytes\n").expect("key");
-        for k in ["wd.key", "other.key"] {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path().join(k), std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        }
-        let mut members = Vec::new();
-        for (i, spec) in specs.iter().enumerate() {
-            let config = dir.path().join(format!("{}.toml", spec.name));
-            std::fs::write(&config, config_text(i, specs, phantom, dir.path())).expect("config");
-            members.push(Member {
-                spec: spec.clone(),
-                ns: net.members[i].clone(),
-                config,
-                log: dir.path().join(format!("{}.log", spec.name)),
-                child: None,
-            });
-        }
-        let not_live = Arc::new(Mutex::new(BTreeSet::new()));
-        let sampler = Sampler::start(net.members.clone(), not_live.clone());
-        let mut c = Cluster { members, sampler, not_live, _dir: dir, net };
-        for i in 0..specs.len() {
-            c.launch(i);
-        }
-        c
-    }
-
-    fn launch(&mut self, i: usize) {
-        let m = &mut self.members[i];
-        let log = File::options().create(true).append(true).open(&m.log).expect("log file");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &m.ns]);
-        if m.spec.no_net_admin {
-            cmd.args(["setpriv", "--bounding-set", "-net_admin"]);
-        }
-        cmd.arg(BIN)
-            .arg(if m.spec.witness { "witness" } else { "run" })
-            .arg("--config")
-            .arg(&m.config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        m.child = Some(cmd.spawn().expect("start pgvigil"));
-    }
-
-    fn name(&self, i: usize) -> &'static str {
-        self.members[i].spec.name
-    }
-
-    fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.members[i].log).unwrap_or_default()
-    }
-
-    fn holds(&self, i: usize) -> bool {
-        Net::has_addr(&self.members[i].ns, VIP)
-    }
-
-    fn holders(&self) -> Vec<usize> {
-        (0..self.members.len()).filter(|i| self.holds(*i)).collect()
-    }
-
-    fn live_holders(&self) -> Vec<usize> {
-        let not_live = self.not_live.lock().unwrap().clone();
-        self.holders().into_iter().filter(|i| !not_live.contains(i)).collect()
-    }
-
-    /// Waits until exactly one live member holds the VIP; returns it.
-    fn wait_single_holder(&self, max: Duration) -> (usize, Duration) {
-        let mut holder = None;
-        let took = wait_for(max, || {
-            let h = self.live_holders();
-            holder = (h.len() == 1).then(|| h[0]);
-            holder.is_some()
-        })
-        .unwrap_or_else(|| panic!("no single VIP holder within {max:?}: {:?}", self.holders()));
-        (holder.expect("holder"), took)
-    }
-
-    fn set_live(&self, i: usize, live: bool) {
-        let mut s = self.not_live.lock().unwrap();
-        if live {
-            s.remove(&i);
-        } else {
-            s.insert(i);
-        }
-    }
-
-    fn kill9(&mut self, i: usize) {
-        self.set_live(i, false);
-        if let Some(mut child) = self.members[i].child.take() {
-            signal(&child, libc::SIGKILL);
-            let _ = child.wait();
-        }
-    }
-
-    fn pause(&self, i: usize) {
-        self.set_live(i, false);
-        signal(self.members[i].child.as_ref().expect("running"), libc::SIGSTOP);
-    }
-
-    fn resume(&self, i: usize) {
-        signal(self.members[i].child.as_ref().expect("running"), libc::SIGCONT);
-    }
-
-    /// SIGTERM, then waits for the exit.
-    fn terminate(&mut self, i: usize) -> Duration {
-        let mut child = self.members[i].child.take().expect("running");
-        let start = Instant::now();
-        signal(&child, libc::SIGTERM);
-        let _ = child.wait();
-        self.set_live(i, false);
-        start.elapsed()
-    }
-
-    fn mac(&self, i: usize) -> String {
-        Net::mac(&self.members[i].ns)
-    }
-
-    /// A TCP connection from the client namespace to the VIP's proxy port.
-    fn client_connects(&self) -> bool {
-        Net::within(&self.net.client, || {
-            TcpStream::connect_timeout(&SocketAddr::from((VIP, PROXY_PORT)), Duration::from_secs(3)).is_ok()
-        })
-    }
-
-    fn client_mac(&self) -> Option<String> {
-        self.net.client_neighbour(VIP).map(|(mac, _)| mac)
-    }
-
-    /// Stops the sampler and checks that no sample had two live holders.
-    fn assert_never_two_live_holders(&mut self) -> usize {
-        let samples = self.sampler.finish();
-        let mut bad = Vec::new();
-        for s in &samples {
-            let live: Vec<&str> = s
-                .holders
-                .iter()
-                .enumerate()
-                .filter(|(i, h)| **h && !s.not_live.contains(i))
-                .map(|(i, _)| self.name(i))
-                .collect();
-            if live.len() > 1 {
-                bad.push(format!("{:?}: {live:?}", s.at));
-            }
-        }
-        assert!(bad.is_empty(), "two live VIP holders in {} of {} samples: {bad:?}", bad.len(), samples.len());
-        assert!(samples.len() > 10, "the sampler ran ({} samples)", samples.len());
-        samples.len()
-    }
-
-    /// How long two members held the VIP at the same time (frozen or killed ones included).
-    fn double_holding(&self) -> Duration {
-        let samples = self.sampler.samples.lock().unwrap();
-        let mut total = Duration::ZERO;
-        for w in samples.windows(2) {
-            if w[0].holders.iter().filter(|h| **h).count() > 1 {
-                total += w[1].at - w[0].at;
-            }
-        }
-        total
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for m in &mut self.members {
-            if let Some(mut child) = m.child.take() {
-                signal(&child, libc::SIGKILL);
-                let _ = child.wait();
-            }
-        }
-        self.sampler.finish();
-        if std::thread::panicking() {
-            for m in &self.members {
-                let log = std::fs::read_to_string(&m.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("----- {} log (last 40 lines) -----", m.spec.name);
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
-}
-
-impl Sampler {
-    fn start(namespaces: Vec<String>, not_live: Arc<Mutex<BTreeSet<usize>>>) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let (stop, samples) = (stop.clone(), samples.clone());
-            std::thread::spawn(move || {
-                let prober = Prober::open(&namespaces);
-                while !stop.load(Ordering::SeqCst) {
-                    let nl = not_live.lock().unwrap().clone();
-                    let at = Instant::now();
-                    let holders = prober.holders(VIP);
-                    samples.lock().unwrap().push(Sample { at, holders, not_live: nl });
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            })
-        };
-        Sampler { stop, samples, thread: Some(thread) }
-    }
-
-    fn finish(&mut self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let samples = self.samples.lock().unwrap();
-        samples.iter().map(|s| Sample { at: s.at, holders: s.holders.clone(), not_live: s.not_live.clone() }).collect()
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
-}
+use members::*;
+use netns::{Net, CLIENT_ADDR};
 
 const LONG: Duration = Duration::from_secs(15);
 
@@ -538,6 +182,49 @@ fn two_nodes_and_a_witness_keep_a_leader() {
 }
 
 #[test]
+fn two_nodes_with_quorum_half_lead_alone_and_split_only_while_partitioned() {
+    if skip() {
+        return;
+    }
+    let _serial = serial();
+    let setup = Setup { watchdog: "quorum = \"half\"\n".into(), ..Setup::default() };
+    let mut c = Cluster::start_with(&[node("n0", 30), node("n1", 20)], setup);
+    let (h, _) = c.wait_single_holder(LONG);
+    assert_eq!(h, 0);
+    for i in 0..2 {
+        let log = c.log(i);
+        assert!(log.contains("watchdog.quorum = \"half\"") && log.contains("split brain"), "the risk is logged at start: {log}");
+    }
+    // Either node leads alone when the other is gone.
+    c.kill9(0);
+    let (new, moved) = c.wait_single_holder(LONG);
+    assert_eq!(new, 1);
+    eprintln!("measured: quorum = \"half\", kill -9 of the holder -> VIP on n1: {}", ms(moved));
+    // The restarted node follows: no preemption.
+    c.launch(0);
+    c.set_live(0, true);
+    wait_for(LONG, || c.log(0).matches("watchdog member heard member=n1").count() >= 2).expect("n0 hears n1 again");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.live_holders(), vec![1]);
+    let before = c.assert_never_two_live_holders();
+    eprintln!("checked {before} samples before the partition: never two live holders");
+
+    // Partition: each side has half the votes, so both lead (the documented risk)...
+    c.net.set_link(1, false);
+    let both = wait_for(LONG, || c.live_holders() == vec![0, 1]).expect("both halves lead while partitioned");
+    eprintln!("measured: partitioned -> both nodes hold the VIP after {} (the documented split brain)", ms(both));
+    std::thread::sleep(Duration::from_secs(2));
+    // ...and when they hear each other again, one steps down.
+    c.net.set_link(1, true);
+    let (one, healed) = c.wait_single_holder(LONG);
+    eprintln!("measured: after the heal one holder ({}) again after {}", c.name(one), ms(healed));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.live_holders(), vec![one], "one holder after the heal");
+    let other = 1 - one;
+    assert!(c.log(other).contains("stepping down"), "{}", c.log(other));
+}
+
+#[test]
 fn clean_shutdown_hands_over_at_once_and_commands_replace_netlink() {
     if skip() {
         return;
@@ -554,7 +241,7 @@ fn clean_shutdown_hands_over_at_once_and_commands_replace_netlink() {
         ..node("n0", 30)
     };
     let mut c = Cluster::start(&[commands, node("n1", 20), node("n2", 10)]);
-    let events = c._dir.path().join("events");
+    let events = c.dir.path().join("events");
     let (h, _) = c.wait_single_holder(LONG);
     assert_eq!(h, 0);
     let read = || std::fs::read_to_string(&events).unwrap_or_default();
@@ -585,7 +272,7 @@ fn forged_and_replayed_heartbeats_are_dropped_and_counted() {
     let _serial = serial();
     // "x" is listed by both nodes but is the test itself, in the client namespace: it
     // receives real heartbeats and sends copies to n1.
-    let mut c = Cluster::start_with(&[node("n0", 30), node("n1", 20)], Some("x"));
+    let mut c = Cluster::start_with(&[node("n0", 30), node("n1", 20)], Setup { phantom: Some("x"), ..Setup::default() });
     c.wait_single_holder(LONG);
     let n0 = SocketAddr::from((Net::addr(0), WD_PORT));
     let n1 = SocketAddr::from((Net::addr(1), WD_PORT));

@@ -23,6 +23,7 @@ pub struct ClusterBuilder {
     user: String,
     password: String,
     conf: Vec<String>,
+    hba_lines: Vec<String>,
     prefix: String,
 }
 
@@ -41,6 +42,7 @@ impl ClusterBuilder {
             user: "postgres".into(),
             password: "postgres".into(),
             conf: Vec::new(),
+            hba_lines: Vec::new(),
             prefix: "pg".into(),
         }
     }
@@ -66,6 +68,13 @@ impl ClusterBuilder {
     /// An extra postgresql.conf line for every node.
     pub fn conf(mut self, line: &str) -> Self {
         self.conf.push(line.to_string());
+        self
+    }
+
+    /// An extra pg_hba.conf line for every node, after the harness's own
+    /// (e.g. `host all all 192.0.2.0/24 scram-sha-256` with a matching `listen_addresses`).
+    pub fn hba_line(mut self, line: &str) -> Self {
+        self.hba_lines.push(line.to_string());
         self
     }
 
@@ -114,7 +123,7 @@ impl ClusterBuilder {
         let node = PgNode::new(&format!("{}0", self.prefix), c.dir())?;
         template::create_data_dir(&c.bin, c.run_as, &self.user, &node.data_dir)?;
         conf::append_settings(&node.data_dir, &self.conf)?;
-        conf::write_hba(&node.data_dir, self.hba)?;
+        conf::write_hba(&node.data_dir, self.hba, &self.hba_lines)?;
         c.nodes.push(node);
         c.nodes[0].spawn(&c.bin, c.run_as, &c.sock_dir)?;
         // The password is not set yet: the first contact goes through the trusted socket.

@@ -87,9 +87,9 @@ pub(crate) fn append_settings(data: &Path, extra: &[String]) -> Result<()> {
 }
 
 /// Replaces `data/pg_hba.conf`: sockets trust, TCP loopback uses `method`.
-pub(crate) fn write_hba(data: &Path, method: HbaMethod) -> Result<()> {
+pub(crate) fn write_hba(data: &Path, method: HbaMethod, extra: &[String]) -> Result<()> {
     let m = method.keyword();
-    let text = format!(
+    let mut text = format!(
         "# written by the pgvigil cluster harness\n\
          local all all trust\n\
          local replication all trust\n\
@@ -98,6 +98,10 @@ pub(crate) fn write_hba(data: &Path, method: HbaMethod) -> Result<()> {
          host replication all 127.0.0.1/32 {m}\n\
          host replication all ::1/128 {m}\n"
     );
+    for line in extra {
+        text.push_str(line);
+        text.push('\n');
+    }
     write(&data.join("pg_hba.conf"), &text)
 }
 

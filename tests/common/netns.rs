@@ -42,6 +42,9 @@ pub struct Net {
 
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
+/// Candidate subnets (first three octets) for [`Net::attach_host`].
+const HOST_NETS: [[u8; 3]; 3] = [[198, 51, 100], [203, 0, 113], [10, 251, 77]];
+
 impl Net {
     /// A bridge, `n` member namespaces and a client namespace.
     pub fn new(n: usize) -> Net {
@@ -102,6 +105,59 @@ impl Net {
         sh(&["ip", "-n", &self.bridge, "link", "set", &format!("p{i}"), if up { "up" } else { "down" }]);
     }
 
+    /// A veth pair from the test's own namespace into the bridge, with `count` addresses
+    /// on this side (returned) in a subnet of their own that this namespace does not
+    /// route yet; every member gets an address in it too. Servers started here
+    /// (PostgreSQL) that listen on those addresses are reachable from every member, and
+    /// their answers never leave through this host's own interfaces. Goes away with the
+    /// bridge namespace.
+    pub fn attach_host(&self, count: usize) -> Vec<Ipv4Addr> {
+        let p = HOST_NETS
+            .iter()
+            .find(|p| {
+                let probe = format!("{}.{}.{}.201", p[0], p[1], p[2]);
+                let routes = sh(&["ip", "-4", "route", "show", "to", "match", &probe]);
+                routes.lines().all(|l| l.starts_with("default"))
+            })
+            .unwrap_or_else(|| panic!("every candidate subnet for the host link is in use here: {HOST_NETS:?}"));
+        let link = self.host_link();
+        sh(&["ip", "link", "add", &link, "type", "veth", "peer", "name", "ph", "netns", &self.bridge]);
+        sh(&["ip", "-n", &self.bridge, "link", "set", "ph", "master", "br0", "up"]);
+        // This namespace answers ARP on the link only for the link's own addresses: by
+        // default Linux answers for all of its addresses on every interface, and this
+        // host's own may be a namespace's (the client's 192.0.2.2, say).
+        for (key, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+            let path = format!("/proc/sys/net/ipv4/conf/{link}/{key}");
+            std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+        let addrs: Vec<Ipv4Addr> = (0..count).map(|k| Ipv4Addr::new(p[0], p[1], p[2], 201 + k as u8)).collect();
+        for (k, a) in addrs.iter().enumerate() {
+            let cidr = format!("{a}/24");
+            let mut cmd = vec!["ip", "addr", "add", cidr.as_str(), "dev", link.as_str()];
+            if k > 0 {
+                cmd.push("noprefixroute");
+            }
+            sh(&cmd);
+        }
+        sh(&["ip", "link", "set", &link, "up"]);
+        for (i, ns) in self.members.iter().enumerate() {
+            let cidr = format!("{}.{}.{}.{}/24", p[0], p[1], p[2], 11 + i);
+            sh(&["ip", "-n", ns, "addr", "add", &cidr, "dev", "eth0"]);
+        }
+        addrs
+    }
+
+    fn host_link(&self) -> String {
+        self.bridge.replace("br", "h")
+    }
+
+    /// Makes `ip` unreachable from member `i` (a route that rejects it), or reachable again.
+    pub fn set_reachable(&self, i: usize, ip: Ipv4Addr, reachable: bool) {
+        let route = format!("{ip}/32");
+        let verb = if reachable { "del" } else { "add" };
+        sh(&["ip", "-n", &self.members[i], "route", verb, "unreachable", &route]);
+    }
+
     /// Runs `f` on a thread inside namespace `ns` (sockets it opens live there).
     pub fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/var/run/netns/{ns}");
@@ -118,6 +174,7 @@ impl Net {
     }
 
     fn remove(&self) {
+        let _ = run(&["ip", "link", "del", &self.host_link()]);
         for ns in self.members.iter().chain([&self.client, &self.bridge]) {
             let _ = run(&["ip", "netns", "del", ns]);
         }
