@@ -352,6 +352,50 @@ fn a_member_without_cap_net_admin_steps_aside() {
     c.assert_never_two_live_holders();
 }
 
+/// The capabilities dist/pgvigil.service grants (`AmbientCapabilities=`).
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dist/pgvigil.service")).expect("dist/pgvigil.service");
+    let line = unit.lines().find_map(|l| l.strip_prefix("AmbientCapabilities=")).expect("AmbientCapabilities= in the unit");
+    let bounding = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).expect("CapabilityBoundingSet= in the unit");
+    assert_eq!(line, bounding, "the unit's ambient and bounding sets are the same");
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn an_unprivileged_member_with_the_units_capabilities_holds_the_vip() {
+    if skip() {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipping: setpriv (util-linux) is missing");
+        return;
+    }
+    let _serial = serial();
+    let caps = unit_capabilities();
+    eprintln!("n0 runs as nobody with {caps:?} only, as dist/pgvigil.service runs pgvigil");
+    let weak = Spec { unprivileged: Some(caps), ..node("n0", 30) };
+    let mut c = Cluster::start(&[weak, node("n1", 20), node("n2", 10)]);
+    let (h, _) = c.wait_single_holder(LONG);
+    assert_eq!(h, 0, "the unprivileged member leads and holds the VIP: {}", c.log(0));
+    wait_for(LONG, || c.log(0).contains("gratuitous ARP sent")).expect("it sends gratuitous ARP");
+    assert!(c.client_connects(), "the client reaches it through the VIP");
+    assert_eq!(c.client_mac(), Some(c.mac(0)), "the client's entry points at it");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid_of_pgvigil(&c, 0))).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    assert!(!uid_line.split_whitespace().skip(1).any(|u| u == "0"), "not root: {uid_line}");
+    c.terminate(0);
+    assert!(!c.holds(0), "it removed the VIP when it stopped");
+    let (new, _) = c.wait_single_holder(LONG);
+    assert_eq!(new, 1);
+    c.assert_never_two_live_holders();
+}
+
+/// The pid of member `i`'s pgvigil (its process runs under `ip netns exec` and `setpriv`,
+/// which exec into it: same pid).
+fn pid_of_pgvigil(c: &Cluster, i: usize) -> u32 {
+    c.members[i].child.as_ref().expect("running").id()
+}
+
 #[test]
 fn check_config_rejects_unsafe_watchdog_settings() {
     let dir = tempfile::tempdir().unwrap();

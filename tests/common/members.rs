@@ -47,6 +47,9 @@ pub struct Spec {
     pub witness: bool,
     /// Runs under `setpriv` without CAP_NET_ADMIN.
     pub no_net_admin: bool,
+    /// Runs as the user nobody with only these capabilities (e.g. "CAP_NET_ADMIN"),
+    /// ambient as a systemd unit's `AmbientCapabilities=` gives them.
+    pub unprivileged: Option<Vec<String>>,
     /// Uses another key than the others.
     pub wrong_key: bool,
     /// More `[watchdog.vip]` lines; `DIR` stands for the test's directory.
@@ -54,7 +57,7 @@ pub struct Spec {
 }
 
 pub fn node(name: &'static str, priority: i32) -> Spec {
-    Spec { name, priority, witness: false, no_net_admin: false, wrong_key: false, vip_extra: String::new() }
+    Spec { name, priority, witness: false, no_net_admin: false, unprivileged: None, wrong_key: false, vip_extra: String::new() }
 }
 
 pub fn witness(name: &'static str) -> Spec {
@@ -207,6 +210,17 @@ impl Cluster {
         cmd.args(["netns", "exec", &m.ns]);
         if m.spec.no_net_admin {
             cmd.args(["setpriv", "--bounding-set", "-net_admin"]);
+        }
+        if let Some(caps) = &m.spec.unprivileged {
+            let list: Vec<String> = caps.iter().map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase())).collect();
+            let list = list.join(",");
+            cmd.args(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
+            cmd.arg(format!("--inh-caps=-all,{list}")).arg(format!("--ambient-caps=-all,{list}")).arg(format!("--bounding-set=-all,{list}"));
+            // The user reads its configuration and owns the key, as the unit's user would.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+            std::fs::set_permissions(&m.config, std::fs::Permissions::from_mode(0o644)).expect("chmod config");
+            netns::sh(&["chown", "nobody", &self.dir.path().join("wd.key").display().to_string()]);
         }
         cmd.arg(BIN)
             .arg(if m.spec.witness { "witness" } else { "run" })
