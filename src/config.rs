@@ -47,6 +47,8 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
     pub backends: Vec<BackendConfig>,
     /// `[watchdog]`: membership in a cluster of pgvigil nodes. Default: none (one node).
     #[serde(default)]
@@ -151,6 +153,31 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self { method: AuthMethod::ScramSha256, users_file: None }
     }
+}
+
+/// `[tls]`: TLS between clients and pgvigil.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain pgvigil presents to clients (leaf first). Default: none (no
+    /// TLS: an SSLRequest is answered 'N').
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1). Default: none.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates for client certificates; with it, a client may present one
+    /// (verified against these CAs). Default: none.
+    pub ca_file: Option<PathBuf>,
+    /// "allow" (TLS when the client asks for it) or "require" (a client without TLS is
+    /// refused with FATAL 28000). Default "allow".
+    pub client_mode: TlsClientMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsClientMode {
+    #[default]
+    Allow,
+    Require,
 }
 
 /// `[health_check]`: how pgvigil checks backends and finds the primary.
@@ -720,6 +747,7 @@ impl Config {
         if let Some(w) = &self.watchdog {
             w.validate(&self.base_dir, false)?;
         }
+        crate::tls::load_server(self)?;
         if self.auth.method != AuthMethod::Trust && self.auth.users_file.is_none() {
             return err(format!("auth.users_file is required when auth.method is \"{}\"", self.auth.method));
         }
@@ -781,6 +809,15 @@ impl Config {
 
     pub fn state_dir(&self) -> Option<PathBuf> {
         self.failover.state_dir.as_ref().map(|p| if p.is_absolute() { p.clone() } else { self.base_dir.join(p) })
+    }
+
+    /// A path from the configuration, resolved against the config file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     /// The users file path, resolved against the config file's directory.

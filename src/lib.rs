@@ -21,4 +21,5 @@ pub mod protocol;
 pub mod proxy;
 pub mod router;
 pub mod run;
+pub mod tls;
 pub mod watchdog;

@@ -18,6 +18,10 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// SCRAM-SHA-256 with `tls-server-end-point` channel binding (offered over TLS).
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The only channel binding type PostgreSQL (and pgvigil) supports.
+pub const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
 const DEFAULT_ITERATIONS: u32 = 4096;
 const DEFAULT_SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 18;
@@ -237,6 +241,9 @@ struct ServerFirstState {
 /// The proxy acting as a SCRAM server toward a client.
 pub struct ServerExchange {
     verifier: ScramVerifier,
+    /// Channel binding data offered (the connection is TLS), and whether the client
+    /// selected SCRAM-SHA-256-PLUS.
+    binding: Option<(Vec<u8>, bool)>,
     server_nonce: String,
     first: Option<ServerFirstState>,
     step: ServerStep,
@@ -271,9 +278,16 @@ impl ServerExchange {
         Self::with_nonce(verifier, random_nonce())
     }
 
+    /// An exchange on a TLS connection, where SCRAM-SHA-256-PLUS was offered with
+    /// `end_point` (the `tls-server-end-point` data); `plus`: the client selected it.
+    pub fn with_channel_binding(verifier: ScramVerifier, end_point: Vec<u8>, plus: bool) -> Self {
+        Self { binding: Some((end_point, plus)), ..Self::new(verifier) }
+    }
+
     fn with_nonce(verifier: ScramVerifier, server_nonce: String) -> Self {
         Self {
             verifier,
+            binding: None,
             server_nonce,
             first: None,
             step: ServerStep::AwaitingClientFirst,
@@ -293,12 +307,30 @@ impl ServerExchange {
         let msg = utf8(msg)?;
         // gs2-header: cbind-flag "," [authzid] ","
         let (flag, rest) = msg.split_once(',').ok_or(Malformed("gs2 header"))?;
+        let plus = self.binding.as_ref().is_some_and(|(_, plus)| *plus);
         match flag {
+            "n" | "y" if plus => {
+                return Err(ScramError::ChannelBinding(
+                    "client selected SCRAM-SHA-256-PLUS but sent no channel binding",
+                ))
+            }
+            // "y": the client could bind but thinks the server cannot. When it was
+            // offered, someone removed the offer on the way: a downgrade.
+            "y" if self.binding.is_some() => {
+                return Err(ScramError::ChannelBinding(
+                    "client supports channel binding and thinks the server does not, but it was offered",
+                ))
+            }
             "n" | "y" => {}
             f if f.starts_with("p=") => {
-                return Err(ScramError::ChannelBinding(
-                    "client requires channel binding, which is not offered",
-                ))
+                if !plus {
+                    return Err(ScramError::ChannelBinding(
+                        "client requires channel binding, which is not offered",
+                    ));
+                }
+                if f != format!("p={TLS_SERVER_END_POINT}") {
+                    return Err(ScramError::ChannelBinding("unsupported channel binding type"));
+                }
             }
             _ => return Err(Malformed("gs2 channel-binding flag")),
         }
@@ -351,7 +383,13 @@ impl ServerExchange {
         let cbind = B64
             .decode(cbind)
             .map_err(|_| Malformed("channel binding"))?;
-        if cbind != first.gs2_header.as_bytes() {
+        let mut expected = first.gs2_header.as_bytes().to_vec();
+        if first.gs2_header.starts_with("p=") {
+            if let Some((data, _)) = &self.binding {
+                expected.extend_from_slice(data);
+            }
+        }
+        if !ct_eq(&cbind, &expected) {
             return Err(ScramError::ChannelBinding(
                 "c= does not match the gs2 header",
             ));
@@ -901,6 +939,46 @@ mod tests {
         for m in mutations(PG_ALICE.as_bytes()) {
             let _ = std::str::from_utf8(&m).map(ScramVerifier::parse);
         }
+    }
+
+    /// A whole exchange over a connection with channel binding data `offered`: the client
+    /// sends gs2 flag `flag` and binds `bound` (after the gs2 header) in c=.
+    fn bound_exchange(offered: &[u8], plus: bool, flag: &str, bound: &[u8]) -> Result<ServerFinal, ScramError> {
+        let salted = salted_password("pencil", b"NaCl", 4096);
+        let v = ScramVerifier::from_password("pencil", b"NaCl", 4096);
+        let mut s = ServerExchange::with_channel_binding(v, offered.to_vec(), plus);
+        let gs2 = format!("{flag},,");
+        let bare = "n=,r=clientnonce";
+        let s1 = String::from_utf8(s.handle_client_first(format!("{gs2}{bare}").as_bytes())?).unwrap();
+        let nonce = s1.split(',').next().unwrap().strip_prefix("r=").unwrap();
+        let cbind = [gs2.as_bytes(), bound].concat();
+        let without_proof = format!("c={},r={nonce}", B64.encode(cbind));
+        let auth_message = format!("{bare},{s1},{without_proof}");
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        let signature = hmac(&sha256(&client_key), &[auth_message.as_bytes()]);
+        let proof = xor32(&client_key, &signature);
+        s.handle_client_final(format!("{without_proof},p={}", B64.encode(proof)).as_bytes())
+    }
+
+    #[test]
+    fn channel_binding_over_tls() {
+        let data = [0x5au8; 32];
+        let p = "p=tls-server-end-point";
+        // SCRAM-SHA-256-PLUS bound to this connection's certificate.
+        assert!(bound_exchange(&data, true, p, &data).is_ok());
+        // Bound to another certificate (a man in the middle terminating TLS): refused.
+        let other = [0x33u8; 32];
+        assert_eq!(bound_exchange(&data, true, p, &other).unwrap_err(), ChannelBinding("c= does not match the gs2 header"));
+        // PLUS selected but no binding sent, or an unknown binding type.
+        assert!(matches!(bound_exchange(&data, true, "n", b""), Err(ChannelBinding(_))));
+        assert!(matches!(bound_exchange(&data, true, "p=tls-unique", &data), Err(ChannelBinding(_))));
+        // Plain SCRAM-SHA-256 over TLS is fine ("n": the client does not bind)...
+        assert!(bound_exchange(&data, false, "n", b"").is_ok());
+        // ...but "y" (the client could bind and was told it cannot) means the offer of
+        // PLUS was removed on the way: a downgrade.
+        assert!(matches!(bound_exchange(&data, false, "y", b""), Err(ChannelBinding(_))));
+        // Binding without having selected PLUS.
+        assert!(matches!(bound_exchange(&data, false, p, &data), Err(ChannelBinding(_))));
     }
 
     #[test]

@@ -6,15 +6,14 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
+use super::stream::ClientStream;
 use super::Reloadable;
 use crate::config::{AuthMethod, UserSecret};
 use crate::pool::BackendCredential;
 use crate::protocol::backend::{self, PgError, AUTH_MD5, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL};
 use crate::protocol::frame::{self, fe};
 use crate::protocol::md5::{md5_password_hash, md5_salted_response};
-use crate::protocol::scram::{ct_eq, ScramError, ScramVerifier, ServerExchange, SCRAM_SHA_256};
+use crate::protocol::scram::{ct_eq, ScramError, ScramVerifier, ServerExchange, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
 use crate::protocol::{frontend, sqlstate};
 
 /// PostgreSQL's limit on an authentication message (PG_MAX_AUTH_TOKEN_LENGTH).
@@ -34,9 +33,10 @@ impl From<std::io::Error> for AuthFailure {
     }
 }
 
-/// Authenticates `user` on `stream`; on success returns the backend credential.
+/// Authenticates `user` on `stream`; on success returns the backend credential. Over
+/// TLS, SCRAM-SHA-256-PLUS is offered too, bound to pgvigil's certificate.
 pub async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     user: &str,
     settings: &Reloadable,
@@ -76,7 +76,11 @@ pub async fn authenticate(
             if matches!(secret, Some(UserSecret::Md5(_))) {
                 tracing::warn!(user, "user has only an md5 hash in the users file, which scram-sha-256 cannot verify");
             }
-            let client_key = scram_exchange(stream, buf, user, verifier.clone()).await?;
+            let binding = match (&settings.tls, stream.is_tls()) {
+                (Some(tls), true) => Some(tls.end_point.clone()),
+                _ => None,
+            };
+            let client_key = scram_exchange(stream, buf, user, verifier.clone(), binding).await?;
             if !known {
                 return Err(AuthFailure::Reject(PgError::password_failed(user)));
             }
@@ -93,23 +97,29 @@ fn cached_verifier(settings: &Reloadable, user: &str, password: &str) -> ScramVe
     cache.entry(user.to_string()).or_insert_with(|| ScramVerifier::generate(password)).clone()
 }
 
-/// Runs the SCRAM exchange; returns the ClientKey the client proved it has.
+/// Runs the SCRAM exchange; returns the ClientKey the client proved it has. `binding`:
+/// the connection's `tls-server-end-point` data, when it is TLS.
 async fn scram_exchange(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     user: &str,
     verifier: ScramVerifier,
+    binding: Option<Vec<u8>>,
 ) -> Result<[u8; 32], AuthFailure> {
     let mut out = BytesMut::new();
-    backend::write_auth_sasl(&mut out, &[SCRAM_SHA_256]);
+    let offered: &[&str] = if binding.is_some() { &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256] } else { &[SCRAM_SHA_256] };
+    backend::write_auth_sasl(&mut out, offered);
     stream.write_all(&out).await?;
     let body = read_password_message(stream, buf).await?;
     let (mechanism, data) =
         frontend::parse_sasl_initial_response(&body).map_err(|_| violation("malformed SASL initial response"))?;
-    if mechanism != SCRAM_SHA_256 {
+    if !offered.contains(&mechanism) {
         return Err(violation("client selected an invalid SASL authentication mechanism"));
     }
-    let mut exchange = ServerExchange::new(verifier);
+    let mut exchange = match binding {
+        Some(data) => ServerExchange::with_channel_binding(verifier, data, mechanism == SCRAM_SHA_256_PLUS),
+        None => ServerExchange::new(verifier),
+    };
     let server_first = exchange.handle_client_first(data).map_err(|e| scram_failure(user, e))?;
     out.clear();
     backend::write_auth(&mut out, AUTH_SASL_CONTINUE, &server_first);
@@ -134,7 +144,7 @@ fn violation(message: &str) -> AuthFailure {
 }
 
 /// Reads the client's next message, which must be a PasswordMessage ('p').
-async fn read_password_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<bytes::Bytes, AuthFailure> {
+async fn read_password_message(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<bytes::Bytes, AuthFailure> {
     loop {
         match frame::take_message(buf, MAX_AUTH_MESSAGE) {
             Ok(Some(m)) if m.tag == fe::PASSWORD => return Ok(m.body),

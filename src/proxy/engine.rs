@@ -20,7 +20,6 @@ use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use super::cancel::{CancelKey, CancelTarget};
 use super::link::{needed, Event, Expect, Link};
@@ -129,7 +128,7 @@ struct UnitEffects {
 
 pub(super) struct Engine<'a> {
     shared: &'a Shared,
-    pub client: TcpStream,
+    pub client: super::stream::ClientStream,
     peer: SocketAddr,
     cin: BytesMut,
     cout: BytesMut,
@@ -205,7 +204,7 @@ impl<'a> Engine<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: &'a Shared,
-        client: TcpStream,
+        client: super::stream::ClientStream,
         peer: SocketAddr,
         cin: BytesMut,
         base_key: PoolKey,

@@ -17,6 +17,7 @@ pub mod route;
 pub mod session;
 pub mod show;
 mod startup;
+pub mod stream;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -44,6 +45,8 @@ pub struct Reloadable {
     pub users: UsersFile,
     /// SCRAM verifiers derived from plaintext users-file entries, built on first use.
     pub scram_cache: Mutex<HashMap<String, ScramVerifier>>,
+    /// `[tls]`, read from its files at start and at every reload.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// State every session shares.
@@ -123,6 +126,7 @@ impl Shared {
         .collect();
         *self.reloadable.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(reloadable);
         state.1.auth = next.auth;
+        state.1.tls = next.tls;
         state.1.base_dir = next.base_dir;
         Ok(not_applied)
     }
@@ -192,7 +196,12 @@ pub struct ProxyHandle {
 
 impl Reloadable {
     fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        Ok(Self { auth_method: config.auth.method, users: config.load_users()?, scram_cache: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            auth_method: config.auth.method,
+            users: config.load_users()?,
+            scram_cache: Mutex::new(HashMap::new()),
+            tls: crate::tls::load_server(config)?,
+        })
     }
 }
 

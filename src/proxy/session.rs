@@ -7,6 +7,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use super::stream::ClientStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::auth::{authenticate, AuthFailure};
@@ -19,7 +21,8 @@ use crate::protocol::sqlstate;
 use crate::protocol::startup::Startup;
 
 /// Serves one client connection from accept to close.
-pub(super) async fn run(mut client: TcpStream, peer: SocketAddr, slot: Option<OwnedSemaphorePermit>, shared: Arc<Shared>) {
+pub(super) async fn run(client: TcpStream, peer: SocketAddr, slot: Option<OwnedSemaphorePermit>, shared: Arc<Shared>) {
+    let mut client = ClientStream::Plain(client);
     let mut cbuf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + shared.startup_timeout;
     let handshake = tokio::select! {
@@ -93,13 +96,14 @@ pub(super) async fn run(mut client: TcpStream, peer: SocketAddr, slot: Option<Ow
 /// The startup phase and client authentication. `Err(None)`: close silently;
 /// `Err(Some(e))`: send `e`, then close.
 async fn handshake(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     peer: SocketAddr,
     cbuf: &mut BytesMut,
     shared: &Shared,
     has_slot: bool,
 ) -> Result<(Startup, BackendCredential), Option<PgError>> {
-    let startup = match read_opening(client, cbuf, shared).await {
+    let settings = shared.reloadable();
+    let startup = match read_opening(client, cbuf, shared, settings.tls.as_deref()).await {
         Opening::Session(s) => s,
         Opening::Cancelled | Opening::Gone => return Err(None),
         Opening::Reject(e) => return Err(Some(e)),
@@ -111,7 +115,16 @@ async fn handshake(
         return Err(Some(PgError::fatal(sqlstate::CANNOT_CONNECT_NOW, "the database system is shutting down")));
     }
     let user = startup.param("user").unwrap_or_default();
-    let settings = shared.reloadable();
+    if settings.tls.as_ref().is_some_and(|t| t.mode == crate::config::TlsClientMode::Require) && !client.is_tls() {
+        let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(user);
+        return Err(Some(
+            PgError::fatal(
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("connection refused for host \"{}\", user \"{user}\", database \"{database}\", no encryption", peer.ip()),
+            )
+            .with_hint("pgvigil accepts only TLS connections here (tls.client_mode = \"require\"): connect with sslmode=require"),
+        ));
+    }
     match authenticate(client, cbuf, user, &settings, &shared.mock_secret).await {
         Ok(credential) => Ok((startup, credential)),
         Err(AuthFailure::Disconnected) => Err(None),
@@ -150,7 +163,7 @@ async fn wait_for_primary(shared: &Shared) -> Option<(usize, SocketAddr)> {
     Some((i, view.nodes[i].addr))
 }
 
-async fn reject_checkout(client: &mut TcpStream, peer: SocketAddr, key: &PoolKey, e: CheckoutError) {
+async fn reject_checkout(client: &mut ClientStream, peer: SocketAddr, key: &PoolKey, e: CheckoutError) {
     tracing::warn!(%peer, user = %key.user, database = %key.database, backend = key.backend, error = %e, "no server connection for client");
     let error = match e {
         CheckoutError::Timeout(wait) => PgError::too_many_clients().with_detail(format!(
@@ -168,12 +181,12 @@ async fn reject_checkout(client: &mut TcpStream, peer: SocketAddr, key: &PoolKey
     let _ = write_error(client, &error).await;
 }
 
-async fn reject(client: &mut TcpStream, peer: SocketAddr, e: PgError) {
+async fn reject(client: &mut ClientStream, peer: SocketAddr, e: PgError) {
     tracing::debug!(%peer, error = %e, "client rejected");
     let _ = write_error(client, &e).await;
 }
 
-async fn write_error(client: &mut TcpStream, e: &PgError) -> std::io::Result<()> {
+async fn write_error(client: &mut ClientStream, e: &PgError) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     e.write(&mut out);
     client.write_all(&out).await?;

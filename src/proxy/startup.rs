@@ -3,13 +3,15 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use super::stream::ClientStream;
 
 use super::Shared;
 use crate::protocol::backend::{write_negotiate_protocol_version, PgError};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{take_startup_packet, Startup, StartupPacket};
 use crate::protocol::ProtocolError;
+use crate::tls::{ServerTls, ALPN_POSTGRESQL};
 
 /// How the startup phase ended.
 pub enum Opening {
@@ -23,10 +25,34 @@ pub enum Opening {
     Reject(PgError),
 }
 
-/// Reads startup packets until a StartupMessage or CancelRequest arrives.
-pub async fn read_opening(stream: &mut TcpStream, buf: &mut BytesMut, shared: &Shared) -> Opening {
+/// The first byte of a TLS handshake record: a direct TLS connection (PostgreSQL 17's
+/// `sslnegotiation=direct`) starts with it, a startup packet never does (its length
+/// would exceed the startup packet limit).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Reads startup packets until a StartupMessage or CancelRequest arrives. With `tls`, an
+/// SSLRequest is answered 'S' and a direct TLS handshake is accepted.
+pub async fn read_opening(stream: &mut ClientStream, buf: &mut BytesMut, shared: &Shared, tls: Option<&ServerTls>) -> Opening {
     let mut answered_ssl = false;
     let mut answered_gss = false;
+    if let (Some(tls), ClientStream::Plain(tcp)) = (tls, &*stream) {
+        let mut first = [0u8; 1];
+        match tcp.peek(&mut first).await {
+            Ok(1) if first[0] == TLS_HANDSHAKE => {
+                if stream.upgrade(&tls.acceptor).await.is_err() {
+                    return Opening::Gone;
+                }
+                if stream.alpn() != Some(ALPN_POSTGRESQL) {
+                    return Opening::Reject(PgError::protocol_violation(
+                        "received direct TLS connection request without ALPN protocol negotiation extension",
+                    ));
+                }
+                answered_ssl = true;
+            }
+            Ok(_) => {}
+            Err(_) => return Opening::Gone,
+        }
+    }
     loop {
         let packet = match take_startup_packet(buf) {
             Ok(Some(p)) => p,
@@ -49,8 +75,17 @@ pub async fn read_opening(stream: &mut TcpStream, buf: &mut BytesMut, shared: &S
                     // Bytes after an encryption request, before our answer: a buffer-stuffing attempt.
                     return Opening::Reject(PgError::protocol_violation("received unencrypted data after SSL request"));
                 }
-                if stream.write_all(b"N").await.is_err() {
-                    return Opening::Gone;
+                match tls {
+                    Some(tls) if matches!(packet, StartupPacket::SslRequest) && !stream.is_tls() => {
+                        if stream.write_all(b"S").await.is_err() || stream.upgrade(&tls.acceptor).await.is_err() {
+                            return Opening::Gone;
+                        }
+                    }
+                    _ => {
+                        if stream.write_all(b"N").await.is_err() {
+                            return Opening::Gone;
+                        }
+                    }
                 }
             }
             StartupPacket::Cancel { pid, secret } => {
@@ -63,7 +98,7 @@ pub async fn read_opening(stream: &mut TcpStream, buf: &mut BytesMut, shared: &S
 }
 
 /// Accepts protocol 3.x; answers NegotiateProtocolVersion for newer minors or `_pq_` options.
-async fn check_version(stream: &mut TcpStream, startup: Startup) -> Opening {
+async fn check_version(stream: &mut ClientStream, startup: Startup) -> Opening {
     if startup.major != 3 {
         return Opening::Reject(PgError::fatal(
             sqlstate::FEATURE_NOT_SUPPORTED,

@@ -1,0 +1,173 @@
+//! TLS settings loaded from PEM files: the server side that clients connect to.
+//!
+//! Certificates and keys are read when the configuration is loaded and again at every
+//! reload (SIGHUP), so a renewed certificate applies to new connections without a
+//! restart; sessions already running keep theirs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::Digest;
+
+use crate::config::{Config, ConfigError, TlsClientMode};
+
+/// ALPN protocol name PostgreSQL uses for direct TLS connections (PostgreSQL 17+).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// What pgvigil needs to accept TLS from clients.
+pub struct ServerTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub mode: TlsClientMode,
+    /// `tls-server-end-point` channel binding data (RFC 5929): the hash of the
+    /// certificate pgvigil presents, for SCRAM-SHA-256-PLUS.
+    pub end_point: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("mode", &self.mode).finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn err(key: &str, path: &Path, what: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {}: {what}", path.display()))
+}
+
+/// Reads every certificate of a PEM file.
+pub fn read_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(key, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(key, path, e))?;
+    if certs.is_empty() {
+        return Err(err(key, path, "no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+fn read_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| err(key, path, format!("no usable PEM private key: {e}")))
+}
+
+/// `[tls]` as a ready acceptor, or `None` when no certificate is configured.
+pub fn load_server(config: &Config) -> Result<Option<Arc<ServerTls>>, ConfigError> {
+    let tls = &config.tls;
+    let (cert_path, key_path) = match (&tls.cert_file, &tls.key_file) {
+        (None, None) => {
+            if tls.ca_file.is_some() {
+                return Err(ConfigError("tls.ca_file needs tls.cert_file and tls.key_file".into()));
+            }
+            if tls.client_mode == TlsClientMode::Require {
+                return Err(ConfigError("tls.client_mode = \"require\" needs tls.cert_file and tls.key_file".into()));
+            }
+            return Ok(None);
+        }
+        (Some(c), Some(k)) => (config.resolve(c), config.resolve(k)),
+        (Some(_), None) => return Err(ConfigError("tls.cert_file is set but tls.key_file is not".into())),
+        (None, Some(_)) => return Err(ConfigError("tls.key_file is set but tls.cert_file is not".into())),
+    };
+    let certs = read_certs("tls.cert_file", &cert_path)?;
+    let key = read_key("tls.key_file", &key_path)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError(format!("tls: {e}")))?;
+    let builder = match &tls.ca_file {
+        Some(ca) => {
+            let ca = config.resolve(ca);
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs("tls.ca_file", &ca)? {
+                roots.add(cert).map_err(|e| err("tls.ca_file", &ca, e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| err("tls.ca_file", &ca, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let end_point = end_point_hash(certs[0].as_ref());
+    let mut server = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| ConfigError(format!("tls.cert_file / tls.key_file: {} and {} do not make a usable pair: {e}", cert_path.display(), key_path.display())))?;
+    // Direct TLS clients must name the protocol; clients that upgrade after an
+    // SSLRequest may name it or not.
+    server.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    Ok(Some(Arc::new(ServerTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)), mode: tls.client_mode, end_point })))
+}
+
+/// RFC 5929 `tls-server-end-point`: the certificate's hash with the hash function of its
+/// signature algorithm, SHA-256 when that is MD5, SHA-1 or SHA-256.
+pub fn end_point_hash(cert_der: &[u8]) -> Vec<u8> {
+    // DER-encoded OIDs of the signature algorithms that use SHA-384 or SHA-512.
+    const SHA384: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c], // sha384WithRSAEncryption
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],       // ecdsa-with-SHA384
+    ];
+    const SHA512: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d], // sha512WithRSAEncryption
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],       // ecdsa-with-SHA512
+    ];
+    // The signature algorithm is the certificate's last AlgorithmIdentifier: look at the
+    // bytes after the TBSCertificate, where only it and the signature are.
+    let tail = signature_part(cert_der).unwrap_or(cert_der);
+    let has = |oids: &[&[u8]]| oids.iter().any(|oid| tail.windows(oid.len()).any(|w| w == *oid));
+    if has(&SHA512) {
+        sha2::Sha512::digest(cert_der).to_vec()
+    } else if has(&SHA384) {
+        sha2::Sha384::digest(cert_der).to_vec()
+    } else {
+        sha2::Sha256::digest(cert_der).to_vec()
+    }
+}
+
+/// The bytes of a DER certificate after its TBSCertificate (signatureAlgorithm and
+/// signatureValue).
+fn signature_part(der: &[u8]) -> Option<&[u8]> {
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
+    let (_, inner) = der_header(der)?;
+    let (tbs_len, _) = der_header(inner)?;
+    inner.get(tbs_len..)
+}
+
+/// The total length (header included) of the DER element at the start of `b`, and its
+/// contents.
+fn der_header(b: &[u8]) -> Option<(usize, &[u8])> {
+    let first = *b.get(1)?;
+    let (len, header) = if first < 0x80 {
+        (first as usize, 2)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *b.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
+    };
+    let contents = b.get(header..header.checked_add(len)?)?;
+    Some((header + len, contents))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_lengths_short_and_long() {
+        assert_eq!(der_header(&[0x30, 0x02, 1, 2, 9]), Some((4, &[1u8, 2][..])));
+        let mut long = vec![0x30, 0x82, 0x01, 0x00];
+        long.extend(std::iter::repeat_n(7u8, 256));
+        assert_eq!(der_header(&long).map(|(n, c)| (n, c.len())), Some((260, 256)));
+        assert_eq!(der_header(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
+        assert_eq!(der_header(&[0x30, 0x05, 1]), None);
+    }
+}
