@@ -61,18 +61,38 @@ pub async fn run(port: u16, standbys: usize, failover_after: Option<Duration>) -
             20 - i * 10
         )
     };
+    // With the VIP, each node listens on an address of its own with one port, and the
+    // leader on the VIP too; without it, both on 127.0.0.1 with two ports.
+    let vip_port = match vip_unavailable().await {
+        None => Some(free_port(port, &[NODE_IPS[0], NODE_IPS[1], VIP]).context("no port free on the demo's loopback addresses")?),
+        Some(why) => {
+            say!("pgvigil demo: no virtual IP ({why})");
+            None
+        }
+    };
+    let vip_section = match vip_port {
+        Some(_) => format!("\n[watchdog.vip]\naddress = \"{VIP}/32\"\ninterface = \"lo\"\n"),
+        None => String::new(),
+    };
     let mut handles = Vec::new();
     let mut next_port = port;
     let mut next_admin = 9898;
     for (i, name) in names.iter().take(2).enumerate() {
-        let port = free_port(next_port).context("no free port for the demo proxy")?;
-        let admin = free_port(next_admin).context("no free port for the admin API")?;
-        (next_port, next_admin) = (if port == 0 { 0 } else { port + 1 }, admin + 1);
+        let listen = match vip_port {
+            Some(port) => SocketAddr::from((NODE_IPS[i], port)),
+            None => {
+                let port = free_port(next_port, &[Ipv4Addr::LOCALHOST]).context("no free port for the demo proxy")?;
+                next_port = if port == 0 { 0 } else { port + 1 };
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+            }
+        };
+        let admin = free_port(next_admin, &[Ipv4Addr::LOCALHOST]).context("no free port for the admin API")?;
+        next_admin = admin + 1;
         let config_path = dir.join(format!("pgvigil-{name}.toml"));
         let text = format!(
-            "# Written by `pgvigil demo`: pgvigil node {name}.\n[proxy]\nlisten = \"127.0.0.1:{port}\"\n\n\
+            "# Written by `pgvigil demo`: pgvigil node {name}.\n[proxy]\nlisten = \"{listen}\"\n\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken_file = \"admin.token\"\n\n[auth]\nmethod = \"trust\"\nusers_file = \"users.toml\"\n\n\
-             [health_check]\ninterval = \"500ms\"\nuser = \"postgres\"\n\n[failover]\nstate_dir = \"state-{name}\"\n\n{}\n{backends}",
+             [health_check]\ninterval = \"500ms\"\nuser = \"postgres\"\n\n[failover]\nstate_dir = \"state-{name}\"\n\n{}{vip_section}\n{backends}",
             watchdog_of(i)
         );
         std::fs::write(&config_path, text).context("writing the demo configuration")?;
@@ -91,6 +111,21 @@ pub async fn run(port: u16, standbys: usize, failover_after: Option<Duration>) -
             anyhow::bail!("pgvigil did not find the demo primary within 30 s");
         }
     }
+    // The leader is elected about a second after start; the VIP line is printed once
+    // clients can use it.
+    let mut vip_listener = None;
+    if vip_port.is_some() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while vip_listener.is_none() && tokio::time::Instant::now() < deadline {
+            vip_listener = handles.iter().find_map(|(_, _, h)| h.vip_listener());
+            if vip_listener.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if vip_listener.is_none() {
+            say!("pgvigil demo: no node took the virtual IP {VIP} within 30 s (see the log); connect to a node directly");
+        }
+    }
 
     say!();
     say!("pgvigil is running in front of:");
@@ -100,12 +135,20 @@ pub async fn run(port: u16, standbys: usize, failover_after: Option<Duration>) -
     }
     say!();
     say!("Two pgvigil nodes (a, b) and a witness (w) elect a leader with their watchdog on loopback.");
-    say!("No virtual IP here: on one host every 127.0.0.0/8 address is already this host's, so a VIP");
-    say!("could not move clients between two processes; connect to either node (docs/watchdog.md).");
+    match vip_listener {
+        Some(_) => {
+            say!("The leader holds the virtual IP {VIP} on lo and accepts clients there; when it stops, the");
+            say!("other node takes the VIP over (docs/watchdog.md).");
+        }
+        None => say!("Without a virtual IP, connect to either node (docs/watchdog.md)."),
+    }
     say!();
     say!("Connect with:");
+    if let Some(addr) = vip_listener {
+        say!("  psql -h {} -p {} -U postgres postgres      # the VIP: the leader", addr.ip(), addr.port());
+    }
     for (name, _, h) in &handles {
-        say!("  psql -h 127.0.0.1 -p {} -U postgres postgres      # node {name}", h.local_addr.port());
+        say!("  psql -h {} -p {} -U postgres postgres      # node {name}", h.local_addr.ip(), h.local_addr.port());
     }
     say!();
     let token_file = dir.join("admin.token");
@@ -158,15 +201,51 @@ pub async fn run(port: u16, standbys: usize, failover_after: Option<Duration>) -
     Ok(())
 }
 
+/// The demo's VIP, on lo, and the addresses of its two nodes with a VIP.
+const VIP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 100);
+const NODE_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(127, 0, 0, 11), Ipv4Addr::new(127, 0, 0, 12)];
+
+/// Why the demo runs without a VIP, if it must.
+async fn vip_unavailable() -> Option<String> {
+    if !has_cap_net_admin() {
+        // SAFETY: geteuid has no preconditions.
+        return Some(match unsafe { libc::geteuid() } {
+            0 => "this process lacks CAP_NET_ADMIN, which adding a VIP needs".into(),
+            _ => "not root: adding a VIP needs CAP_NET_ADMIN".into(),
+        });
+    }
+    // The nodes would take it from whoever added it (another demo?).
+    match crate::watchdog::vip::is_on_interface("lo", VIP).await {
+        Ok(false) => None,
+        Ok(true) => Some(format!("{VIP} is already on lo: is another pgvigil demo running?")),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// CAP_NET_ADMIN is in this process's effective set (`CapEff` in /proc/self/status).
+fn has_cap_net_admin() -> bool {
+    // linux/capability.h
+    const CAP_NET_ADMIN: u32 = 12;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
 /// A free UDP port on 127.0.0.1.
 fn free_udp_port() -> Option<u16> {
     std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).ok()?.local_addr().ok().map(|a| a.port())
 }
 
-/// `wanted` if it is free on 127.0.0.1, else the next free port above it (0: any).
-fn free_port(wanted: u16) -> Option<u16> {
+/// `wanted` if it is free on each of `ips`, else the next such port above it (0: one the
+/// kernel picks on the first address).
+fn free_port(wanted: u16, ips: &[Ipv4Addr]) -> Option<u16> {
+    let free = |p: u16| ips.iter().all(|ip| TcpListener::bind(SocketAddr::from((*ip, p))).is_ok());
     if wanted == 0 {
-        return TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).ok()?.local_addr().ok().map(|a| a.port());
+        let any = || TcpListener::bind(SocketAddr::from((*ips.first()?, 0))).ok()?.local_addr().ok().map(|a| a.port());
+        return (0..20).filter_map(|_| any()).find(|p| free(*p));
     }
-    (wanted..=u16::MAX).take(200).find(|p| TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, *p))).is_ok())
+    (wanted..=u16::MAX).take(200).find(|p| free(*p))
 }

@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -167,70 +168,155 @@ fn version_and_help() {
     }
 }
 
+/// A running `pgvigil demo` and what it printed up to "Press Ctrl-C".
+struct Demo {
+    proc: Proc,
+    /// The hosts and ports of the printed psql commands, in order.
+    psql: Vec<SocketAddr>,
+    /// Each node's admin API.
+    admins: Vec<SocketAddr>,
+    /// The port of the primary pg0.
+    pg0: i32,
+    dir: String,
+    head: Vec<String>,
+    rest: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+/// One demo at a time: each takes its admin ports from 9898 up.
+static ONE_DEMO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const DEMO_VIP: &str = "127.0.0.100";
+
+impl Demo {
+    /// Runs `prefix… pgvigil args…` and reads its output up to "Press Ctrl-C".
+    async fn start(prefix: &[&str], args: &[&str]) -> Demo {
+        let mut cmd = match prefix.split_first() {
+            Some((first, more)) => {
+                let mut c = Command::new(first);
+                c.args(more).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut proc = Proc(cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+        let stdout = proc.0.stdout.take().unwrap();
+        let (head, rest) = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let head: Vec<String> = lines.by_ref().map(Result::unwrap).take_while(|l| !l.starts_with("Press Ctrl-C")).collect();
+            (head, lines)
+        })
+        .await
+        .unwrap();
+        let psql = head
+            .iter()
+            .filter_map(|l| {
+                let mut w = l.trim().strip_prefix("psql -h ")?.split_whitespace();
+                Some(SocketAddr::new(w.next()?.parse().ok()?, w.nth(1)?.parse().ok()?))
+            })
+            .collect();
+        let admins = head
+            .iter()
+            .filter_map(|l| l.split("dashboard http://").nth(1)?.split('/').next()?.parse().ok())
+            .collect();
+        let pg0 = head.iter().find_map(|l| l.trim().strip_prefix("pg0  primary  127.0.0.1:")?.parse().ok());
+        let pg0 = pg0.unwrap_or_else(|| panic!("pg0 printed: {head:?}"));
+        let dir = head.iter().find_map(|l| Some(l.split("under ").nth(1)?.trim_end_matches(')').to_string()));
+        let dir = dir.unwrap_or_else(|| panic!("dir printed: {head:?}"));
+        assert!(std::path::Path::new(&dir).exists());
+        Demo { proc, psql, admins, pg0, dir, head, rest }
+    }
+
+    fn printed(&self, text: &str) -> bool {
+        self.head.iter().any(|l| l.contains(text))
+    }
+
+    /// Ctrl-C: it exits 0 and removes everything.
+    async fn stop(mut self) {
+        signal(&self.proc, Signal::SIGINT);
+        let rest = self.rest;
+        let tail = std::thread::spawn(move || rest.map_while(Result::ok).collect::<Vec<_>>());
+        let status = tokio::task::block_in_place(|| wait_exit(&mut self.proc, Duration::from_secs(60)));
+        let tail = tail.join().unwrap();
+        assert!(tail.iter().any(|l| l.contains("removed")), "{tail:?}");
+        assert!(status.success(), "{status:?}");
+        assert!(!std::path::Path::new(&self.dir).exists(), "demo removed {}", self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_a_cluster_and_cleans_up() {
-    let mut proc = Proc(
-        Command::new(BIN)
-            .args(["demo", "--port", "0", "--standbys", "1", "--failover-after", "3s"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = proc.0.stdout.take().unwrap();
-    let (port, dir, pg0, rest) = tokio::task::spawn_blocking(move || {
-        let mut port = None;
-        let mut dir = None;
-        let mut pg0 = None;
-        let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(rest) = line.trim().strip_prefix("psql -h 127.0.0.1 -p ") {
-                port = rest.split_whitespace().next().and_then(|p| p.parse::<u16>().ok());
-            }
-            if let Some(rest) = line.trim().strip_prefix("pg0  primary  127.0.0.1:") {
-                pg0 = rest.trim().parse::<i32>().ok();
-            }
-            if let Some(rest) = line.split("under ").nth(1) {
-                dir = Some(rest.trim_end_matches(')').to_string());
-            }
-            if line.starts_with("Press Ctrl-C") {
-                break;
-            }
-        }
-        (port.expect("psql command printed"), dir.expect("dir printed"), pg0.expect("pg0 printed"), lines)
-    })
-    .await
-    .unwrap();
-    assert!(std::path::Path::new(&dir).exists());
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1").port(port).user("postgres").dbname("postgres");
-    let c = connect(cfg).await.expect("the printed command's parameters work");
+    let _one = ONE_DEMO.lock().await;
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        assert!(!on_lo(DEMO_VIP), "{DEMO_VIP} is on lo before the test");
+    }
+    let demo = Demo::start(&[], &["demo", "--port", "0", "--standbys", "1", "--failover-after", "3s"]).await;
+    // As root, the first psql command is through the VIP, then one per node: their own
+    // loopback addresses, one port.
+    let entry = demo.psql.first().copied().unwrap_or_else(|| panic!("psql commands printed: {:?}", demo.head));
+    if root {
+        let ips: Vec<String> = demo.psql.iter().map(|a| a.ip().to_string()).collect();
+        assert_eq!(ips, [DEMO_VIP, "127.0.0.11", "127.0.0.12"], "{:?}", demo.head);
+        assert!(demo.psql.iter().all(|a| a.port() == entry.port()), "{:?}", demo.psql);
+        assert!(on_lo(DEMO_VIP), "the leader added {DEMO_VIP} to lo");
+    } else {
+        eprintln!("skipping the VIP part of the demo test: not root (adding a VIP needs CAP_NET_ADMIN)");
+        assert!(demo.printed("no virtual IP (not root: adding a VIP needs CAP_NET_ADMIN)"), "{:?}", demo.head);
+    }
+    let c = connect(pg_at(entry)).await.expect("the printed command's parameters work");
     let in_recovery: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0);
     assert!(!in_recovery);
+    if root {
+        // The session through the VIP is on the leader: (sessions, answers /leader) per node.
+        let mut seen = Vec::new();
+        for admin in &demo.admins {
+            let (_, pools) = http_get(*admin, "/pools").await;
+            let pools: serde_json::Value = serde_json::from_str(&pools).unwrap_or_else(|e| panic!("{e}: {pools}"));
+            seen.push((pools["clients"].as_u64(), http_get(*admin, "/leader").await.0 == 200));
+        }
+        seen.sort();
+        assert_eq!(seen, [(Some(0), false), (Some(1), true)], "the VIP's session went through the leader");
+    }
     drop(c);
     // --failover-after 3s: pg0 is killed and the standby promoted; writes go on through
-    // the same port (a new session).
+    // the same address (a new session).
     let wrote = eventually(Duration::from_secs(30), || async {
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1").port(port).user("postgres").dbname("postgres");
-        match connect(cfg).await {
+        match connect(pg_at(entry)).await {
             Ok(c) => {
                 c.batch_execute("CREATE TABLE IF NOT EXISTS after_failover (x int)").await.is_ok()
-                    && c.query_one("/*NO LOAD BALANCE*/ SELECT inet_server_port()", &[]).await.is_ok_and(|r| r.get::<_, i32>(0) != pg0)
+                    && c.query_one("/*NO LOAD BALANCE*/ SELECT inet_server_port()", &[]).await.is_ok_and(|r| r.get::<_, i32>(0) != demo.pg0)
             }
             Err(_) => false,
         }
     })
     .await;
-    assert!(wrote, "writes go on after the demo's failover");
-    signal(&proc, Signal::SIGINT);
-    let tail = std::thread::spawn(move || rest.map_while(Result::ok).collect::<Vec<_>>());
-    let status = wait_exit(&mut proc, Duration::from_secs(60));
-    let tail = tail.join().unwrap();
-    assert!(tail.iter().any(|l| l.contains("removed")), "{tail:?}");
-    assert!(status.success(), "{status:?}");
-    assert!(!std::path::Path::new(&dir).exists(), "demo removed {dir}");
+    assert!(wrote, "writes go on through {entry} after the demo's failover");
+    demo.stop().await;
+    assert!(!on_lo(DEMO_VIP), "the demo removed {DEMO_VIP} from lo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_without_cap_net_admin_runs_without_the_vip() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: not root (this test runs the demo as root without CAP_NET_ADMIN)");
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipping: setpriv (util-linux) is missing");
+        return;
+    }
+    let _one = ONE_DEMO.lock().await;
+    let demo = Demo::start(&["setpriv", "--bounding-set", "-net_admin", "--"], &["demo", "--port", "0", "--standbys", "1"]).await;
+    assert!(demo.printed("no virtual IP (this process lacks CAP_NET_ADMIN, which adding a VIP needs)"), "{:?}", demo.head);
+    assert!(!demo.printed(DEMO_VIP), "{:?}", demo.head);
+    assert_eq!(demo.psql.len(), 2, "{:?}", demo.head);
+    for addr in &demo.psql {
+        assert_eq!(addr.ip().to_string(), "127.0.0.1");
+        let c = connect(pg_at(*addr)).await.unwrap_or_else(|e| panic!("{addr}: {e}"));
+        c.batch_execute("SELECT 1").await.unwrap();
+    }
+    assert!(!on_lo(DEMO_VIP));
+    demo.stop().await;
 }
 
 #[test]

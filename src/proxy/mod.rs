@@ -1,10 +1,12 @@
 //! The client-facing proxy: listener, startup and authentication, session forwarding.
 //!
-//! Tasks: one accept loop ([`listener`]), one task per client ([`session`]), the pool
-//! reaper, and the monitor's per-backend checkers. Shutdown has two stages: `stop_accepting`
-//! ends the accept loop (sessions go on), `terminate` tells every session to send
-//! `FATAL 57P01` and close. A [`tokio_util::task::TaskTracker`] counts live sessions so a
-//! graceful shutdown can wait for them with a deadline.
+//! Tasks: one accept loop ([`listener`]) on `proxy.listen`, and one on the VIP while this
+//! node holds it (when `proxy.listen` names one address); one task per client
+//! ([`session`]), the pool reaper, and the monitor's per-backend checkers. Shutdown has
+//! two stages: `stop_accepting` ends the accept loops (sessions go on), `terminate`
+//! tells every session to send `FATAL 57P01` and close. A
+//! [`tokio_util::task::TaskTracker`] counts live sessions so a graceful shutdown can wait
+//! for them with a deadline.
 
 pub mod auth;
 pub mod cancel;
@@ -85,6 +87,8 @@ pub struct Shared {
     reload_state: Mutex<(Option<PathBuf>, Config)>,
     /// The watchdog, when `[watchdog]` is configured.
     pub watchdog: Option<Arc<crate::watchdog::Watchdog>>,
+    /// The VIP address clients are accepted on besides `proxy.listen`, while they are.
+    pub vip_listener: watch::Sender<Option<SocketAddr>>,
 }
 
 /// A compiled `[[routing.redirect]]` rule.
@@ -190,6 +194,8 @@ pub struct ProxyHandle {
     shared: Arc<Shared>,
     background: CancellationToken,
     accept_task: tokio::task::JoinHandle<()>,
+    /// Accepts on the VIP while this node holds it (`proxy.listen` names one address).
+    vip_task: Option<tokio::task::JoinHandle<()>>,
     /// The admin HTTP listener's address, when it runs.
     pub admin_addr: Option<SocketAddr>,
 }
@@ -323,14 +329,19 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         backend_names: config.backends.iter().map(|b| (b.name.clone(), b.host.clone(), b.port)).collect(),
         reload_state: Mutex::new((config_path, config.clone())),
         watchdog,
+        vip_listener: watch::Sender::new(None),
     });
     let admin_addr = match config.admin.enabled() {
         true => Some(crate::admin::start(&config, shared.clone(), background.clone()).await?),
         false => None,
     };
-    let accept_task = tokio::spawn(listener::accept_loop(socket, shared.clone()));
+    let accept_task = tokio::spawn(listener::accept_loop(socket, shared.clone(), shared.stop_accepting.clone()));
+    let vip_task = match (listener::vip_listen_addr(&config, local_addr), &shared.watchdog) {
+        (Some(addr), Some(w)) => Some(tokio::spawn(listener::follow_vip(addr, w.subscribe(), shared.clone()))),
+        _ => None,
+    };
     tracing::info!(listen = %local_addr, backends = config.backends.len(), "pgvigil proxy listening");
-    Ok(ProxyHandle { local_addr, shared, background, accept_task, admin_addr })
+    Ok(ProxyHandle { local_addr, shared, background, accept_task, vip_task, admin_addr })
 }
 
 impl ProxyHandle {
@@ -342,6 +353,12 @@ impl ProxyHandle {
     pub async fn wait_for_primary(&self, timeout: Duration) -> bool {
         let mut view = self.shared.view.clone();
         tokio::time::timeout(timeout, view.wait_for(|v| v.primary().is_some())).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// The VIP address this node accepts clients on now, besides `local_addr` (only when
+    /// `proxy.listen` names one address and this node holds the VIP).
+    pub fn vip_listener(&self) -> Option<SocketAddr> {
+        *self.shared.vip_listener.borrow()
     }
 
     /// Re-reads the configuration file: applies what can change at run time, names the rest.
@@ -358,6 +375,9 @@ impl ProxyHandle {
         }
         self.shared.stop_accepting.cancel();
         let _ = self.accept_task.await;
+        if let Some(t) = self.vip_task {
+            let _ = t.await;
+        }
         self.shared.sessions.close();
         if tokio::time::timeout(grace, self.shared.sessions.wait()).await.is_err() {
             tracing::info!(remaining = self.shared.sessions.len(), "shutdown grace period over, terminating sessions");

@@ -192,7 +192,7 @@ pub fn parse_vip_address(s: &str) -> Result<VipAddress, String> {
     if !(1..=32).contains(&prefix) {
         return Err(format!("prefix length {prefix} is not between 1 and 32"));
     }
-    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback() {
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
         return Err(format!("{ip} cannot be a virtual IP"));
     }
     Ok(VipAddress { ip, prefix })
@@ -316,7 +316,7 @@ impl WatchdogConfig {
 
 impl VipConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        parse_vip_address(&self.address).map_err(|e| {
+        let address = parse_vip_address(&self.address).map_err(|e| {
             ConfigError(format!(
                 "watchdog.vip.address: {e} (expected an IPv4 address with prefix length, e.g. \"10.0.0.100/24\")"
             ))
@@ -324,6 +324,18 @@ impl VipConfig {
         let iface = &self.interface;
         if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ', '\t']) {
             return err(format!("watchdog.vip.interface: {iface:?} is not an interface name"));
+        }
+        // A loopback VIP (one host: tests, `pgvigil demo`) reaches no other host; as a /32
+        // on `lo` it adds no route beside 127.0.0.0/8. Never 127.0.0.1: removing the VIP
+        // would remove lo's own address.
+        if address.ip == Ipv4Addr::LOCALHOST {
+            return err("watchdog.vip.address: 127.0.0.1 is lo's own address; take another, e.g. \"127.0.0.100/32\"");
+        }
+        if address.ip.is_loopback() && (iface != "lo" || address.prefix != 32) {
+            return err(format!(
+                "watchdog.vip.address: a loopback VIP goes on interface \"lo\" as a /32 (e.g. \"{}/32\")",
+                address.ip
+            ));
         }
         for (key, command) in [
             ("up_command", &self.up_command),
@@ -524,6 +536,15 @@ mod tests {
         ))
         .unwrap();
         assert!(!format!("{c:?}").contains("s3cret"));
+        let e = check(&vip("address = \"127.0.0.100/32\"\n")).unwrap_err().to_string();
+        assert!(e.starts_with("watchdog.vip.address") && e.contains("\"lo\""), "{e}");
+        let on_lo = |address: &str| vip(&format!("address = \"{address}\"\n")).replace("\"eth0\"", "\"lo\"");
+        let e = check(&on_lo("127.0.0.100/8")).unwrap_err().to_string();
+        assert!(e.starts_with("watchdog.vip.address") && e.contains("/32"), "{e}");
+        let e = check(&on_lo("127.0.0.1/32")).unwrap_err().to_string();
+        assert!(e.starts_with("watchdog.vip.address: 127.0.0.1"), "{e}");
+        assert!(check(&on_lo("127.0.0.100/32")).is_ok());
+        assert!(check(&on_lo("127.0.0.100")).is_ok());
         let text = vip("address = \"10.0.0.100/24\"\n").replace("interface = \"eth0\"", "interface = \"a-very-long-interface\"");
         let e = check(&text).unwrap_err().to_string();
         assert!(e.starts_with("watchdog.vip.interface"), "{e}");

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, CacheInfo};
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkHeader, LinkLayerType, LinkMessage};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
@@ -146,6 +146,32 @@ impl Link {
     }
 }
 
+/// A netlink connection (its task runs until the handle is dropped) and the interface.
+async fn find_link(interface: &str) -> anyhow::Result<(rtnetlink::Handle, LinkMessage)> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| anyhow::anyhow!("watchdog.vip: cannot open a netlink socket: {e}"))?;
+    tokio::spawn(conn);
+    let links: Vec<_> = tokio::time::timeout(
+        NETLINK_TIMEOUT,
+        handle.link().get().match_name(interface.to_string()).execute().try_collect::<Vec<_>>(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("watchdog.vip.interface: netlink did not answer"))?
+    .map_err(|e| anyhow::anyhow!("watchdog.vip.interface: no interface {interface:?} on this host ({e})"))?;
+    let link = links
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("watchdog.vip.interface: no interface {interface:?} on this host"))?;
+    Ok((handle, link))
+}
+
+/// `ip` is on `interface` now, whoever put it there (needs no privilege).
+pub async fn is_on_interface(interface: &str, ip: std::net::Ipv4Addr) -> anyhow::Result<bool> {
+    let (handle, link) = find_link(interface).await?;
+    let link = Link { handle, index: link.header.index };
+    link.present(VipAddress { ip, prefix: 32 }).await.map_err(|e| anyhow::anyhow!("listing the addresses of {interface}: {e}"))
+}
+
 /// Replaces `$VIP` (address), `$PREFIX` (prefix length) and `$IFACE`.
 pub fn expand(template: &str, address: VipAddress, interface: &str) -> String {
     template
@@ -233,6 +259,12 @@ async fn announce(plan: &Plan, arp: Option<&ArpSender>, gate: &LeaseGate) {
     }
 }
 
+/// Hosts find addresses on this link with ARP: an Ethernet link without `IFF_NOARP`
+/// (not the loopback, not a tunnel), so gratuitous ARP means something there.
+fn resolves_with_arp(header: &LinkHeader) -> bool {
+    header.link_layer_type == LinkLayerType::Ether && !header.flags.intersects(LinkFlags::Loopback | LinkFlags::Noarp)
+}
+
 /// The VIP as this node handles it.
 pub struct VipHolder {
     plan: Arc<Plan>,
@@ -259,19 +291,7 @@ impl VipHolder {
         events: mpsc::UnboundedSender<VipEvent>,
     ) -> anyhow::Result<VipHolder> {
         let address = config.vip_address()?;
-        let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| anyhow::anyhow!("watchdog.vip: cannot open a netlink socket: {e}"))?;
-        tokio::spawn(conn);
-        let links: Vec<_> = tokio::time::timeout(
-            NETLINK_TIMEOUT,
-            handle.link().get().match_name(config.interface.clone()).execute().try_collect::<Vec<_>>(),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("watchdog.vip.interface: netlink did not answer"))?
-        .map_err(|e| anyhow::anyhow!("watchdog.vip.interface: no interface {:?} on this host ({e})", config.interface))?;
-        let link = links
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("watchdog.vip.interface: no interface {:?} on this host", config.interface))?;
+        let (handle, link) = find_link(&config.interface).await?;
         let index = link.header.index;
         let mac = link.attributes.iter().find_map(|a| match a {
             LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
@@ -279,6 +299,10 @@ impl VipHolder {
         });
         let arp = match (&config.arp_command, mac) {
             (Some(_), _) => None,
+            (None, _) if !resolves_with_arp(&link.header) => {
+                tracing::info!(interface = %config.interface, "watchdog: the interface does not use ARP (loopback or NOARP); no gratuitous ARP is needed");
+                None
+            }
             (None, None) => {
                 tracing::warn!(interface = %config.interface, "watchdog: the interface has no Ethernet address; no gratuitous ARP will be sent");
                 None
@@ -478,6 +502,15 @@ mod tests {
         assert_eq!(vip_lifetime(Duration::from_secs(1)), Duration::from_secs(2));
         assert_eq!(vip_lifetime(Duration::from_millis(400)), Duration::from_secs(2));
         assert_eq!(vip_lifetime(Duration::from_millis(1700)), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn gratuitous_arp_only_where_hosts_use_arp() {
+        let link = |kind, flags| LinkHeader { link_layer_type: kind, flags, ..LinkHeader::default() };
+        assert!(resolves_with_arp(&link(LinkLayerType::Ether, LinkFlags::Up | LinkFlags::Broadcast)));
+        assert!(!resolves_with_arp(&link(LinkLayerType::Loopback, LinkFlags::Up | LinkFlags::Loopback)));
+        assert!(!resolves_with_arp(&link(LinkLayerType::Ether, LinkFlags::Up | LinkFlags::Noarp)));
+        assert!(!resolves_with_arp(&link(LinkLayerType::None, LinkFlags::Up | LinkFlags::Pointopoint)));
     }
 
     #[tokio::test]

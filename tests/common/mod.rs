@@ -44,6 +44,8 @@ pub struct Options {
     pub health_check: String,
     /// Give every backend its `data_dir` (so pgvigil can rejoin it).
     pub data_dirs: bool,
+    /// `proxy.listen`.
+    pub listen: SocketAddr,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             backend_extra: Vec::new(),
             health_check: String::new(),
             data_dirs: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -168,8 +171,9 @@ async fn start_proxy(cluster: &LocalCluster, opts: &Options, dir: &std::path::Pa
     // Tests run many pgvigils at once: an admin listener on any free port.
     let admin = if opts.extra.contains("[admin]") { "" } else { "[admin]\nlisten = \"127.0.0.1:0\"\n" };
     let text = format!(
-        "{admin}[proxy]\nlisten = \"127.0.0.1:0\"\n{}\n\n[pool]\n{}\n\n[auth]\nmethod = \"{}\"\nusers_file = \"users.toml\"\n\n\
+        "{admin}[proxy]\nlisten = \"{}\"\n{}\n\n[pool]\n{}\n\n[auth]\nmethod = \"{}\"\nusers_file = \"users.toml\"\n\n\
          [health_check]\ninterval = \"200ms\"\nuser = \"{SUPERUSER}\"\n{}\n\n{}\n{}",
+        opts.listen,
         opts.proxy, opts.pool, opts.auth_method, opts.health_check, opts.extra, backends
     );
     let config_path = dir.join("pgvigil.toml");
@@ -187,12 +191,17 @@ pub struct OtherProxy {
     _dir: tempfile::TempDir,
 }
 
+/// A client configuration for `addr` as the superuser.
+pub fn pg_at(addr: SocketAddr) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.host(addr.ip().to_string()).port(addr.port()).user(SUPERUSER).password(SUPERPASS).dbname("postgres");
+    c.connect_timeout(Duration::from_secs(10));
+    c
+}
+
 impl OtherProxy {
     pub fn pg_config(&self) -> tokio_postgres::Config {
-        let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1").port(self.addr.port()).user(SUPERUSER).password(SUPERPASS).dbname("postgres");
-        c.connect_timeout(Duration::from_secs(10));
-        c
+        pg_at(self.addr)
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
@@ -615,4 +624,24 @@ pub fn pgbench(port: u16, args: &[&str]) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
     text
+}
+
+/// One HTTP/1.1 GET: (status, body); (0, "") when nothing answers.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return (0, String::new()) };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// `ip -4 addr show dev lo` lists `ip`.
+pub fn on_lo(ip: &str) -> bool {
+    let out = std::process::Command::new("ip").args(["-4", "addr", "show", "dev", "lo"]).output().expect("ip (iproute2)");
+    String::from_utf8_lossy(&out.stdout).contains(&format!("inet {ip}/"))
 }
