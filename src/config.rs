@@ -74,6 +74,13 @@ pub struct ProxyConfig {
     pub max_message_size: ByteSize,
     /// Threads serving sessions; 0 means one per CPU core. Default 0. Needs a restart.
     pub worker_threads: usize,
+    /// A session idle this long outside a transaction is ended with `FATAL 57P05`;
+    /// "0s" means never. Default "0s".
+    pub idle_client_timeout: DurationStr,
+    /// A session idle this long inside a transaction is ended with `FATAL 25P03` (its
+    /// transaction rolls back and its server connections are freed); "0s" means never.
+    /// Default "0s".
+    pub idle_in_transaction_timeout: DurationStr,
 }
 
 impl Default for ProxyConfig {
@@ -85,6 +92,8 @@ impl Default for ProxyConfig {
             shutdown_timeout: DurationStr(Duration::from_secs(30)),
             max_message_size: ByteSize(256 << 20),
             worker_threads: 0,
+            idle_client_timeout: DurationStr(Duration::ZERO),
+            idle_in_transaction_timeout: DurationStr(Duration::ZERO),
         }
     }
 }

@@ -16,6 +16,7 @@ pub async fn run_until_signalled(config: Config, config_path: Option<PathBuf>) -
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    raise_descriptor_limit(config.proxy.max_clients);
     // The watchdog starts with the proxy and stops first when it shuts down.
     let mut handle = proxy::start(config, config_path).await?;
     loop {
@@ -36,6 +37,34 @@ pub async fn run_until_signalled(config: Config, config_path: Option<PathBuf>) -
                 Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the running configuration"),
             },
         }
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: each client and each
+/// server connection is one, and the usual soft default (1024) is below
+/// `proxy.max_clients`'s default alone. Says so when the hard limit is still too low.
+fn raise_descriptor_limit(max_clients: usize) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    // A client, its server connection(s), and connections still in their startup.
+    let wanted = (max_clients as u64).saturating_mul(2).saturating_add(256);
+    if lim.rlim_cur < wanted {
+        tracing::warn!(
+            limit = lim.rlim_cur,
+            wanted,
+            "the open-file limit is low for proxy.max_clients: raise LimitNOFILE (systemd) or ulimit -n"
+        );
     }
 }
 

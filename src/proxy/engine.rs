@@ -60,6 +60,9 @@ pub(super) enum End {
     ServerLost(PgError),
     ServerFatal,
     Terminated,
+    /// The client sent nothing for `proxy.idle_client_timeout` (false) or, inside a
+    /// transaction, `proxy.idle_in_transaction_timeout` (true).
+    Idle(bool),
 }
 
 enum Step {
@@ -188,6 +191,11 @@ pub(super) struct Engine<'a> {
     local: LocalStatements,
     /// When the client connected (SHOW POOL_POOLS).
     started: std::time::SystemTime,
+    /// Since when the session waits for its client with nothing else to do, and whether
+    /// inside a transaction (only with an idle timeout configured).
+    idle: Option<(tokio::time::Instant, bool)>,
+    /// Fires at the end of the idle timeout; made on first use.
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 type ViewRx = tokio::sync::watch::Receiver<Arc<ClusterView>>;
@@ -256,6 +264,8 @@ impl<'a> Engine<'a> {
             view_dirty: false,
             local: LocalStatements::default(),
             started: std::time::SystemTime::now(),
+            idle: None,
+            idle_timer: None,
         }
     }
 
@@ -304,8 +314,16 @@ impl<'a> Engine<'a> {
         let error = match end {
             End::Violation(e) | End::ServerLost(e) => Some(e.clone()),
             End::Terminated => Some(PgError::shutting_down()),
+            End::Idle(false) => Some(PgError::fatal(sqlstate::IDLE_SESSION_TIMEOUT, "terminating connection due to idle-session timeout")),
+            End::Idle(true) => Some(PgError::fatal(
+                sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+                "terminating connection due to idle-in-transaction timeout",
+            )),
             _ => None,
         };
+        if let End::Idle(in_tx) = end {
+            tracing::info!(peer = %self.peer, in_transaction = in_tx, "session ended: its client was idle too long");
+        }
         if let Some(e) = error.filter(|_| at_boundary) {
             e.write(&mut self.cout);
         }
@@ -313,7 +331,9 @@ impl<'a> Engine<'a> {
             use tokio::io::AsyncWriteExt;
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.client.write_all(&self.cout)).await;
         }
-        let reusable_end = matches!(end, End::ClientDone);
+        // Outside a transaction an idle session's connections are clean; inside one they
+        // are closed, which rolls it back.
+        let reusable_end = matches!(end, End::ClientDone | End::Idle(false));
         for link in std::mem::take(&mut self.links) {
             self.cancel.remove_server(link.node, link.checkout.conn.pid);
             let clean = reusable_end && !link.dead && link.quiet() && link.checkout.conn.buf.is_empty();
@@ -645,10 +665,44 @@ impl<'a> Engine<'a> {
 
     // ---- sockets ---------------------------------------------------------------------
 
+    /// Arms or disarms the idle timer: the session is idle when it waits for its client
+    /// and nothing else (no answer due, nothing buffered either way).
+    fn watch_idle(&mut self) {
+        let t = self.shared.idle_timeouts;
+        let in_tx = self.route.in_tx();
+        let limit = if in_tx { t.in_tx } else { t.outside_tx };
+        let idle = !limit.is_zero()
+            && self.held.is_none()
+            && self.cin.is_empty()
+            && self.cout.is_empty()
+            && self.copy_remaining == 0
+            && !self.client_eof
+            && self.all_quiet();
+        if !idle {
+            self.idle = None;
+            return;
+        }
+        if self.idle.is_some_and(|(_, tx)| tx == in_tx) {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        self.idle = Some((now, in_tx));
+        match &mut self.idle_timer {
+            Some(timer) => timer.as_mut().reset(now + limit),
+            None => self.idle_timer = Some(Box::pin(tokio::time::sleep_until(now + limit))),
+        }
+    }
+
     async fn io(&mut self) -> Result<(), End> {
+        self.watch_idle();
         poll_fn(|cx| {
             if self.terminate.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(End::Terminated));
+            }
+            if let (Some((_, in_tx)), Some(timer)) = (self.idle, self.idle_timer.as_mut()) {
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(End::Idle(in_tx)));
+                }
             }
             let mut progress = false;
             if let Poll::Ready(rx) = self.view_changed.poll(cx) {

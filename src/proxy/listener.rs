@@ -12,8 +12,7 @@ use super::{session, Shared};
 use crate::watchdog::WatchdogState;
 
 /// Accepts clients until `stop`; each gets a session task. A client over `max_clients`
-/// still gets a session task, which answers `FATAL 53300` after its startup packet, as
-/// PostgreSQL does.
+/// still gets a session task, which answers `FATAL 53300` once it has authenticated.
 pub(super) async fn accept_loop(socket: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
@@ -24,9 +23,8 @@ pub(super) async fn accept_loop(socket: TcpListener, shared: Arc<Shared>, stop: 
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 shared.metrics.client_connections_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let slot = shared.client_slots.clone().try_acquire_owned().ok();
                 let s = shared.clone();
-                shared.sessions.spawn(session::run(stream, peer, slot, s));
+                shared.sessions.spawn(session::run(stream, peer, s));
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off instead of spinning.

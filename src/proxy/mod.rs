@@ -64,6 +64,8 @@ pub struct Shared {
     pub client_slots: Arc<Semaphore>,
     pub max_message_size: u64,
     pub startup_timeout: Duration,
+    /// `proxy.idle_client_timeout` and `proxy.idle_in_transaction_timeout` (zero: off).
+    pub idle_timeouts: IdleTimeouts,
     pub stop_accepting: CancellationToken,
     pub terminate: CancellationToken,
     pub sessions: TaskTracker,
@@ -89,6 +91,13 @@ pub struct Shared {
     pub watchdog: Option<Arc<crate::watchdog::Watchdog>>,
     /// The VIP address clients are accepted on besides `proxy.listen`, while they are.
     pub vip_listener: watch::Sender<Option<SocketAddr>>,
+}
+
+/// How long a session may wait for its client's next message (zero: for ever).
+#[derive(Debug, Clone, Copy)]
+pub struct IdleTimeouts {
+    pub outside_tx: Duration,
+    pub in_tx: Duration,
 }
 
 /// A compiled `[[routing.redirect]]` rule.
@@ -307,6 +316,10 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         client_slots: Arc::new(Semaphore::new(config.proxy.max_clients)),
         max_message_size: config.proxy.max_message_size.0,
         startup_timeout: config.proxy.startup_timeout.get(),
+        idle_timeouts: IdleTimeouts {
+            outside_tx: config.proxy.idle_client_timeout.get(),
+            in_tx: config.proxy.idle_in_transaction_timeout.get(),
+        },
         stop_accepting: CancellationToken::new(),
         terminate: CancellationToken::new(),
         sessions: TaskTracker::new(),

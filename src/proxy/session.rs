@@ -9,7 +9,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::stream::ClientStream;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::auth::{authenticate, AuthFailure};
 use super::engine::Engine;
@@ -21,12 +20,12 @@ use crate::protocol::sqlstate;
 use crate::protocol::startup::Startup;
 
 /// Serves one client connection from accept to close.
-pub(super) async fn run(client: TcpStream, peer: SocketAddr, slot: Option<OwnedSemaphorePermit>, shared: Arc<Shared>) {
+pub(super) async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let mut client = ClientStream::Plain(client);
     let mut cbuf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + shared.startup_timeout;
     let handshake = tokio::select! {
-        h = tokio::time::timeout_at(deadline, handshake(&mut client, peer, &mut cbuf, &shared, slot.is_some())) => h,
+        h = tokio::time::timeout_at(deadline, handshake(&mut client, peer, &mut cbuf, &shared)) => h,
         _ = shared.terminate.cancelled() => Ok(Err(Some(PgError::shutting_down()))),
     };
     let (startup, credential) = match handshake {
@@ -34,6 +33,12 @@ pub(super) async fn run(client: TcpStream, peer: SocketAddr, slot: Option<OwnedS
         Ok(Err(None)) => return,
         Ok(Err(Some(e))) => return reject(&mut client, peer, e).await,
         Err(_) => return reject(&mut client, peer, PgError::protocol_violation("canceling authentication due to timeout")).await,
+    };
+    // `proxy.max_clients` counts authenticated sessions only: connections still in their
+    // startup (slow or hostile ones) cannot take the places of real clients; they are
+    // bounded by `proxy.startup_timeout` instead.
+    let Ok(slot) = shared.client_slots.clone().try_acquire_owned() else {
+        return reject(&mut client, peer, PgError::too_many_clients()).await;
     };
     let user = startup.param("user").unwrap_or_default().to_string();
     let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
@@ -100,7 +105,6 @@ async fn handshake(
     peer: SocketAddr,
     cbuf: &mut BytesMut,
     shared: &Shared,
-    has_slot: bool,
 ) -> Result<(Startup, BackendCredential), Option<PgError>> {
     let settings = shared.reloadable();
     let startup = match read_opening(client, cbuf, shared, settings.tls.as_deref()).await {
@@ -108,9 +112,6 @@ async fn handshake(
         Opening::Cancelled | Opening::Gone => return Err(None),
         Opening::Reject(e) => return Err(Some(e)),
     };
-    if !has_slot {
-        return Err(Some(PgError::too_many_clients()));
-    }
     if shared.stop_accepting.is_cancelled() {
         return Err(Some(PgError::fatal(sqlstate::CANNOT_CONNECT_NOW, "the database system is shutting down")));
     }
