@@ -412,7 +412,7 @@ def wait_replayed(pgbin, pgport, standbys, deadline_s=60):
             time.sleep(0.1)
 
 
-def setup_pgvigil(env, pgbin, binary, pgport, target, standbys):
+def setup_pgvigil(env, pgbin, binary, pgport, target, standbys, max_clients=500):
     """pgvigil in front of the primary (pg0) and the standbys; `target` picks the [routing]
     keys (PGVIGIL_TARGETS)."""
     port = free_port()
@@ -429,7 +429,7 @@ listen = ""
 
 [proxy]
 listen = "127.0.0.1:{port}"
-max_clients = 500
+max_clients = {max_clients}
 
 [pool]
 size = 70
@@ -501,7 +501,7 @@ def wait_nodes_up(pgbin, target, port, n, deadline_s=20):
     raise BenchError(f"{target} did not report {n} nodes up in SHOW POOL_NODES within {deadline_s}s")
 
 
-def setup_pgbouncer(env, pgbin, binary, pgport):
+def setup_pgbouncer(env, pgbin, binary, pgport, max_client_conn=200):
     port = free_port()
     env.write("pgbouncer_users.txt", f'"{USER}" "{PASSWORD}"\n')
     conf = env.write("pgbouncer.ini", f"""[databases]
@@ -515,7 +515,7 @@ auth_type = scram-sha-256
 auth_file = {env.path('pgbouncer_users.txt')}
 pool_mode = session
 default_pool_size = 70
-max_client_conn = 200
+max_client_conn = {max_client_conn}
 max_db_connections = 0
 server_reset_query = DISCARD ALL
 ignore_startup_parameters = extra_float_digits
@@ -531,7 +531,7 @@ log_disconnections = 0
     return p, port, version
 
 
-def setup_pgpool(env, pgbin, binary, pgport):
+def setup_pgpool(env, pgbin, binary, pgport, num_init_children=70):
     port = free_port()
     pcp_port = free_port()
     env.write("pool_passwd", f"{USER}:TEXT{PASSWORD}\n")
@@ -555,7 +555,7 @@ backend_flag0 = 'ALLOW_TO_FAILOVER'
 enable_pool_hba = off
 pool_passwd = 'pool_passwd'
 allow_clear_text_frontend_auth = off
-num_init_children = 70
+num_init_children = {num_init_children}
 reserved_connections = 0
 max_pool = 1
 child_life_time = 0
