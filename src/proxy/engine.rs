@@ -295,7 +295,10 @@ impl<'a> Engine<'a> {
             if let Err(end) = self.drain_links() {
                 return end;
             }
-            if let Err(end) = self.dispatch().await {
+            // Boxed: the handling of a message awaits deep call chains (connects, pool
+            // checkouts, catalog queries) whose state would otherwise be part of every
+            // session's future even while it sits idle in `io`.
+            if let Err(end) = Box::pin(self.dispatch()).await {
                 return end;
             }
             if self.client_eof && self.held.is_none() && self.cout.is_empty() {
@@ -737,7 +740,23 @@ impl<'a> Engine<'a> {
                 }
             }
             let limit = CLIENT_READ_AHEAD.max(self.cin_need);
-            if !self.client_eof && self.cin.len() < limit {
+            // A client between messages costs no buffers: wait until it is readable,
+            // and give the buffers back meanwhile (thousands of idle clients).
+            let between_messages = self.cin.is_empty() && !self.client_eof;
+            let readable = !between_messages
+                || match self.client.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => true,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(End::ClientLost)),
+                    Poll::Pending => false,
+                };
+            if !readable {
+                if self.cin.capacity() > 0 {
+                    self.cin = BytesMut::new();
+                }
+                if self.cout.is_empty() && self.cout.capacity() > 0 {
+                    self.cout = BytesMut::new();
+                }
+            } else if !self.client_eof && self.cin.len() < limit {
                 if self.cin.capacity() - self.cin.len() < 1024 {
                     self.cin.reserve(8192);
                 }

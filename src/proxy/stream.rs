@@ -30,6 +30,16 @@ impl ClientStream {
         Ok(())
     }
 
+    /// Ready when a read would not wait (plain TCP); a TLS connection is always "ready",
+    /// since its decrypted bytes may already be buffered.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            ClientStream::Plain(s) => s.poll_read_ready(cx),
+            ClientStream::Tls(_) => Poll::Ready(Ok(())),
+            ClientStream::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
     /// The ALPN protocol the client and pgvigil agreed on, if any.
     pub fn alpn(&self) -> Option<&[u8]> {
         match self {
