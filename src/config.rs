@@ -127,13 +127,14 @@ impl Default for PoolConfig {
 }
 
 /// How clients prove who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum AuthMethod {
     #[serde(rename = "trust")]
     Trust,
     #[serde(rename = "md5")]
     Md5,
     #[serde(rename = "scram-sha-256")]
+    #[default]
     ScramSha256,
 }
 
@@ -147,20 +148,86 @@ impl fmt::Display for AuthMethod {
     }
 }
 
-/// `[auth]`: client authentication and the users file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[auth]`: client authentication, access rules, connection limits and the users file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// trust | md5 | scram-sha-256. Default "scram-sha-256".
+    /// trust | md5 | scram-sha-256, for every client when there are no `[[auth.hba]]`
+    /// rules. Default "scram-sha-256".
     pub method: AuthMethod,
     /// TOML file mapping user to password, md5 hash or SCRAM verifier. Default: none
     /// (then only `trust` works, and backends must not ask for a password).
     pub users_file: Option<PathBuf>,
+    /// `[[auth.hba]]`: access rules as in pg_hba.conf, first match wins; when given, they
+    /// decide the method instead of `method`. Default: none.
+    pub hba: Vec<HbaRule>,
+    /// Sessions one user may have at once; 0: no limit. Default 0.
+    pub max_connections_per_user: usize,
+    /// Sessions on one database at once; 0: no limit. Default 0.
+    pub max_connections_per_database: usize,
+    /// `[auth.user_limits]`: `user = N` overrides `max_connections_per_user` (0: no limit).
+    /// Default: none.
+    pub user_limits: BTreeMap<String, usize>,
+    /// `[auth.database_limits]`: `database = N` overrides `max_connections_per_database`
+    /// (0: no limit). Default: none.
+    pub database_limits: BTreeMap<String, usize>,
 }
 
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self { method: AuthMethod::ScramSha256, users_file: None }
+/// One `[[auth.hba]]` rule. Values are checked (and turned into matchers) by
+/// [`crate::proxy::access::AccessRules::compile`], so errors can name `auth.hba[i].key`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HbaRule {
+    /// "host" | "hostssl" | "hostnossl". Required.
+    #[serde(rename = "type")]
+    pub conn_type: String,
+    /// Database names, "all" or "sameuser". Default "all".
+    #[serde(default = "NameList::all")]
+    pub database: NameList,
+    /// User names or "all". Default "all".
+    #[serde(default = "NameList::all")]
+    pub user: NameList,
+    /// "all", an IP address or a CIDR block (IPv4 or IPv6). Default "all".
+    #[serde(default = "all_addresses")]
+    pub address: String,
+    /// trust | reject | md5 | scram-sha-256 | cert. Required.
+    pub method: String,
+}
+
+fn all_addresses() -> String {
+    "all".into()
+}
+
+/// A name or a list of names: `"all"` or `["app", "reporting"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NameList(pub Vec<String>);
+
+impl NameList {
+    fn all() -> Self {
+        NameList(vec!["all".into()])
+    }
+}
+
+impl<'de> Deserialize<'de> for NameList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = NameList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a name or a list of names")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<NameList, E> {
+                Ok(NameList(vec![v.to_string()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<NameList, A::Error> {
+                let mut names = Vec::new();
+                while let Some(n) = seq.next_element::<String>()? {
+                    names.push(n);
+                }
+                Ok(NameList(names))
+            }
+        }
+        d.deserialize_any(Names)
     }
 }
 
@@ -757,16 +824,38 @@ impl Config {
             w.validate(&self.base_dir, false)?;
         }
         crate::tls::load_server(self)?;
-        if self.auth.method != AuthMethod::Trust && self.auth.users_file.is_none() {
-            return err(format!("auth.users_file is required when auth.method is \"{}\"", self.auth.method));
+        crate::proxy::access::AccessRules::compile(&self.auth.hba, &self.tls)?;
+        // The password methods in use: (key, method, the users they are for; None: all).
+        let password_methods: Vec<(String, String, Option<&[String]>)> = if self.auth.hba.is_empty() {
+            match self.auth.method {
+                AuthMethod::Trust => Vec::new(),
+                m => vec![("auth.method".into(), m.to_string(), None)],
+            }
+        } else {
+            let hba = self.auth.hba.iter().enumerate();
+            hba.filter(|(_, r)| r.method == "md5" || r.method == "scram-sha-256")
+                .map(|(i, r)| {
+                    let users = (!r.user.0.iter().any(|u| u == "all")).then_some(r.user.0.as_slice());
+                    (format!("auth.hba[{i}].method"), r.method.clone(), users)
+                })
+                .collect()
+        };
+        if let (Some((key, method, _)), None) = (password_methods.first(), &self.auth.users_file) {
+            return err(format!("auth.users_file is required when {key} is \"{method}\""));
         }
         if let Some(path) = self.users_file_path() {
             let users = UsersFile::load(&path)?;
-            if self.auth.method == AuthMethod::Md5 {
+            for (key, _, named) in password_methods.iter().filter(|(_, m, _)| m == "md5") {
                 for (user, secret) in &users.entries {
-                    if matches!(secret, UserSecret::Scram(_)) {
+                    // An md5 rule for all users may be meant for others than this one: such
+                    // a login fails, and the log says why.
+                    let applies = match named {
+                        Some(names) => names.contains(user),
+                        None => key == "auth.method",
+                    };
+                    if applies && matches!(secret, UserSecret::Scram(_)) {
                         return err(format!(
-                            "{}: user {user:?} has only a SCRAM verifier, which cannot answer auth.method = \"md5\"",
+                            "{}: user {user:?} has only a SCRAM verifier, which cannot answer {key} = \"md5\"",
                             path.display()
                         ));
                     }
@@ -1004,6 +1093,32 @@ mod tests {
         let c = Config::parse(Path::new("x.toml"), MINIMAL).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("auth.users_file"), "{e}");
+    }
+
+    #[test]
+    fn access_rules_and_limits() {
+        let text = format!(
+            "{MINIMAL}[auth]\nmax_connections_per_user = 5\n[auth.user_limits]\nalice = 2\n\n\
+             [[auth.hba]]\ntype = \"host\"\nuser = [\"alice\", \"bob\"]\naddress = \"10.0.0.0/8\"\nmethod = \"trust\"\n\n\
+             [[auth.hba]]\ntype = \"host\"\ndatabase = \"app\"\nmethod = \"reject\"\n"
+        );
+        let c = Config::parse(Path::new("c.toml"), &text).unwrap();
+        // Only trust and reject rules: no users file needed, whatever auth.method says.
+        c.validate().unwrap();
+        assert_eq!(c.auth.hba[0].user, NameList(vec!["alice".into(), "bob".into()]));
+        assert_eq!((c.auth.hba[1].database.0[0].as_str(), c.auth.hba[1].user.0[0].as_str()), ("app", "all"));
+        assert_eq!(c.auth.hba[1].address, "all");
+        assert_eq!((c.auth.max_connections_per_user, c.auth.max_connections_per_database), (5, 0));
+        assert_eq!(c.auth.user_limits.get("alice"), Some(&2));
+        let scram = text.replace("\"reject\"", "\"scram-sha-256\"");
+        let e = Config::parse(Path::new("c.toml"), &scram).unwrap().validate().unwrap_err().to_string();
+        assert_eq!(e, "auth.users_file is required when auth.hba[1].method is \"scram-sha-256\"");
+        let e = Config::parse(Path::new("c.toml"), &text.replace("user = [", "user = 7 #")).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:11:") && e.contains("a name or a list of names"), "{e}");
+        let e = Config::parse(Path::new("c.toml"), &text.replace("address", "adress")).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:12:") && e.contains("adress"), "{e}");
+        let e = Config::parse(Path::new("c.toml"), &text.replace("alice = 2", "alice = -1")).unwrap_err().to_string();
+        assert!(e.starts_with("c.toml:7:"), "{e}");
     }
 
     #[test]

@@ -136,6 +136,66 @@ fn signature_part(der: &[u8]) -> Option<&[u8]> {
     inner.get(tbs_len..)
 }
 
+const DER_SEQUENCE: u8 = 0x30;
+const DER_SET: u8 = 0x31;
+const DER_OID: u8 = 0x06;
+/// The `[0]` tag of a certificate's explicit version.
+const DER_VERSION: u8 = 0xa0;
+/// id-at-commonName, 2.5.4.3.
+const COMMON_NAME_OID: &[u8] = &[0x55, 0x04, 0x03];
+
+/// The first common name (CN) in a DER certificate's subject, as PostgreSQL's `cert`
+/// authentication reads it; `None` when there is none or it is not text.
+pub fn subject_common_name(cert_der: &[u8]) -> Option<String> {
+    // Certificate ::= SEQUENCE { TBSCertificate ::= SEQUENCE { [0] version OPTIONAL,
+    //   serialNumber, signature, issuer, validity, subject, … }, … }
+    let (DER_SEQUENCE, cert, _) = der_next(cert_der)? else { return None };
+    let (DER_SEQUENCE, mut tbs, _) = der_next(cert)? else { return None };
+    if tbs.first() == Some(&DER_VERSION) {
+        tbs = der_next(tbs)?.2;
+    }
+    for _ in 0..4 {
+        tbs = der_next(tbs)?.2;
+    }
+    // Name ::= SEQUENCE OF RelativeDistinguishedName ::= SET OF SEQUENCE { type, value }
+    let (DER_SEQUENCE, mut names, _) = der_next(tbs)? else { return None };
+    while !names.is_empty() {
+        let (DER_SET, mut set, rest) = der_next(names)? else { return None };
+        names = rest;
+        while !set.is_empty() {
+            let (tag, attribute, rest) = der_next(set)?;
+            set = rest;
+            let (oid_tag, oid, value) = der_next(attribute)?;
+            if tag == DER_SEQUENCE && oid_tag == DER_OID && oid == COMMON_NAME_OID {
+                let (kind, text, _) = der_next(value)?;
+                return directory_string(kind, text);
+            }
+        }
+    }
+    None
+}
+
+/// The text of a DirectoryString: UTF8String, PrintableString, IA5String, TeletexString
+/// (read as UTF-8) or BMPString; `None` for other kinds and for text holding a NUL.
+fn directory_string(tag: u8, bytes: &[u8]) -> Option<String> {
+    let text = match tag {
+        0x0c | 0x13 | 0x16 | 0x14 => String::from_utf8(bytes.to_vec()).ok()?,
+        0x1e if bytes.len() % 2 == 0 => {
+            let units: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+            String::from_utf16(&units).ok()?
+        }
+        _ => return None,
+    };
+    (!text.contains('\0')).then_some(text)
+}
+
+/// The DER element at the start of `b`: its (one-byte) tag, its contents and the bytes
+/// after it.
+fn der_next(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (len, contents) = der_header(b)?;
+    Some((*b.first()?, contents, b.get(len..)?))
+}
+
 /// The total length (header included) of the DER element at the start of `b`, and its
 /// contents.
 fn der_header(b: &[u8]) -> Option<(usize, &[u8])> {
@@ -169,5 +229,33 @@ mod tests {
         assert_eq!(der_header(&long).map(|(n, c)| (n, c.len())), Some((260, 256)));
         assert_eq!(der_header(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
         assert_eq!(der_header(&[0x30, 0x05, 1]), None);
+    }
+
+    fn cert_with(names: Vec<(rcgen::DnType, rcgen::DnValue)>) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (kind, value) in names {
+            params.distinguished_name.push(kind, value);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn subject_common_name_of_certificates() {
+        use rcgen::{DnType, DnValue};
+        assert_eq!(subject_common_name(&cert_with(vec![(DnType::CommonName, "alice".into())])).as_deref(), Some("alice"));
+        let org_first = vec![(DnType::OrganizationName, "Acme".into()), (DnType::CommonName, "zoë".into())];
+        assert_eq!(subject_common_name(&cert_with(org_first)).as_deref(), Some("zoë"));
+        let printable = DnValue::PrintableString("bob".try_into().unwrap());
+        assert_eq!(subject_common_name(&cert_with(vec![(DnType::CommonName, printable)])).as_deref(), Some("bob"));
+        let bmp = DnValue::BmpString("carol".try_into().unwrap());
+        assert_eq!(subject_common_name(&cert_with(vec![(DnType::CommonName, bmp)])).as_deref(), Some("carol"));
+        assert_eq!(subject_common_name(&cert_with(vec![(DnType::OrganizationName, "Acme".into())])), None);
+        assert_eq!(subject_common_name(&cert_with(vec![(DnType::CommonName, "nul\0name".into())])), None);
+        let der = cert_with(vec![(DnType::CommonName, "alice".into())]);
+        for cut in [0, 1, 10, der.len() / 2] {
+            assert_eq!(subject_common_name(&der[..cut]), None, "truncated at {cut}");
+        }
     }
 }

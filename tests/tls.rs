@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,17 +29,6 @@ fn tls_section(dir: &Path, mode: &str) -> String {
         dir.join("server.crt").display().to_string(),
         dir.join("server.key").display().to_string()
     )
-}
-
-/// Runs psql with `conninfo` and `sql`; returns (success, stdout, stderr).
-fn psql(conninfo: &str, sql: &str) -> (bool, String, String) {
-    let out = Command::new("psql")
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql])
-        .env("PGPASSWORD", SUPERPASS)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .expect("psql");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,10 +190,7 @@ fn check_config_names_the_tls_key_at_fault() {
     write_cert(dir.path(), "server");
     write_cert(dir.path(), "other");
     let check = |tls: &str| {
-        let path: PathBuf = dir.path().join("c.toml");
-        std::fs::write(&path, format!("[auth]\nmethod = \"trust\"\n[[backends]]\nname = \"pg\"\nhost = \"127.0.0.1\"\n{tls}")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_pgvigil")).args(["check-config", "--config"]).arg(&path).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        check_config(dir.path(), &format!("[auth]\nmethod = \"trust\"\n[[backends]]\nname = \"pg\"\nhost = \"127.0.0.1\"\n{tls}"))
     };
     let (code, out) = check("[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\n");
     assert_eq!(code, Some(0), "{out}");

@@ -1,4 +1,5 @@
-//! Client authentication: trust, md5 and SCRAM-SHA-256 against the users file.
+//! Client authentication: trust, md5 and SCRAM-SHA-256 against the users file, and TLS
+//! client certificates (`cert`).
 //!
 //! The result is the credential pgvigil presents to backends for this session: the
 //! plaintext password or md5 hash from the users file, or — when the file holds only a
@@ -7,8 +8,9 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::stream::ClientStream;
+use super::access::ClientAuth;
 use super::Reloadable;
-use crate::config::{AuthMethod, UserSecret};
+use crate::config::UserSecret;
 use crate::pool::BackendCredential;
 use crate::protocol::backend::{self, PgError, AUTH_MD5, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL};
 use crate::protocol::frame::{self, fe};
@@ -23,6 +25,8 @@ const MAX_AUTH_MESSAGE: u64 = 65_535;
 pub enum AuthFailure {
     /// Tell the client this, then close.
     Reject(PgError),
+    /// As `Reject`, with the reason for the log, which the client is not told.
+    Refuse { error: PgError, reason: String },
     /// The client went away.
     Disconnected,
 }
@@ -33,12 +37,14 @@ impl From<std::io::Error> for AuthFailure {
     }
 }
 
-/// Authenticates `user` on `stream`; on success returns the backend credential. Over
-/// TLS, SCRAM-SHA-256-PLUS is offered too, bound to pgvigil's certificate.
+/// Authenticates `user` on `stream` by `method`; on success returns the backend
+/// credential. Over TLS, SCRAM-SHA-256-PLUS is offered too, bound to pgvigil's
+/// certificate. `cert` (like `trust`) presents the users file's entry to backends.
 pub async fn authenticate(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     user: &str,
+    method: ClientAuth,
     settings: &Reloadable,
     mock_secret: &[u8; 32],
 ) -> Result<BackendCredential, AuthFailure> {
@@ -48,9 +54,10 @@ pub async fn authenticate(
         Some(UserSecret::Md5(h)) => BackendCredential::Md5(h.clone()),
         Some(UserSecret::Scram(_)) | None => BackendCredential::None,
     };
-    match settings.auth_method {
-        AuthMethod::Trust => Ok(stored()),
-        AuthMethod::Md5 => {
+    match method {
+        ClientAuth::Trust => Ok(stored()),
+        ClientAuth::Cert => check_certificate(stream, user).map(|()| stored()),
+        ClientAuth::Md5 => {
             let salt: [u8; 4] = rand::random();
             let mut out = BytesMut::new();
             backend::write_auth(&mut out, AUTH_MD5, &salt);
@@ -62,12 +69,15 @@ pub async fn authenticate(
                 Some(UserSecret::Md5(h)) => Some(md5_salted_response(h, salt)),
                 _ => None,
             };
+            if matches!(secret, Some(UserSecret::Scram(_))) {
+                tracing::warn!(user, "user has only a SCRAM verifier in the users file, which md5 cannot verify");
+            }
             match expected {
                 Some(e) if ct_eq(e.as_bytes(), answer.as_bytes()) => Ok(stored()),
                 _ => Err(AuthFailure::Reject(PgError::password_failed(user))),
             }
         }
-        AuthMethod::ScramSha256 => {
+        ClientAuth::ScramSha256 => {
             let (verifier, known) = match secret {
                 Some(UserSecret::Scram(v)) => (v.clone(), true),
                 Some(UserSecret::Plain(p)) => (cached_verifier(settings, user, p), true),
@@ -89,6 +99,28 @@ pub async fn authenticate(
                 _ => stored(),
             })
         }
+    }
+}
+
+/// `cert`: the client presented a certificate (which the TLS handshake verified against
+/// `tls.ca_file`) whose subject CN is `user`, as PostgreSQL's `clientcert=verify-full`.
+fn check_certificate(stream: &ClientStream, user: &str) -> Result<(), AuthFailure> {
+    let refuse = |message: String, reason: String| {
+        Err(AuthFailure::Refuse { error: PgError::fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, message), reason })
+    };
+    let Some(cert) = stream.peer_certificate() else {
+        return refuse("connection requires a valid client certificate".into(), "no client certificate".into());
+    };
+    match crate::tls::subject_common_name(cert) {
+        Some(cn) if cn == user => Ok(()),
+        Some(cn) => refuse(
+            format!("certificate authentication failed for user \"{user}\""),
+            format!("the client certificate's CN {cn:?} is not the user name"),
+        ),
+        None => refuse(
+            format!("certificate authentication failed for user \"{user}\""),
+            "the client certificate has no usable CN".into(),
+        ),
     }
 }
 

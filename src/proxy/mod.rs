@@ -8,10 +8,12 @@
 //! [`tokio_util::task::TaskTracker`] counts live sessions so a graceful shutdown can wait
 //! for them with a deadline.
 
+pub mod access;
 pub mod auth;
 pub mod cancel;
 pub mod catalogs;
 mod engine;
+pub mod limits;
 mod link;
 mod listener;
 mod local;
@@ -37,6 +39,7 @@ use regex::Regex;
 use crate::config::{AuthMethod, Config, ConfigError, RoutingConfig, UsersFile};
 use crate::monitor::{self, CheckSettings, ClusterView};
 use crate::pool::{PoolKey, PoolSettings, Pools};
+use crate::protocol::backend::PgError;
 use crate::protocol::scram::ScramVerifier;
 use crate::router::balance::{Balancer, ReadTarget};
 use crate::router::{ClassifierCache, FunctionPolicy};
@@ -49,6 +52,9 @@ pub struct Reloadable {
     pub scram_cache: Mutex<HashMap<String, ScramVerifier>>,
     /// `[tls]`, read from its files at start and at every reload.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// `[[auth.hba]]`; `None`: `auth_method` for every client.
+    pub access: Option<access::AccessRules>,
+    pub limits: limits::ConnectionLimits,
 }
 
 /// State every session shares.
@@ -62,6 +68,8 @@ pub struct Shared {
     pub write_hold: Duration,
     pub cancels: cancel::CancelRegistry,
     pub client_slots: Arc<Semaphore>,
+    /// Sessions per user and per database, for `[auth]`'s connection limits.
+    pub session_counts: Arc<limits::SessionCounts>,
     pub max_message_size: u64,
     pub startup_timeout: Duration,
     /// `proxy.idle_client_timeout` and `proxy.idle_in_transaction_timeout` (zero: off).
@@ -216,7 +224,19 @@ impl Reloadable {
             users: config.load_users()?,
             scram_cache: Mutex::new(HashMap::new()),
             tls: crate::tls::load_server(config)?,
+            access: access::AccessRules::compile(&config.auth.hba, &config.tls)?,
+            limits: limits::ConnectionLimits::from_config(&config.auth),
         })
+    }
+
+    /// How `client` authenticates: by the first matching access rule (its index is
+    /// returned too) when there are rules, else by `auth.method`. A refusal is the error
+    /// to send.
+    pub fn client_auth(&self, client: &access::Client) -> Result<(Option<usize>, access::ClientAuth), PgError> {
+        match &self.access {
+            Some(rules) => rules.check(client).map(|(i, m)| (Some(i), m)),
+            None => Ok((None, self.auth_method.into())),
+        }
     }
 }
 
@@ -314,6 +334,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         write_hold: config.failover.write_hold_timeout.get(),
         cancels: cancel::CancelRegistry::default(),
         client_slots: Arc::new(Semaphore::new(config.proxy.max_clients)),
+        session_counts: Arc::default(),
         max_message_size: config.proxy.max_message_size.0,
         startup_timeout: config.proxy.startup_timeout.get(),
         idle_timeouts: IdleTimeouts {

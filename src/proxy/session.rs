@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use super::stream::ClientStream;
 
+use super::access::Client;
 use super::auth::{authenticate, AuthFailure};
 use super::engine::Engine;
 use super::startup::{read_opening, Opening};
@@ -42,6 +43,14 @@ pub(super) async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     };
     let user = startup.param("user").unwrap_or_default().to_string();
     let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
+    // Per-user and per-database limits; the session counts until `counted` is dropped.
+    let counted = match shared.session_counts.admit(&shared.reloadable().limits, &user, &database) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%peer, user = %user, database = %database, "{}", e.message);
+            return reject(&mut client, peer, e).await;
+        }
+    };
     let app_name = startup.param("application_name").unwrap_or_default().to_string();
     let base_key = PoolKey { backend: 0, user: user.clone(), database: database.clone(), params: behaviour_params(&startup) };
 
@@ -95,6 +104,7 @@ pub(super) async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     engine.queue_client(&out);
     let end = engine.run().await;
     tracing::debug!(%peer, user = %user, end = ?end, "session ended");
+    drop(counted);
     drop(slot);
 }
 
@@ -116,8 +126,8 @@ async fn handshake(
         return Err(Some(PgError::fatal(sqlstate::CANNOT_CONNECT_NOW, "the database system is shutting down")));
     }
     let user = startup.param("user").unwrap_or_default();
+    let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(user);
     if settings.tls.as_ref().is_some_and(|t| t.mode == crate::config::TlsClientMode::Require) && !client.is_tls() {
-        let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(user);
         return Err(Some(
             PgError::fatal(
                 sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
@@ -126,14 +136,20 @@ async fn handshake(
             .with_hint("pgvigil accepts only TLS connections here (tls.client_mode = \"require\"): connect with sslmode=require"),
         ));
     }
-    match authenticate(client, cbuf, user, &settings, &shared.mock_secret).await {
+    let who = Client { ip: peer.ip().to_canonical(), tls: client.is_tls(), user, database };
+    let (rule, method) = settings.client_auth(&who).map_err(Some)?;
+    match authenticate(client, cbuf, user, method, &settings, &shared.mock_secret).await {
         Ok(credential) => Ok((startup, credential)),
         Err(AuthFailure::Disconnected) => Err(None),
         Err(AuthFailure::Reject(e)) => {
             if e.code == sqlstate::INVALID_PASSWORD {
-                tracing::info!(%peer, user, "password authentication failed");
+                tracing::info!(%peer, user, rule, "password authentication failed");
             }
             Err(Some(e))
+        }
+        Err(AuthFailure::Refuse { error, reason }) => {
+            tracing::info!(%peer, user, database, rule, reason, "{}", error.message);
+            Err(Some(error))
         }
     }
 }

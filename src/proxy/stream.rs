@@ -40,6 +40,14 @@ impl ClientStream {
         }
     }
 
+    /// The certificate the client presented over TLS (verified against `tls.ca_file`), if any.
+    pub fn peer_certificate(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+        match self {
+            ClientStream::Tls(t) => t.get_ref().1.peer_certificates()?.first(),
+            _ => None,
+        }
+    }
+
     /// The ALPN protocol the client and pgvigil agreed on, if any.
     pub fn alpn(&self) -> Option<&[u8]> {
         match self {

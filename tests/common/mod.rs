@@ -26,6 +26,8 @@ pub struct Options {
     pub hba: HbaMethod,
     /// `[auth] method`.
     pub auth_method: &'static str,
+    /// More `[auth]` lines.
+    pub auth: String,
     /// Users file lines, e.g. `alice = "secret"`. The superuser is always added.
     pub users: Vec<String>,
     /// Extra TOML appended to the config (after the generated sections; use whole sections).
@@ -54,6 +56,7 @@ impl Default for Options {
             standbys: 0,
             hba: HbaMethod::ScramSha256,
             auth_method: "scram-sha-256",
+            auth: String::new(),
             users: Vec::new(),
             extra: String::new(),
             pool: String::new(),
@@ -171,10 +174,10 @@ async fn start_proxy(cluster: &LocalCluster, opts: &Options, dir: &std::path::Pa
     // Tests run many pgvigils at once: an admin listener on any free port.
     let admin = if opts.extra.contains("[admin]") { "" } else { "[admin]\nlisten = \"127.0.0.1:0\"\n" };
     let text = format!(
-        "{admin}[proxy]\nlisten = \"{}\"\n{}\n\n[pool]\n{}\n\n[auth]\nmethod = \"{}\"\nusers_file = \"users.toml\"\n\n\
+        "{admin}[proxy]\nlisten = \"{}\"\n{}\n\n[pool]\n{}\n\n[auth]\nmethod = \"{}\"\nusers_file = \"users.toml\"\n{}\n\n\
          [health_check]\ninterval = \"200ms\"\nuser = \"{SUPERUSER}\"\n{}\n\n{}\n{}",
         opts.listen,
-        opts.proxy, opts.pool, opts.auth_method, opts.health_check, opts.extra, backends
+        opts.proxy, opts.pool, opts.auth_method, opts.auth, opts.health_check, opts.extra, backends
     );
     let config_path = dir.join("pgvigil.toml");
     std::fs::write(&config_path, text).expect("write config");
@@ -230,6 +233,27 @@ pub async fn connect(config: tokio_postgres::Config) -> Result<tokio_postgres::C
         let _ = conn.await;
     });
     Ok(client)
+}
+
+/// Runs psql with `conninfo` and `sql` (the superuser's password in PGPASSWORD; a
+/// `password` in `conninfo` wins); returns (success, stdout, stderr).
+pub fn psql(conninfo: &str, sql: &str) -> (bool, String, String) {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql])
+        .env("PGPASSWORD", SUPERPASS)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Writes `text` as `dir/c.toml` and runs `pgvigil check-config` on it; returns the exit
+/// code and the output (stdout and stderr).
+pub fn check_config(dir: &std::path::Path, text: &str) -> (Option<i32>, String) {
+    let path = dir.join("c.toml");
+    std::fs::write(&path, text).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgvigil")).args(["check-config", "--config"]).arg(&path).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
 /// The SQLSTATE of a tokio-postgres error, or "" when it has none.
