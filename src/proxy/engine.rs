@@ -286,7 +286,8 @@ impl<'a> Engine<'a> {
     /// Runs the session; returns why it ended, after returning reusable connections.
     pub async fn run(mut self) -> End {
         let end = self.serve().await;
-        self.finish(&end).await;
+        // Boxed for the same reason as the message handling in `serve`.
+        Box::pin(self.finish(&end)).await;
         end
     }
 

@@ -22,16 +22,39 @@ use crate::protocol::startup::Startup;
 
 /// Serves one client connection from accept to close.
 pub(super) async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    // Boxed: the state of the startup (authentication, the first server connection) is
+    // not part of the future an idle session keeps for its whole life.
+    let Some(started) = Box::pin(start(client, peer, &shared)).await else { return };
+    let Started { engine, user, counted, slot } = *started;
+    let end = engine.run().await;
+    tracing::debug!(%peer, user = %user, end = ?end, "session ended");
+    drop(counted);
+    drop(slot);
+}
+
+/// A session past its startup, ready to serve.
+struct Started<'a> {
+    engine: Engine<'a>,
+    user: String,
+    /// Counts the session for its user's and database's limits until dropped.
+    counted: super::limits::Counted,
+    /// Its place among `proxy.max_clients`.
+    slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Startup, authentication, limits and the startup answer; `None` when the client was
+/// refused (it was told why) or left.
+async fn start(client: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -> Option<Box<Started<'_>>> {
     let mut client = ClientStream::Plain(client);
     let mut cbuf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + shared.startup_timeout;
     let handshake = tokio::select! {
-        h = tokio::time::timeout_at(deadline, handshake(&mut client, peer, &mut cbuf, &shared)) => h,
+        h = tokio::time::timeout_at(deadline, handshake(&mut client, peer, &mut cbuf, shared)) => h,
         _ = shared.terminate.cancelled() => Ok(Err(Some(PgError::shutting_down()))),
     };
     let (startup, credential) = match handshake {
         Ok(Ok(done)) => done,
-        Ok(Err(None)) => return,
+        Ok(Err(None)) => return None,
         Ok(Err(Some(e))) => return reject(&mut client, peer, e).await,
         Err(_) => return reject(&mut client, peer, PgError::protocol_violation("canceling authentication due to timeout")).await,
     };
@@ -62,7 +85,7 @@ pub(super) async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     let params = match cached {
         Some(p) => p,
         None => {
-            let Some((backend, addr)) = wait_for_primary(&shared).await else {
+            let Some((backend, addr)) = wait_for_primary(shared).await else {
                 let e = PgError::fatal(sqlstate::CANNOT_CONNECT_NOW, "no primary backend is available")
                     .with_hint("pgvigil found no backend that is up and not in recovery; check the health_check settings and the backends");
                 return reject(&mut client, peer, e).await;
@@ -97,15 +120,12 @@ pub(super) async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     tracing::debug!(%peer, user = %user, database = %database, client_pid = cancel_key.pid, "session started");
 
     let redirect = shared.redirect_target(&app_name, &database, &user);
-    let mut engine = Engine::new(&shared, client, peer, cbuf, base_key, credential, app_name, cancel_key, redirect);
+    let mut engine = Engine::new(shared, client, peer, cbuf, base_key, credential, app_name, cancel_key, redirect);
     if let Some((backend, checkout)) = adopted {
         engine.adopt(backend, checkout);
     }
     engine.queue_client(&out);
-    let end = engine.run().await;
-    tracing::debug!(%peer, user = %user, end = ?end, "session ended");
-    drop(counted);
-    drop(slot);
+    Some(Box::new(Started { engine, user, counted, slot }))
 }
 
 /// The startup phase and client authentication. `Err(None)`: close silently;
@@ -180,7 +200,7 @@ async fn wait_for_primary(shared: &Shared) -> Option<(usize, SocketAddr)> {
     Some((i, view.nodes[i].addr))
 }
 
-async fn reject_checkout(client: &mut ClientStream, peer: SocketAddr, key: &PoolKey, e: CheckoutError) {
+async fn reject_checkout<T>(client: &mut ClientStream, peer: SocketAddr, key: &PoolKey, e: CheckoutError) -> Option<T> {
     tracing::warn!(%peer, user = %key.user, database = %key.database, backend = key.backend, error = %e, "no server connection for client");
     let error = match e {
         CheckoutError::Timeout(wait) => PgError::too_many_clients().with_detail(format!(
@@ -188,7 +208,7 @@ async fn reject_checkout(client: &mut ClientStream, peer: SocketAddr, key: &Pool
         )),
         CheckoutError::Connect(ConnectError::Server { raw, .. }) => {
             let _ = client.write_all(&raw).await;
-            return;
+            return None;
         }
         CheckoutError::Connect(e @ (ConnectError::NoCredential { .. } | ConnectError::Scram { .. })) => {
             PgError::fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, e.to_string())
@@ -196,11 +216,14 @@ async fn reject_checkout(client: &mut ClientStream, peer: SocketAddr, key: &Pool
         CheckoutError::Connect(e) => PgError::fatal(sqlstate::CONNECTION_FAILURE, e.to_string()),
     };
     let _ = write_error(client, &error).await;
+    None
 }
 
-async fn reject(client: &mut ClientStream, peer: SocketAddr, e: PgError) {
+/// Tells the client `e` and closes; `None`, for the caller to return.
+async fn reject<T>(client: &mut ClientStream, peer: SocketAddr, e: PgError) -> Option<T> {
     tracing::debug!(%peer, error = %e, "client rejected");
     let _ = write_error(client, &e).await;
+    None
 }
 
 async fn write_error(client: &mut ClientStream, e: &PgError) -> std::io::Result<()> {
