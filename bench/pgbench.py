@@ -38,6 +38,8 @@ PGVIGIL_TARGETS = {
     "pgvigil": {"load_balance": "true"},
     "pgvigil-nolb": {"load_balance": "false"},
     "pgvigil-causal": {"load_balance": "true", "causal_reads": "true"},
+    # bench/tls.py's TLS target (its [tls] section comes from there).
+    "pgvigil-tls": {"load_balance": "false"},
 }
 DEFAULT_STANDBYS = 2
 # pgbench options of each workload. A workload listed in SCRIPTS instead runs that custom
@@ -274,9 +276,9 @@ class Env:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def client_env():
+def client_env(sslmode="disable"):
     env = dict(os.environ)
-    env.update(PGPASSWORD=PASSWORD, PGCONNECT_TIMEOUT="5", PGSSLMODE="disable", PGAPPNAME="pgbench")
+    env.update(PGPASSWORD=PASSWORD, PGCONNECT_TIMEOUT="5", PGSSLMODE=sslmode, PGAPPNAME="pgbench")
     env.pop("PGSERVICE", None)
     return env
 
@@ -412,7 +414,7 @@ def wait_replayed(pgbin, pgport, standbys, deadline_s=60):
             time.sleep(0.1)
 
 
-def setup_pgvigil(env, pgbin, binary, pgport, target, standbys, max_clients=500):
+def setup_pgvigil(env, pgbin, binary, pgport, target, standbys, max_clients=500, extra=""):
     """pgvigil in front of the primary (pg0) and the standbys; `target` picks the [routing]
     keys (PGVIGIL_TARGETS)."""
     port = free_port()
@@ -446,6 +448,7 @@ level = "warn"
 
 [routing]
 {routing}
+{extra}
 [[backends]]
 name = "pg0"
 host = "127.0.0.1"
@@ -501,10 +504,10 @@ def wait_nodes_up(pgbin, target, port, n, deadline_s=20):
     raise BenchError(f"{target} did not report {n} nodes up in SHOW POOL_NODES within {deadline_s}s")
 
 
-def setup_pgbouncer(env, pgbin, binary, pgport, max_client_conn=200):
+def setup_pgbouncer(env, pgbin, binary, pgport, max_client_conn=200, extra="", name="pgbouncer"):
     port = free_port()
     env.write("pgbouncer_users.txt", f'"{USER}" "{PASSWORD}"\n')
-    conf = env.write("pgbouncer.ini", f"""[databases]
+    conf = env.write(f"{name}.ini", f"""[databases]
 {DBNAME} = host=127.0.0.1 port={pgport} dbname={DBNAME}
 
 [pgbouncer]
@@ -519,14 +522,14 @@ max_client_conn = {max_client_conn}
 max_db_connections = 0
 server_reset_query = DISCARD ALL
 ignore_startup_parameters = extra_float_digits
-logfile = {env.path('pgbouncer.log')}
-pidfile = {env.path('pgbouncer.pid')}
+logfile = {env.path(f'{name}.log')}
+pidfile = {env.path(f'{name}.pid')}
 log_connections = 0
 log_disconnections = 0
-""")
+{extra}""")
     # pgbouncer refuses to run as root, so it runs as the server user.
-    p = env.spawn("pgbouncer", [binary, conf], "pgbouncer.stderr", signal.SIGTERM)
-    wait_ready(pgbin, "PgBouncer", port, p, env.path("pgbouncer.log"))
+    p = env.spawn(name, [binary, conf], f"{name}.stderr", signal.SIGTERM)
+    wait_ready(pgbin, "PgBouncer", port, p, env.path(f"{name}.log"))
     version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     return p, port, version
 
@@ -606,7 +609,7 @@ def parse_pgbench(out):
     }
 
 
-def run_one(pgbin, target, port, proc, cluster, workload, wl_args, mode, clients, duration):
+def run_one(pgbin, target, port, proc, cluster, workload, wl_args, mode, clients, duration, sslmode="disable"):
     pg_proc, pgport, standbys = cluster["proc"], cluster["port"], cluster["standbys"]
     # Same starting state for every run: what pgbench does itself without -n, done here
     # directly against PostgreSQL so that no proxy is involved in the maintenance.
@@ -629,7 +632,7 @@ def run_one(pgbin, target, port, proc, cluster, workload, wl_args, mode, clients
     ticks0 = tree_cpu_ticks(*pg_pids, *([proc.pid] if proc is not None else []))
     t0 = time.monotonic()
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=client_env(), timeout=duration + 120)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=client_env(sslmode), timeout=duration + 120)
         rc, out, err = r.returncode, r.stdout, r.stderr
     except subprocess.TimeoutExpired as e:
         rc = None
