@@ -375,6 +375,11 @@ impl Pg {
         let (uid, gid) = self.owner;
         if nix::unistd::geteuid().is_root() && uid != 0 {
             cmd.uid(uid).gid(gid);
+            // Its own home, as a login would give it: libpq reads ~/.postgresql (client
+            // certificates) there when it uses TLS, and fails on a home it may not read.
+            if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+                cmd.env("HOME", user.dir);
+            }
         }
         let out = tokio::time::timeout(self.timeout, cmd.output())
             .await
