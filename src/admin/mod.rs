@@ -121,6 +121,9 @@ pub struct NodeInfo {
     pub statements_routed: u64,
     /// Where its WAL receiver streams from ("host:port", standbys).
     pub upstream: Option<String>,
+    /// While its health checks fail: why the latest one failed.
+    #[serde(default)]
+    pub check_error: Option<String>,
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -165,6 +168,7 @@ fn node_infos(shared: &Shared) -> Vec<NodeInfo> {
                 timeline: n.repl.timeline,
                 statements_routed: shared.stats.select_cnt(i),
                 upstream: n.repl.upstream.as_ref().map(|u| format!("{}:{}", u.host, u.port)),
+                check_error: if n.up { None } else { shared.monitor.stats(i).and_then(|s| s.last_error) },
             }
         })
         .collect()

@@ -216,7 +216,9 @@ impl<'a> NodeOps<'a> {
         let p = &self.settings.backends[self.primary];
         let s = self.settings;
         let source = format!("host={} port={} user={} dbname={} application_name={}", p.host, p.port, s.user, s.database, self.name());
-        (source, s.password.iter().map(|pw| ("PGPASSWORD", pw.clone())).collect())
+        let mut env: Vec<(&'static str, String)> = s.password.iter().map(|pw| ("PGPASSWORD", pw.clone())).collect();
+        env.extend(s.tls.libpq_env());
+        (source, env)
     }
 
     async fn rewind(&self, how: How<'_>) -> anyhow::Result<()> {
@@ -415,6 +417,7 @@ mod tests {
             promote_command: None,
             follow_command: None,
             rejoin,
+            tls: std::sync::Arc::new(crate::tls::backend::BackendTls::disabled()),
         }
     }
 
