@@ -365,11 +365,16 @@ pub struct AdminConfig {
     /// File holding the bearer token that requests changing state must carry. Default:
     /// unset (such requests are refused).
     pub token_file: Option<PathBuf>,
+    /// PEM certificate chain of the admin listener; with `key_file`, it serves HTTPS
+    /// only. Default: unset (plain HTTP).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`. Default: unset.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9898".into(), token_file: None }
+        Self { listen: "127.0.0.1:9898".into(), token_file: None, cert_file: None, key_file: None }
     }
 }
 
@@ -796,6 +801,7 @@ impl Config {
         }
         crate::tls::load_server(self)?;
         crate::tls::backend::BackendTls::load(self)?;
+        crate::tls::load_admin(self)?;
         if self.auth.method != AuthMethod::Trust && self.auth.users_file.is_none() {
             return err(format!("auth.users_file is required when auth.method is \"{}\"", self.auth.method));
         }

@@ -1,10 +1,11 @@
-//! TLS settings loaded from PEM files: the server side that clients connect to, and
-//! pgvigil's connections to PostgreSQL ([`backend`], with [`postgres`] for tokio-postgres).
+//! TLS settings loaded from PEM files: the server side that clients connect to, the
+//! admin listener's ([`load_admin`]), and pgvigil's connections to PostgreSQL
+//! ([`backend`], with [`postgres`] for tokio-postgres).
 //!
 //! The client-facing certificate and key are read when the configuration is loaded and
 //! again at every reload (SIGHUP), so a renewed certificate applies to new connections
-//! without a restart; sessions already running keep theirs. `backend_ca_file` is read
-//! at start.
+//! without a restart; sessions already running keep theirs. The admin listener's and
+//! `backend_ca_file` are read at start.
 
 pub mod backend;
 pub mod postgres;
@@ -126,6 +127,17 @@ pub fn load_server(config: &Config) -> Result<Option<Arc<ServerTls>>, ConfigErro
     // SSLRequest may name it or not.
     server.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(Some(Arc::new(ServerTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)), mode: tls.client_mode, end_point })))
+}
+
+/// `[admin] cert_file` and `key_file` as an acceptor for the admin listener (HTTP/1.1
+/// over TLS), or `None` when they are not set.
+pub fn load_admin(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
+    let Some(pair) = cert_pair(config, "admin", &config.admin.cert_file, &config.admin.key_file)? else {
+        return Ok(None);
+    };
+    let (mut server, _) = server_config("admin", pair, None)?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
 }
 
 /// The CA certificates of a PEM file as a root store.

@@ -313,6 +313,7 @@ fn check_config_names_the_backend_tls_keys() {
     let ca = Ca::new("pgvigil test CA");
     ca.write(dir.path(), "ca");
     ca.issue(dir.path(), "admin", &["localhost"]);
+    ca.issue(dir.path(), "other", &["localhost"]);
     let check = |text: &str| {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, format!("[auth]\nmethod = \"trust\"\n[[backends]]\nname = \"pg\"\nhost = \"127.0.0.1\"\n{text}")).unwrap();
@@ -330,9 +331,12 @@ fn check_config_names_the_backend_tls_keys() {
     };
     ok("");
     ok("[tls]\nbackend_tls = \"verify-full\"\nbackend_ca_file = \"ca.crt\"\n");
+    ok("[admin]\ncert_file = \"admin.crt\"\nkey_file = \"admin.key\"\n");
     fails("[tls]\nbackend_tls = \"verify-ca\"\n", &["tls.backend_tls = \"verify-ca\" needs tls.backend_ca_file"]);
     fails("[tls]\nbackend_ca_file = \"ca.crt\"\n", &["tls.backend_ca_file is only used with", "\"prefer\""]);
     fails("[tls]\nbackend_tls = \"verify-full\"\nbackend_ca_file = \"missing.crt\"\n", &["tls.backend_ca_file", "missing.crt"]);
     fails("[tls]\nbackend_tls = \"verify-full\"\nbackend_ca_file = \"admin.key\"\n", &["tls.backend_ca_file", "no PEM certificate"]);
     fails("[tls]\nbackend_tls = \"always\"\n", &["c.toml:7", "`verify-full`"]);
+    fails("[admin]\ncert_file = \"admin.crt\"\n", &["admin.cert_file is set but admin.key_file is not"]);
+    fails("[admin]\ncert_file = \"admin.crt\"\nkey_file = \"other.key\"\n", &["admin.cert_file / admin.key_file"]);
 }
