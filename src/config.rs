@@ -231,7 +231,7 @@ impl<'de> Deserialize<'de> for NameList {
     }
 }
 
-/// `[tls]`: TLS between clients and pgvigil.
+/// `[tls]`: TLS between clients and pgvigil, and between pgvigil and PostgreSQL.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
@@ -246,6 +246,12 @@ pub struct TlsConfig {
     /// "allow" (TLS when the client asks for it) or "require" (a client without TLS is
     /// refused with FATAL 28000). Default "allow".
     pub client_mode: TlsClientMode,
+    /// TLS on every connection pgvigil opens to PostgreSQL, as libpq's `sslmode`:
+    /// "disable", "prefer", "require", "verify-ca" or "verify-full". Default "prefer".
+    pub backend_tls: BackendTlsMode,
+    /// PEM CA certificates that backends' certificates must chain to; required by (and
+    /// only used with) "verify-ca" and "verify-full". Default: none.
+    pub backend_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -254,6 +260,47 @@ pub enum TlsClientMode {
     #[default]
     Allow,
     Require,
+}
+
+/// `tls.backend_tls`: libpq's `sslmode` values, with the same meaning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTlsMode {
+    /// Plain TCP only.
+    Disable,
+    /// TLS when the server accepts it, else plain TCP.
+    #[default]
+    Prefer,
+    /// TLS, the server's certificate not checked.
+    Require,
+    /// TLS, the certificate signed by a CA in `backend_ca_file`.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate names the backend's `host`.
+    VerifyFull,
+}
+
+impl BackendTlsMode {
+    /// Whether TLS may not be skipped.
+    pub fn requires_tls(self) -> bool {
+        matches!(self, Self::Require | Self::VerifyCa | Self::VerifyFull)
+    }
+
+    /// Whether the certificate is checked against `backend_ca_file`.
+    pub fn verifies(self) -> bool {
+        matches!(self, Self::VerifyCa | Self::VerifyFull)
+    }
+}
+
+impl fmt::Display for BackendTlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        })
+    }
 }
 
 /// `[health_check]`: how pgvigil checks backends and finds the primary.
@@ -394,11 +441,16 @@ pub struct AdminConfig {
     /// File holding the bearer token that requests changing state must carry. Default:
     /// unset (such requests are refused).
     pub token_file: Option<PathBuf>,
+    /// PEM certificate chain of the admin listener; with `key_file`, it serves HTTPS
+    /// only. Default: unset (plain HTTP).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`. Default: unset.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9898".into(), token_file: None }
+        Self { listen: "127.0.0.1:9898".into(), token_file: None, cert_file: None, key_file: None }
     }
 }
 
@@ -824,6 +876,8 @@ impl Config {
             w.validate(&self.base_dir, false)?;
         }
         crate::tls::load_server(self)?;
+        crate::tls::backend::BackendTls::load(self)?;
+        crate::tls::load_admin(self)?;
         crate::proxy::access::AccessRules::compile(&self.auth.hba, &self.tls)?;
         // The password methods in use: (key, method, the users they are for; None: all).
         let password_methods: Vec<(String, String, Option<&[String]>)> = if self.auth.hba.is_empty() {

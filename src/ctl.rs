@@ -8,6 +8,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::Value;
 
+use crate::tls::stream::{MaybeTls, ServerStream};
+
 #[derive(clap::Args, Debug)]
 pub struct CtlArgs {
     /// The admin API of a pgvigil node.
@@ -16,6 +18,10 @@ pub struct CtlArgs {
     /// File with the admin token (admin.token_file of that node), for operations.
     #[arg(long, value_name = "FILE", env = "PGVIGIL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM file of the CA certificates (or the self-signed certificate) that the node's
+    /// admin.cert_file must chain to, for an https:// --admin URL.
+    #[arg(long, value_name = "FILE", env = "PGVIGIL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Print the API's JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -63,7 +69,18 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("--token-file {}", f.display()))?.trim().to_string()),
         None => None,
     };
-    let client = Client { base, token };
+    let tls = match &args.ca_file {
+        Some(f) => {
+            let roots = crate::tls::read_roots("--ca-file", f)?;
+            let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+        }
+        None => None,
+    };
+    let client = Client { base, token, tls };
     match &args.command {
         CtlCommand::Nodes => show(&client, "/nodes", args.json, nodes_table).await,
         CtlCommand::Watchdog => show(&client, "/watchdog", args.json, watchdog_table).await,
@@ -84,18 +101,24 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
 struct Client {
     base: String,
     token: Option<String>,
+    /// Trusting `--ca-file`, for https:// URLs.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Client {
     /// One request; (status, JSON body).
     async fn request(&self, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, Value)> {
         let url: hyper::Uri = format!("{}{path}", self.base).parse().with_context(|| format!("--admin {}", self.base))?;
-        if url.scheme_str() != Some("http") {
-            bail!("--admin {}: only http:// URLs are supported", self.base);
-        }
+        let https = match url.scheme_str() {
+            Some("http") if self.tls.is_some() => bail!("--ca-file is for an https:// --admin URL, not {}", self.base),
+            Some("http") => false,
+            Some("https") => true,
+            _ => bail!("--admin {}: use an http:// or https:// URL", self.base),
+        };
         let host = url.host().ok_or_else(|| anyhow!("--admin {}: no host", self.base))?.to_string();
-        let port = url.port_u16().unwrap_or(80);
-        let stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
+        let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        let stream = tokio::time::timeout(Duration::from_secs(10), self.open(bare_host, port, https))
             .await
             .map_err(|_| anyhow!("cannot reach the admin API at {}: timed out", self.base))?
             .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
@@ -114,6 +137,22 @@ impl Client {
         let bytes = resp.into_body().collect().await?.to_bytes();
         let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         Ok((status, value))
+    }
+}
+
+impl Client {
+    /// A connection to the admin listener; over TLS trusting `--ca-file` when `https`.
+    async fn open(&self, host: &str, port: u16, https: bool) -> anyhow::Result<ServerStream> {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        if !https {
+            return Ok(MaybeTls::Plain(tcp));
+        }
+        let Some(connector) = &self.tls else {
+            bail!("an https:// URL needs --ca-file: the CA certificate (or the self-signed certificate) of the node's admin.cert_file");
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).with_context(|| format!("--admin {}: not a host name", self.base))?;
+        let tls = connector.connect(name, tcp).await.context("TLS handshake (is --ca-file the CA of the node's admin.cert_file?)")?;
+        Ok(MaybeTls::Tls(Box::new(tls)))
     }
 }
 

@@ -1,10 +1,17 @@
-//! TLS settings loaded from PEM files: the server side that clients connect to.
+//! TLS settings loaded from PEM files: the server side that clients connect to, the
+//! admin listener's ([`load_admin`]), and pgvigil's connections to PostgreSQL
+//! ([`backend`], with [`postgres`] for tokio-postgres).
 //!
-//! Certificates and keys are read when the configuration is loaded and again at every
-//! reload (SIGHUP), so a renewed certificate applies to new connections without a
-//! restart; sessions already running keep theirs.
+//! The client-facing certificate and key are read when the configuration is loaded and
+//! again at every reload (SIGHUP), so a renewed certificate applies to new connections
+//! without a restart; sessions already running keep theirs. The admin listener's and
+//! `backend_ca_file` are read at start.
 
-use std::path::Path;
+pub mod backend;
+pub mod postgres;
+pub mod stream;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -31,7 +38,7 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -55,51 +62,91 @@ fn read_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigErro
     PrivateKeyDer::from_pem_file(path).map_err(|e| err(key, path, format!("no usable PEM private key: {e}")))
 }
 
-/// `[tls]` as a ready acceptor, or `None` when no certificate is configured.
-pub fn load_server(config: &Config) -> Result<Option<Arc<ServerTls>>, ConfigError> {
-    let tls = &config.tls;
-    let (cert_path, key_path) = match (&tls.cert_file, &tls.key_file) {
-        (None, None) => {
-            if tls.ca_file.is_some() {
-                return Err(ConfigError("tls.ca_file needs tls.cert_file and tls.key_file".into()));
-            }
-            if tls.client_mode == TlsClientMode::Require {
-                return Err(ConfigError("tls.client_mode = \"require\" needs tls.cert_file and tls.key_file".into()));
-            }
-            return Ok(None);
-        }
-        (Some(c), Some(k)) => (config.resolve(c), config.resolve(k)),
-        (Some(_), None) => return Err(ConfigError("tls.cert_file is set but tls.key_file is not".into())),
-        (None, Some(_)) => return Err(ConfigError("tls.key_file is set but tls.cert_file is not".into())),
-    };
-    let certs = read_certs("tls.cert_file", &cert_path)?;
-    let key = read_key("tls.key_file", &key_path)?;
+/// The (certificate, key) paths of a section's `cert_file` and `key_file`: both or neither.
+fn cert_pair(config: &Config, section: &str, cert: &Option<PathBuf>, key: &Option<PathBuf>) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(c), Some(k)) => Ok(Some((config.resolve(c), config.resolve(k)))),
+        (Some(_), None) => Err(ConfigError(format!("{section}.cert_file is set but {section}.key_file is not"))),
+        (None, Some(_)) => Err(ConfigError(format!("{section}.key_file is set but {section}.cert_file is not"))),
+    }
+}
+
+/// A server config presenting the certificate chain and key of `section`'s files, with
+/// the `tls-server-end-point` hash of the certificate.
+fn server_config(
+    section: &str,
+    (cert_path, key_path): (PathBuf, PathBuf),
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<(rustls::ServerConfig, Vec<u8>), ConfigError> {
+    let certs = read_certs(&format!("{section}.cert_file"), &cert_path)?;
+    let key = read_key(&format!("{section}.key_file"), &key_path)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError(format!("tls: {e}")))?;
-    let builder = match &tls.ca_file {
-        Some(ca) => {
-            let ca = config.resolve(ca);
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in read_certs("tls.ca_file", &ca)? {
-                roots.add(cert).map_err(|e| err("tls.ca_file", &ca, e))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| err("tls.ca_file", &ca, e))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        .map_err(|e| ConfigError(format!("{section}: {e}")))?;
+    let builder = match client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
     let end_point = end_point_hash(certs[0].as_ref());
-    let mut server = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| ConfigError(format!("tls.cert_file / tls.key_file: {} and {} do not make a usable pair: {e}", cert_path.display(), key_path.display())))?;
+    let server = builder.with_single_cert(certs, key).map_err(|e| {
+        ConfigError(format!(
+            "{section}.cert_file / {section}.key_file: {} and {} do not make a usable pair: {e}",
+            cert_path.display(),
+            key_path.display()
+        ))
+    })?;
+    Ok((server, end_point))
+}
+
+/// `[tls]` as a ready acceptor, or `None` when no certificate is configured.
+pub fn load_server(config: &Config) -> Result<Option<Arc<ServerTls>>, ConfigError> {
+    let tls = &config.tls;
+    let Some(pair) = cert_pair(config, "tls", &tls.cert_file, &tls.key_file)? else {
+        if tls.ca_file.is_some() {
+            return Err(ConfigError("tls.ca_file needs tls.cert_file and tls.key_file".into()));
+        }
+        if tls.client_mode == TlsClientMode::Require {
+            return Err(ConfigError("tls.client_mode = \"require\" needs tls.cert_file and tls.key_file".into()));
+        }
+        return Ok(None);
+    };
+    let verifier = match &tls.ca_file {
+        Some(ca) => {
+            let roots = read_roots("tls.ca_file", &config.resolve(ca))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| err("tls.ca_file", &config.resolve(ca), e))?;
+            Some(verifier)
+        }
+        None => None,
+    };
+    let (mut server, end_point) = server_config("tls", pair, verifier)?;
     // Direct TLS clients must name the protocol; clients that upgrade after an
     // SSLRequest may name it or not.
     server.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(Some(Arc::new(ServerTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)), mode: tls.client_mode, end_point })))
+}
+
+/// `[admin] cert_file` and `key_file` as an acceptor for the admin listener (HTTP/1.1
+/// over TLS), or `None` when they are not set.
+pub fn load_admin(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
+    let Some(pair) = cert_pair(config, "admin", &config.admin.cert_file, &config.admin.key_file)? else {
+        return Ok(None);
+    };
+    let (mut server, _) = server_config("admin", pair, None)?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
+}
+
+/// The CA certificates of a PEM file as a root store.
+pub fn read_roots(key: &str, path: &Path) -> Result<Arc<rustls::RootCertStore>, ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(key, path)? {
+        roots.add(cert).map_err(|e| err(key, path, e))?;
+    }
+    Ok(Arc::new(roots))
 }
 
 /// RFC 5929 `tls-server-end-point`: the certificate's hash with the hash function of its

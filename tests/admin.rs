@@ -1,11 +1,15 @@
 //! The admin HTTP API against a real primary + 2 standbys.
 
 mod common;
+#[path = "common/certs.rs"]
+mod certs;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "s3cret-admin-token-0123456789";
@@ -207,4 +211,89 @@ async fn without_a_token_file_operations_are_refused() {
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("admin.token_file"), "{body}");
     assert_eq!(env.handle().shared().view.borrow().primary(), Some(0));
+}
+
+/// One HTTPS/1.1 request trusting the CA in `ca_file`, to the name "localhost"; (status,
+/// body), (0, "") when the TLS handshake fails.
+async fn https(addr: SocketAddr, method: &str, path: &str, ca_file: &Path, token: Option<&str>) -> (u16, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let Ok(mut s) = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await else {
+        return (0, String::new());
+    };
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    // The server may close without a TLS close_notify: keep what arrived.
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// `pgvigil ctl --admin URL ARGS…`; (exit code, stdout, stderr).
+fn ctl(url: &str, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgvigil"));
+    cmd.args(["ctl", "--admin", url]).args(args);
+    for var in ["PGVIGIL_ADMIN", "PGVIGIL_TOKEN_FILE", "PGVIGIL_CA_FILE"] {
+        cmd.env_remove(var);
+    }
+    let out = tokio::task::block_in_place(|| cmd.output()).unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_the_admin_api_is_https_only_and_ctl_trusts_a_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certs::Ca::new("admin CA");
+    let ca_file = ca.write(dir.path(), "ca");
+    let other_ca = certs::Ca::new("another CA").write(dir.path(), "other-ca");
+    let (crt, key) = ca.issue(dir.path(), "admin", &["localhost", "127.0.0.1"]);
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let quoted = |p: &Path| format!("{:?}", p.display().to_string());
+    let extra = format!("[admin]\nlisten = \"127.0.0.1:0\"\ncert_file = {}\nkey_file = {}\ntoken_file = {}\n", quoted(&crt), quoted(&key), quoted(&token));
+    let env = Env::start(Options { extra, ..Options::default() }).await;
+    let admin = env.handle().admin_addr.expect("admin listener");
+
+    // Reads, the dashboard and an operation (behind the token, which also needs the
+    // peer's address) over HTTPS.
+    let (status, body) = https(admin, "GET", "/nodes", &ca_file, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)[0]["name"], "pg0");
+    let (status, body) = https(admin, "GET", "/", &ca_file, None).await;
+    assert!(status == 200 && body.contains("<title>pgvigil</title>"), "{status} {body}");
+    assert_eq!(https(admin, "POST", "/reload", &ca_file, None).await.0, 401);
+    let (status, body) = https(admin, "POST", "/reload", &ca_file, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    // A client that does not trust the certificate's CA, and plain HTTP: no answer.
+    assert_eq!(https(admin, "GET", "/nodes", &other_ca, None).await.0, 0);
+    let (status, body) = http_get(admin, "/nodes").await;
+    assert!(status == 0 && !body.contains("pg0"), "plain HTTP answered: {status} {body}");
+
+    // pgvigil ctl: https:// with --ca-file, by IP address or name.
+    for url in [format!("https://{admin}"), format!("https://localhost:{}", admin.port())] {
+        let (code, out, err) = ctl(&url, &["--ca-file", &ca_file.display().to_string(), "nodes"]);
+        assert_eq!(code, 0, "{url}: {err}");
+        assert!(out.lines().nth(1).is_some_and(|l| l.starts_with("pg0 ") && l.contains(" primary ")), "{out}");
+    }
+    let url = format!("https://{admin}");
+    let (code, _, err) = ctl(&url, &["nodes"]);
+    assert!(code != 0 && err.contains("--ca-file"), "without --ca-file: {err}");
+    let (code, _, err) = ctl(&url, &["--ca-file", &other_ca.display().to_string(), "nodes"]);
+    assert!(code != 0 && err.contains("TLS handshake") && err.contains("UnknownIssuer"), "another CA: {err}");
+    let (code, _, err) = ctl(&format!("http://{admin}"), &["--ca-file", &ca_file.display().to_string(), "nodes"]);
+    assert!(code != 0 && err.contains("--ca-file is for an https://"), "http:// with --ca-file: {err}");
+    let (code, _, err) = ctl(&format!("http://{admin}"), &["nodes"]);
+    assert!(code != 0, "plain HTTP to the HTTPS listener: {err}");
 }

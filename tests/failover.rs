@@ -184,16 +184,8 @@ async fn the_old_primary_with_extra_wal_rejoins_as_a_standby_after_pg_rewind() {
     old.batch_execute("CHECKPOINT").await.unwrap();
     drop(old);
     assert!(eventually(Duration::from_secs(20), || async { shared.view.borrow().nodes[0].up }).await);
-    shared.failover.request_rejoin(0);
     // Rewound, started as a standby of the new primary, streaming: no longer fenced.
-    let rejoined = eventually(Duration::from_secs(90), || async {
-        let v = shared.view.borrow().clone();
-        let n = &v.nodes[0];
-        n.up && !n.fenced && n.role == pgvigil::monitor::Role::Standby
-    })
-    .await;
-    let log = std::fs::read_to_string(env.cluster.node(0).data_dir.join("pgvigil-rejoin.log")).unwrap_or_default();
-    assert!(rejoined, "{:?}\nrejoin log:\n{log}", shared.view.borrow().nodes[0]);
+    env.rejoin(0).await;
     let back = env.direct(0).await;
     let in_recovery: bool = back.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0);
     assert!(in_recovery);

@@ -126,6 +126,7 @@ fn spawn_monitor(cluster: &pgvigil::cluster::LocalCluster, interval: Duration, s
         user: SUPERUSER.into(),
         password: Some(SUPERPASS.into()),
         database: "postgres".into(),
+        tls: std::sync::Arc::new(pgvigil::tls::backend::BackendTls::disabled()),
     };
     monitor::spawn(nodes, settings, stop.clone())
 }

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+mod https;
+
 use crate::config::Config;
 use crate::failover::Op;
 use crate::monitor::Role;
@@ -42,20 +44,40 @@ pub async fn start(config: &Config, shared: Arc<Shared>, stop: CancellationToken
             Some(token)
         }
     };
+    let tls = crate::tls::load_admin(config)?;
     let listener = tokio::net::TcpListener::bind(&config.admin.listen)
         .await
         .map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {}: {e}", config.admin.listen))?;
     let addr = listener.local_addr()?;
     let state = Arc::new(Admin { shared, token });
     let app = router(state);
-    tokio::spawn(async move {
-        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "admin listener failed");
+    let scheme = match tls {
+        // `tap_io` (doing nothing) gives handlers the peer's address, as plain TCP does.
+        Some(acceptor) => {
+            let listener = axum::serve::ListenerExt::tap_io(https::TlsListener::new(listener, acceptor), |_| {});
+            tokio::spawn(serve(listener, app, stop));
+            "https"
         }
-    });
-    tracing::info!(listen = %addr, actions = state_changes_allowed(config), "admin API listening");
+        None => {
+            tokio::spawn(serve(listener, app, stop));
+            "http"
+        }
+    };
+    tracing::info!(listen = %addr, scheme, actions = state_changes_allowed(config), "admin API listening");
     Ok(addr)
+}
+
+/// Serves `app` on `listener` until `stop`.
+async fn serve<L>(listener: L, app: Router, stop: CancellationToken)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop.cancelled_owned());
+    if let Err(e) = serve.await {
+        tracing::error!(error = %e, "admin listener failed");
+    }
 }
 
 fn state_changes_allowed(config: &Config) -> &'static str {
@@ -121,6 +143,9 @@ pub struct NodeInfo {
     pub statements_routed: u64,
     /// Where its WAL receiver streams from ("host:port", standbys).
     pub upstream: Option<String>,
+    /// While its health checks fail: why the latest one failed.
+    #[serde(default)]
+    pub check_error: Option<String>,
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -165,6 +190,7 @@ fn node_infos(shared: &Shared) -> Vec<NodeInfo> {
                 timeline: n.repl.timeline,
                 statements_routed: shared.stats.select_cnt(i),
                 upstream: n.repl.upstream.as_ref().map(|u| format!("{}:{}", u.host, u.port)),
+                check_error: if n.up { None } else { shared.monitor.stats(i).and_then(|s| s.last_error) },
             }
         })
         .collect()

@@ -26,6 +26,7 @@ use serde_json::json;
 use super::candidate::{choose, Choice};
 use super::{connect, edit_view, failover, promote_node, rejoin, remember, repoint, run_rejoin, standbys, streams_from, Failover, Memory, Op, Remembered, Settings, Status};
 use crate::monitor::{ClusterView, Monitor, Role};
+use crate::tls::postgres::describe;
 
 /// How long a rejoin operation waits for the node to stream before it reports.
 const STREAM_WAIT: Duration = Duration::from_secs(60);
@@ -281,7 +282,7 @@ async fn switchover(monitor: &Monitor, settings: &Settings, state: &Failover, me
 /// primary still runs and is not fenced (the caller resumes writes on it), unless the
 /// error came after it was stopped.
 async fn hand_over(monitor: &Monitor, settings: &Settings, old: usize, target: usize, started: Instant) -> Result<bool, String> {
-    let oc = connect(settings, old).await.map_err(|e| format!("cannot connect to the primary: {e}"))?;
+    let oc = connect(settings, old).await.map_err(|e| format!("cannot connect to the primary: {}", describe(&e, settings.tls.mode())))?;
     // 2. Drain.
     let deadline = Instant::now() + settings.switchover_drain_timeout;
     loop {
@@ -300,7 +301,7 @@ async fn hand_over(monitor: &Monitor, settings: &Settings, old: usize, target: u
     // 3. Catch up.
     let lsn: String = oc.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.map_err(|e| e.to_string())?.get(0);
     let lsn = crate::monitor::parse_lsn(&lsn).ok_or("bad pg_current_wal_lsn()")?;
-    let tc = connect(settings, target).await.map_err(|e| format!("cannot connect to the candidate: {e}"))?;
+    let tc = connect(settings, target).await.map_err(|e| format!("cannot connect to the candidate: {}", describe(&e, settings.tls.mode())))?;
     let deadline = Instant::now() + settings.replay_timeout;
     loop {
         let (_, replayed) = super::positions(&tc).await.map_err(|e| e.to_string())?;

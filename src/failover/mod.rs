@@ -72,6 +72,8 @@ pub struct Settings {
     pub follow_command: Option<String>,
     /// `[rejoin]`.
     pub rejoin: rejoin::RejoinSettings,
+    /// `[tls] backend_tls`.
+    pub tls: Arc<crate::tls::backend::BackendTls>,
 }
 
 impl Settings {
@@ -639,7 +641,8 @@ pub(crate) async fn connect(settings: &Settings, i: usize) -> Result<Client, tok
     if let Some(p) = &settings.password {
         cfg.password(p);
     }
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    let tls = settings.tls.postgres(i, &mut cfg);
+    let (client, conn) = cfg.connect(tls).await?;
     tokio::spawn(conn);
     Ok(client)
 }

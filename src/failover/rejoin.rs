@@ -216,7 +216,9 @@ impl<'a> NodeOps<'a> {
         let p = &self.settings.backends[self.primary];
         let s = self.settings;
         let source = format!("host={} port={} user={} dbname={} application_name={}", p.host, p.port, s.user, s.database, self.name());
-        (source, s.password.iter().map(|pw| ("PGPASSWORD", pw.clone())).collect())
+        let mut env: Vec<(&'static str, String)> = s.password.iter().map(|pw| ("PGPASSWORD", pw.clone())).collect();
+        env.extend(s.tls.libpq_env());
+        (source, env)
     }
 
     async fn rewind(&self, how: How<'_>) -> anyhow::Result<()> {
@@ -375,6 +377,11 @@ impl Pg {
         let (uid, gid) = self.owner;
         if nix::unistd::geteuid().is_root() && uid != 0 {
             cmd.uid(uid).gid(gid);
+            // Its own home, as a login would give it: libpq reads ~/.postgresql (client
+            // certificates) there when it uses TLS, and fails on a home it may not read.
+            if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+                cmd.env("HOME", user.dir);
+            }
         }
         let out = tokio::time::timeout(self.timeout, cmd.output())
             .await
@@ -410,6 +417,7 @@ mod tests {
             promote_command: None,
             follow_command: None,
             rejoin,
+            tls: std::sync::Arc::new(crate::tls::backend::BackendTls::disabled()),
         }
     }
 

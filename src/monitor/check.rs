@@ -54,6 +54,8 @@ pub(crate) trait Probe: Send + 'static {
 
 /// Checks one PostgreSQL backend over a connection kept between checks.
 pub(crate) struct PgProbe {
+    /// The backend's index in the configuration.
+    backend: usize,
     host: String,
     port: u16,
     settings: CheckSettings,
@@ -61,22 +63,22 @@ pub(crate) struct PgProbe {
 }
 
 impl PgProbe {
-    pub(crate) fn new(host: String, port: u16, settings: CheckSettings) -> Self {
-        Self { host, port, settings, client: None }
+    pub(crate) fn new(backend: usize, host: String, port: u16, settings: CheckSettings) -> Self {
+        Self { backend, host, port, settings, client: None }
     }
 }
 
 impl Probe for PgProbe {
     fn fresh(&self) -> Self {
-        Self::new(self.host.clone(), self.port, self.settings.clone())
+        Self::new(self.backend, self.host.clone(), self.port, self.settings.clone())
     }
 
     async fn check(&mut self) -> Result<Sample, String> {
         let timeout = self.settings.timeout;
-        let result = tokio::time::timeout(timeout, check_once(&mut self.client, &self.host, self.port, &self.settings)).await;
+        let result = tokio::time::timeout(timeout, check_once(&mut self.client, self.backend, &self.host, self.port, &self.settings)).await;
         let outcome = match result {
             Ok(Ok(sample)) => Ok(sample),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(crate::tls::postgres::describe(&e, self.settings.tls.mode())),
             Err(_) => Err(format!("no answer within {timeout:?} (health_check.timeout)")),
         };
         if outcome.is_err() {
@@ -90,6 +92,7 @@ impl Probe for PgProbe {
 /// Runs one check on `client`, connecting first when there is no open connection.
 async fn check_once(
     client: &mut Option<tokio_postgres::Client>,
+    backend: usize,
     host: &str,
     port: u16,
     settings: &CheckSettings,
@@ -106,7 +109,8 @@ async fn check_once(
             if let Some(p) = &settings.password {
                 cfg.password(p);
             }
-            let (c, connection) = cfg.connect(tokio_postgres::NoTls).await?;
+            let tls = settings.tls.postgres(backend, &mut cfg);
+            let (c, connection) = cfg.connect(tls).await?;
             tokio::spawn(async move {
                 let _ = connection.await;
             });

@@ -214,6 +214,8 @@ pub struct CheckSettings {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    /// `[tls] backend_tls`.
+    pub tls: Arc<crate::tls::backend::BackendTls>,
 }
 
 /// The running monitor: the view's sender (failover also writes it), a way to ask for
@@ -249,9 +251,9 @@ impl Monitor {
 pub fn spawn(nodes: Vec<(String, String, u16, SocketAddr)>, settings: CheckSettings, stop: CancellationToken) -> Monitor {
     let mut named = Vec::with_capacity(nodes.len());
     let mut probes = Vec::with_capacity(nodes.len());
-    for (name, host, port, addr) in nodes {
+    for (index, (name, host, port, addr)) in nodes.into_iter().enumerate() {
         named.push((name, addr));
-        probes.push(PgProbe::new(host, port, settings.clone()));
+        probes.push(PgProbe::new(index, host, port, settings.clone()));
     }
     start(named, probes, &settings, stop)
 }
@@ -361,13 +363,13 @@ impl Checker {
                     }
                 };
                 // Counted before the view changes: whoever sees the change sees the check.
-                self.stats.record(outcome.is_ok(), retry, at.elapsed(), SystemTime::now());
+                self.stats.record(outcome.as_ref().err().map(String::as_str), retry, at.elapsed(), SystemTime::now());
                 let d = debounce.on_result(outcome.is_ok());
                 decision = Some(d);
                 match outcome {
                     Ok(sample) => {
                         last_error = None;
-                        self.publish(|view, now| view.with_up(self.index, &sample, now));
+                        self.publish(None, |view, now| view.with_up(self.index, &sample, now));
                         break;
                     }
                     // Say why once per distinct reason, not every check.
@@ -389,7 +391,7 @@ impl Checker {
                 }
                 Some(Decision::Down { changed: true }) => {
                     self.stats.marked_down();
-                    self.publish(|view, now| view.with_down(self.index, now));
+                    self.publish(last_error.as_deref(), |view, now| view.with_down(self.index, now));
                     started + self.interval
                 }
                 _ => started + self.interval,
@@ -398,8 +400,8 @@ impl Checker {
     }
 
     /// Applies `change` to the view as it is now (failover's writes included) and
-    /// publishes the result, if there is one.
-    fn publish(&self, change: impl FnOnce(&ClusterView, SystemTime) -> Option<ClusterView>) {
+    /// publishes the result, if there is one; `error` is why the checks failed.
+    fn publish(&self, error: Option<&str>, change: impl FnOnce(&ClusterView, SystemTime) -> Option<ClusterView>) {
         self.view.send_if_modified(|view| {
             let Some(next) = change(view, SystemTime::now()) else { return false };
             let (before, after) = (&view.nodes[self.index], &next.nodes[self.index]);
@@ -411,7 +413,11 @@ impl Checker {
                     (true, true) => ("node_role_changed", "the backend's role changed"),
                 };
                 let role = format!("{:?}", after.role).to_lowercase();
-                self.events.record(event, &self.name, message, serde_json::json!({"role": role}));
+                let fields = match error {
+                    Some(e) if !after.up => serde_json::json!({"role": role, "error": e}),
+                    _ => serde_json::json!({"role": role}),
+                };
+                self.events.record(event, &self.name, message, fields);
             }
             *view = Arc::new(next);
             true
@@ -575,6 +581,7 @@ mod tests {
             user: String::new(),
             password: None,
             database: String::new(),
+            tls: Arc::new(crate::tls::backend::BackendTls::disabled()),
         };
         let probe = Scripted::default();
         let stop = CancellationToken::new();
@@ -610,6 +617,7 @@ mod tests {
             user: String::new(),
             password: None,
             database: String::new(),
+            tls: Arc::new(crate::tls::backend::BackendTls::disabled()),
         };
         let probe = Scripted::default();
         let stop = CancellationToken::new();

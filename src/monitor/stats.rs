@@ -27,6 +27,8 @@ pub struct CheckStatsSnapshot {
     pub last_check: Option<SystemTime>,
     pub last_success: Option<SystemTime>,
     pub last_failure: Option<SystemTime>,
+    /// Why the latest failed check failed.
+    pub last_error: Option<String>,
 }
 
 /// The live counters; one small mutex per backend, taken once per check and per read.
@@ -44,8 +46,8 @@ struct Counters {
 }
 
 impl CheckStats {
-    /// Records one check that took `took` and ended at `at`.
-    pub(crate) fn record(&self, ok: bool, retry: bool, took: Duration, at: SystemTime) {
+    /// Records one check that took `took` and ended at `at`; `error` says why it failed.
+    pub(crate) fn record(&self, error: Option<&str>, retry: bool, took: Duration, at: SystemTime) {
         let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
         c.total_duration = c.total_duration.saturating_add(took);
         c.min_duration = Some(c.min_duration.map_or(took, |m| m.min(took)));
@@ -54,12 +56,16 @@ impl CheckStats {
         let (total_duration, min, max, run_retries) = (c.total_duration, c.min_duration, c.max_duration, c.run_retries);
         let s = &mut c.snapshot;
         s.total += 1;
-        if ok {
-            s.successes += 1;
-            s.last_success = Some(at);
-        } else {
-            s.failures += 1;
-            s.last_failure = Some(at);
+        match error {
+            None => {
+                s.successes += 1;
+                s.last_success = Some(at);
+            }
+            Some(e) => {
+                s.failures += 1;
+                s.last_failure = Some(at);
+                s.last_error = Some(e.to_string());
+            }
         }
         if retry {
             s.retries += 1;
@@ -93,19 +99,20 @@ mod tests {
         let stats = CheckStats::default();
         assert_eq!(stats.snapshot(), CheckStatsSnapshot::default());
         let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-        stats.record(true, false, Duration::from_millis(4), t(1));
-        stats.record(false, false, Duration::from_millis(10), t(2));
-        stats.record(false, true, Duration::from_millis(1), t(3));
-        stats.record(false, true, Duration::from_millis(5), t(4));
+        stats.record(None, false, Duration::from_millis(4), t(1));
+        stats.record(Some("refused"), false, Duration::from_millis(10), t(2));
+        stats.record(Some("refused"), true, Duration::from_millis(1), t(3));
+        stats.record(Some("refused"), true, Duration::from_millis(5), t(4));
         stats.marked_down();
-        stats.record(true, false, Duration::from_millis(20), t(5));
-        stats.record(false, false, Duration::from_millis(5), t(6));
-        stats.record(false, true, Duration::from_millis(5), t(7));
+        stats.record(None, false, Duration::from_millis(20), t(5));
+        stats.record(Some("timed out"), false, Duration::from_millis(5), t(6));
+        stats.record(Some("TLS"), true, Duration::from_millis(5), t(7));
         let s = stats.snapshot();
         assert_eq!((s.total, s.successes, s.failures, s.retries, s.skipped, s.marked_down), (7, 2, 5, 3, 0, 1));
         assert_eq!(s.max_retries, 2, "the longest run of retries");
         assert_eq!((s.min_duration_ms, s.max_duration_ms), (1, 20));
         assert!((s.average_duration_ms - 50.0 / 7.0).abs() < 1e-9, "{}", s.average_duration_ms);
         assert_eq!((s.last_check, s.last_success, s.last_failure), (Some(t(7)), Some(t(5)), Some(t(7))));
+        assert_eq!(s.last_error.as_deref(), Some("TLS"), "the latest failure's reason");
     }
 }

@@ -89,6 +89,8 @@ pub struct PoolInfo {
 /// All pools of this pgvigil node.
 pub struct Pools {
     settings: PoolSettings,
+    /// `[tls] backend_tls` for new server connections.
+    tls: Arc<crate::tls::backend::BackendTls>,
     /// How long checkouts waited for a free slot (0 for most).
     pub checkout_wait: crate::metrics::Histogram,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
@@ -104,9 +106,10 @@ pub struct Checkout {
 }
 
 impl Pools {
-    pub fn new(settings: PoolSettings) -> Self {
+    pub fn new(settings: PoolSettings, tls: Arc<crate::tls::backend::BackendTls>) -> Self {
         Self {
             settings,
+            tls,
             pools: Mutex::new(HashMap::new()),
             checkout_wait: crate::metrics::Histogram::new(&crate::metrics::LATENCY_BUCKETS),
             next_pool_id: AtomicU64::new(0),
@@ -116,6 +119,11 @@ impl Pools {
 
     pub fn settings(&self) -> &PoolSettings {
         &self.settings
+    }
+
+    /// How connections to backends set up TLS (also used for cancel requests).
+    pub fn tls(&self) -> &crate::tls::backend::BackendTls {
+        &self.tls
     }
 
     fn pool(&self, key: &PoolKey) -> Arc<Pool> {
@@ -136,7 +144,7 @@ impl Pools {
 
     /// Whether an idle connection may be handed out: within `idle_timeout`, no EOF and no
     /// unsolicited bytes.
-    fn still_usable(&self, conn: &ServerConn) -> bool {
+    fn still_usable(&self, conn: &mut ServerConn) -> bool {
         conn.last_used.elapsed() < self.settings.idle_timeout && conn.is_idle_and_clean()
     }
 
@@ -168,8 +176,8 @@ impl Pools {
         };
         loop {
             let candidate = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let Some(conn) = candidate else { break };
-            if conn.addr == addr && self.still_usable(&conn) {
+            let Some(mut conn) = candidate else { break };
+            if conn.addr == addr && self.still_usable(&mut conn) {
                 if let Some(r) = &conn.record {
                     r.checked_out();
                 }
@@ -178,7 +186,7 @@ impl Pools {
             tracing::debug!(backend = conn.backend, server_pid = conn.pid, "closing stale idle server connection");
         }
         let mut conn =
-            ServerConn::connect(key.backend, addr, &key.startup_params(), credential, self.settings.connect_timeout).await?;
+            ServerConn::connect(key.backend, addr, &key.startup_params(), credential, self.settings.connect_timeout, &self.tls).await?;
         tracing::debug!(backend = key.backend, server_pid = conn.pid, user = %key.user, database = %key.database, "opened server connection");
         let record = Arc::new(registry::ConnRecord::new(
             key.backend,
@@ -216,7 +224,7 @@ impl Pools {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.retain(|_, pool| {
             let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.retain(|c| self.still_usable(c));
+            idle.retain_mut(|c| self.still_usable(c));
             let unused = pool.permits.available_permits() == self.settings.size && Arc::strong_count(pool) == 1;
             !(idle.is_empty() && unused)
         });

@@ -14,6 +14,8 @@ use crate::protocol::frame::{self, be, Message};
 use crate::protocol::md5::{md5_password_hash, md5_salted_response};
 use crate::protocol::scram::{ClientCredential, ClientExchange, ScramVerifier, SCRAM_SHA_256};
 use crate::protocol::{frontend, startup, ProtocolError};
+use crate::tls::backend::{BackendTls, TlsError};
+use crate::tls::stream::ServerStream;
 
 /// Largest message accepted from a server outside of pass-through (startup and reset).
 const MAX_SERVER_CONTROL_MESSAGE: u64 = 1 << 24;
@@ -59,6 +61,18 @@ pub enum ConnectError {
     Scram { addr: SocketAddr, reason: String },
     #[error("server {addr} broke the protocol: {reason}")]
     Protocol { addr: SocketAddr, reason: String },
+    #[error("TLS to {addr}: {source}")]
+    Tls { addr: SocketAddr, source: TlsError },
+}
+
+/// A TCP connection to backend `backend` at `addr`, with TLS as `tls` says.
+async fn open(backend: usize, addr: SocketAddr, tls: &BackendTls) -> Result<ServerStream, ConnectError> {
+    let tcp = TcpStream::connect(addr).await.map_err(|source| ConnectError::Io { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    tls.negotiate(backend, tcp).await.map_err(|e| match e {
+        TlsError::Io(source) => ConnectError::Io { addr, source },
+        source => ConnectError::Tls { addr, source },
+    })
 }
 
 /// Records a ParameterStatus body in `params`, replacing an earlier value of that name.
@@ -78,7 +92,7 @@ fn quote_literal(value: &str) -> String {
 
 /// An open, authenticated server connection.
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     /// Bytes read from the server and not yet handled.
     pub buf: BytesMut,
     /// ParameterStatus values as the server last reported them, in first-seen order.
@@ -98,23 +112,23 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    /// Opens a connection and runs startup and authentication.
+    /// Opens a connection, sets up TLS as `tls` says, and runs startup and
+    /// authentication.
     pub async fn connect(
         backend: usize,
         addr: SocketAddr,
         params: &[(String, String)],
         credential: &BackendCredential,
         timeout: Duration,
+        tls: &BackendTls,
     ) -> Result<ServerConn, ConnectError> {
-        let connecting = tokio::time::timeout(timeout, TcpStream::connect(addr)).await;
-        let stream = connecting.map_err(|_| ConnectError::Timeout(addr))?.map_err(|source| ConnectError::Io { addr, source })?;
-        let _ = stream.set_nodelay(true);
+        let stream = tokio::time::timeout(timeout, open(backend, addr, tls)).await.map_err(|_| ConnectError::Timeout(addr))??;
         Self::login(stream, addr, backend, params, credential, timeout).await
     }
 
     /// Runs startup and authentication on an open connection, up to ReadyForQuery.
     pub async fn login(
-        stream: TcpStream,
+        stream: ServerStream,
         addr: SocketAddr,
         backend: usize,
         params: &[(String, String)],
@@ -191,18 +205,18 @@ impl ServerConn {
                     frontend::write_password(&mut out, &md5_salted_response(&hash, salt));
                 }
                 AuthRequest::Sasl(mechanisms) => {
-                    if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
-                        return Err(self.protocol(format!("no supported SASL mechanism among {mechanisms:?}")));
-                    }
                     let cred = match credential {
                         BackendCredential::Password(p) => ClientCredential::Password(p.clone()),
                         BackendCredential::ScramKey { client_key, verifier } => {
                             ClientCredential::ClientKey { client_key: *client_key, verifier: verifier.clone() }
                         }
-                        _ => return Err(self.no_credential("SCRAM-SHA-256", user)),
+                        _ => return Err(self.no_credential(SCRAM_SHA_256, user)),
                     };
-                    let exchange = ClientExchange::new(cred);
-                    frontend::write_sasl_initial_response(&mut out, SCRAM_SHA_256, &exchange.client_first());
+                    // Over TLS, bound to the server's certificate when it offers that.
+                    let Some((exchange, mechanism)) = ClientExchange::for_server(cred, self.stream.end_point(), &mechanisms) else {
+                        return Err(self.protocol(format!("no supported SASL mechanism among {mechanisms:?}")));
+                    };
+                    frontend::write_sasl_initial_response(&mut out, mechanism, &exchange.client_first());
                     scram = Some(exchange);
                 }
                 AuthRequest::SaslContinue(data) => {
@@ -297,12 +311,8 @@ impl ServerConn {
     }
 
     /// Whether an idle connection is still usable: no EOF and no unsolicited bytes.
-    pub fn is_idle_and_clean(&self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    pub fn is_idle_and_clean(&mut self) -> bool {
+        self.buf.is_empty() && self.stream.is_quiet()
     }
 
     /// Records a ParameterStatus body.
@@ -312,7 +322,12 @@ impl ServerConn {
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), ConnectError> {
         let addr = self.addr;
-        self.stream.write_all(bytes).await.map_err(|source| ConnectError::Io { addr, source })
+        let sent = async {
+            self.stream.write_all(bytes).await?;
+            // TLS may keep part of it until flushed.
+            self.stream.flush().await
+        };
+        sent.await.map_err(|source| ConnectError::Io { addr, source })
     }
 
     async fn recv(&mut self) -> Result<Message, ConnectError> {

@@ -25,8 +25,6 @@ pub const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
 const DEFAULT_ITERATIONS: u32 = 4096;
 const DEFAULT_SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 18;
-/// base64("n,,"): the channel-binding attribute our client sends.
-const CBIND_NONE: &str = "biws";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -458,6 +456,11 @@ enum ClientState {
 /// The proxy acting as a SCRAM client toward PostgreSQL.
 pub struct ClientExchange {
     cred: ClientCredential,
+    /// `n,,` (no channel binding), `y,,` (TLS, but the server offered no -PLUS) or
+    /// `p=tls-server-end-point,,`.
+    gs2_header: &'static str,
+    /// The server certificate's hash with `p=`, else empty.
+    cbind_data: Vec<u8>,
     client_nonce: String,
     /// Always empty outside tests: PostgreSQL ignores the SCRAM username (libpq sends `n=`).
     user: String,
@@ -473,13 +476,38 @@ impl fmt::Debug for ClientExchange {
 }
 
 impl ClientExchange {
+    /// An exchange without channel binding (plain TCP).
     pub fn new(cred: ClientCredential) -> Self {
         Self::with_nonce(cred, random_nonce(), String::new())
+    }
+
+    /// An exchange for a server offering `mechanisms`, over TLS when `end_point` (the
+    /// server certificate's `tls-server-end-point` hash) is given; returns it with the
+    /// mechanism to name. Over TLS, SCRAM-SHA-256-PLUS is used when offered (as libpq's
+    /// `channel_binding=prefer`). `None` when no SCRAM mechanism is offered.
+    pub fn for_server(cred: ClientCredential, end_point: Option<Vec<u8>>, mechanisms: &[String]) -> Option<(Self, &'static str)> {
+        let offered = |m: &str| mechanisms.iter().any(|x| x == m);
+        let mut exchange = Self::new(cred);
+        match end_point {
+            Some(data) if offered(SCRAM_SHA_256_PLUS) => {
+                exchange.gs2_header = "p=tls-server-end-point,,";
+                exchange.cbind_data = data;
+                Some((exchange, SCRAM_SHA_256_PLUS))
+            }
+            Some(_) if offered(SCRAM_SHA_256) => {
+                exchange.gs2_header = "y,,";
+                Some((exchange, SCRAM_SHA_256))
+            }
+            None if offered(SCRAM_SHA_256) => Some((exchange, SCRAM_SHA_256)),
+            _ => None,
+        }
     }
 
     fn with_nonce(cred: ClientCredential, client_nonce: String, user: String) -> Self {
         Self {
             cred,
+            gs2_header: "n,,",
+            cbind_data: Vec::new(),
             client_nonce,
             user,
             state: ClientState::Initial,
@@ -490,9 +518,9 @@ impl ClientExchange {
         format!("n={},r={}", self.user, self.client_nonce)
     }
 
-    /// The client-first-message: `n,,n=,r=<nonce>`.
+    /// The client-first-message: the gs2 header, then `n=,r=<nonce>`.
     pub fn client_first(&self) -> Vec<u8> {
-        format!("n,,{}", self.client_first_bare()).into_bytes()
+        format!("{}{}", self.gs2_header, self.client_first_bare()).into_bytes()
     }
 
     /// Consume the server-first-message, return the client-final-message.
@@ -538,7 +566,9 @@ impl ClientExchange {
                 (*client_key, verifier.server_key)
             }
         };
-        let without_proof = format!("c={CBIND_NONE},r={nonce}");
+        let mut cbind = self.gs2_header.as_bytes().to_vec();
+        cbind.extend_from_slice(&self.cbind_data);
+        let without_proof = format!("c={},r={nonce}", B64.encode(cbind));
         let auth_message = [
             self.client_first_bare().as_str(),
             server_first,
@@ -979,6 +1009,30 @@ mod tests {
         assert!(matches!(bound_exchange(&data, false, "y", b""), Err(ChannelBinding(_))));
         // Binding without having selected PLUS.
         assert!(matches!(bound_exchange(&data, false, p, &data), Err(ChannelBinding(_))));
+    }
+
+    #[test]
+    fn client_binds_to_the_server_certificate() {
+        let v = ScramVerifier::from_password("pencil", b"NaCl", 4096);
+        let both = [SCRAM_SHA_256.to_string(), SCRAM_SHA_256_PLUS.to_string()];
+        let plain_only = [SCRAM_SHA_256.to_string()];
+        let exchange = |client_sees: &[u8], server_has: &[u8], offered: &[String]| {
+            let (mut c, mechanism) = ClientExchange::for_server(pw("pencil"), Some(client_sees.to_vec()), offered).unwrap();
+            let mut s = ServerExchange::with_channel_binding(v.clone(), server_has.to_vec(), mechanism == SCRAM_SHA_256_PLUS);
+            let s1 = s.handle_client_first(&c.client_first())?;
+            let fin = s.handle_client_final(&c.handle_server_first(&s1)?)?;
+            c.handle_server_final(&fin.server_final).map(|()| mechanism)
+        };
+        let cert = [0x5au8; 32];
+        assert_eq!(exchange(&cert, &cert, &both), Ok(SCRAM_SHA_256_PLUS));
+        // A man in the middle presents another certificate: the server refuses.
+        assert_eq!(exchange(&[0x33; 32], &cert, &both), Err(ChannelBinding("c= does not match the gs2 header")));
+        // No PLUS offered over TLS: "y", which a server that did not offer it accepts.
+        let (c, mechanism) = ClientExchange::for_server(pw("pencil"), Some(cert.to_vec()), &plain_only).unwrap();
+        assert_eq!((mechanism, c.client_first().starts_with(b"y,,n=")), (SCRAM_SHA_256, true));
+        let (c, mechanism) = ClientExchange::for_server(pw("pencil"), None, &both).unwrap();
+        assert_eq!((mechanism, c.client_first().starts_with(b"n,,n=")), (SCRAM_SHA_256, true));
+        assert!(ClientExchange::for_server(pw("pencil"), None, &[SCRAM_SHA_256_PLUS.to_string()]).is_none());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::protocol::startup::write_cancel;
+use crate::tls::backend::BackendTls;
 
 /// Where a cancel for a client must go: its current server connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,15 +82,17 @@ impl CancelRegistry {
         entry.target
     }
 
-    /// Forwards a client's CancelRequest to its server connection, if the key matches.
-    /// Returns whether a cancel was sent.
-    pub async fn cancel(&self, pid: i32, secret: i32, timeout: Duration) -> bool {
+    /// Forwards a client's CancelRequest to its server connection, if the key matches,
+    /// with TLS as for server connections (the key is a secret). Returns whether a cancel
+    /// was sent.
+    pub async fn cancel(&self, pid: i32, secret: i32, timeout: Duration, tls: &BackendTls) -> bool {
         let Some(target) = self.target(pid, secret) else {
             tracing::debug!(pid, "cancel request with an unknown key ignored");
             return false;
         };
         let send = async {
-            let mut stream = TcpStream::connect(target.addr).await?;
+            let tcp = TcpStream::connect(target.addr).await?;
+            let mut stream = tls.negotiate(target.backend, tcp).await.map_err(std::io::Error::other)?;
             let mut out = BytesMut::with_capacity(16);
             write_cancel(&mut out, target.pid, target.secret);
             stream.write_all(&out).await?;

@@ -27,11 +27,12 @@ pub struct Catalogs {
     user: String,
     password: Option<String>,
     timeout: Duration,
+    tls: Arc<crate::tls::backend::BackendTls>,
 }
 
 impl Catalogs {
-    pub fn new(user: String, password: Option<String>, timeout: Duration) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), load: tokio::sync::Mutex::new(()), user, password, timeout }
+    pub fn new(user: String, password: Option<String>, timeout: Duration, tls: Arc<crate::tls::backend::BackendTls>) -> Self {
+        Self { entries: Mutex::new(HashMap::new()), load: tokio::sync::Mutex::new(()), user, password, timeout, tls }
     }
 
     fn cached(&self, database: &str) -> Option<Option<Arc<FunctionCatalog>>> {
@@ -102,8 +103,9 @@ impl Catalogs {
             if let Some(p) = &self.password {
                 cfg.password(p);
             }
+            let tls = self.tls.postgres(i, &mut cfg);
             let attempt = async {
-                let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+                let (client, conn) = cfg.connect(tls).await?;
                 let task = tokio::spawn(conn);
                 let c = crate::monitor::catalog::load_functions(&client).await;
                 drop(client);
@@ -112,7 +114,7 @@ impl Catalogs {
             };
             match tokio::time::timeout(self.timeout, attempt).await {
                 Ok(Ok(c)) => return Ok(c),
-                Ok(Err(e)) => last = e.into(),
+                Ok(Err(e)) => last = anyhow::anyhow!(crate::tls::postgres::describe(&e, self.tls.mode())),
                 Err(_) => last = anyhow::anyhow!("timed out after {:?}", self.timeout),
             }
         }

@@ -725,6 +725,11 @@ impl<'a> Engine<'a> {
                     Poll::Pending => break,
                 }
             }
+            // TLS takes bytes it cannot send yet into its own buffer: push them out (for
+            // plain TCP this does nothing).
+            if self.cout.is_empty() && matches!(Pin::new(&mut self.client).poll_flush(cx), Poll::Ready(Err(_))) {
+                return Poll::Ready(Err(End::ClientLost));
+            }
             for link in &mut self.links {
                 while !link.out.is_empty() && !link.dead {
                     match Pin::new(&mut link.checkout.conn.stream).poll_write(cx, &link.out) {
@@ -738,6 +743,10 @@ impl<'a> Engine<'a> {
                         }
                         Poll::Pending => break,
                     }
+                }
+                if link.out.is_empty() && !link.dead && matches!(Pin::new(&mut link.checkout.conn.stream).poll_flush(cx), Poll::Ready(Err(_))) {
+                    link.dead = true;
+                    progress = true;
                 }
             }
             let limit = CLIENT_READ_AHEAD.max(self.cin_need);

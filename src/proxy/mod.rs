@@ -139,6 +139,7 @@ impl Shared {
             ("rejoin.*", old.rejoin != next.rejoin),
             ("admin.*", old.admin != next.admin),
             ("backends", old.backends != next.backends),
+            ("tls.backend_*", (old.tls.backend_tls, &old.tls.backend_ca_file) != (next.tls.backend_tls, &next.tls.backend_ca_file)),
             ("watchdog.*", old.watchdog != next.watchdog),
         ]
         .into_iter()
@@ -147,7 +148,9 @@ impl Shared {
         .collect();
         *self.reloadable.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(reloadable);
         state.1.auth = next.auth;
-        state.1.tls = next.tls;
+        // The client-facing half of [tls]; backend_tls needs a restart.
+        let (backend_tls, backend_ca_file) = (state.1.tls.backend_tls, state.1.tls.backend_ca_file.take());
+        state.1.tls = crate::config::TlsConfig { backend_tls, backend_ca_file, ..next.tls };
         state.1.base_dir = next.base_dir;
         Ok(not_applied)
     }
@@ -249,6 +252,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         None => None,
     };
     let background = CancellationToken::new();
+    let backend_tls = Arc::new(crate::tls::backend::BackendTls::load(&config)?);
     let mut nodes = Vec::new();
     for (i, b) in config.backends.iter().enumerate() {
         let addr = tokio::net::lookup_host((b.host.as_str(), b.port))
@@ -267,6 +271,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         user: config.health_check.user.clone(),
         password: config.health_check_password(&reloadable.users),
         database: config.health_check.database.clone(),
+        tls: backend_tls.clone(),
     };
     let check_password = check.password.clone();
     let monitor = Arc::new(monitor::spawn(nodes, check, background.clone()));
@@ -308,17 +313,19 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
                 basebackup_command: config.rejoin.basebackup_command.clone(),
                 timeout: config.rejoin.timeout.get(),
             },
+            tls: backend_tls.clone(),
         },
         watchdog.clone(),
         background.clone(),
     );
-    let pools = Arc::new(Pools::new(PoolSettings {
+    let pool_settings = PoolSettings {
         size: config.pool.size,
         idle_timeout: config.pool.idle_timeout.get(),
         checkout_timeout: config.pool.checkout_timeout.get(),
         connect_timeout: config.pool.connect_timeout.get(),
         reset_query: config.pool.reset_query.clone(),
-    }));
+    };
+    let pools = Arc::new(Pools::new(pool_settings, backend_tls.clone()));
     tokio::spawn(pools.clone().run_reaper(background.clone()));
     let listen = config.listen_addr()?;
     let socket = tokio::net::TcpListener::bind(listen)
@@ -355,6 +362,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             config.health_check.user.clone(),
             check_password,
             config.health_check.timeout.get().max(Duration::from_secs(5)),
+            backend_tls,
         ),
         stats: stats::RouteStats::new(config.backends.len()),
         metrics: crate::metrics::ProxyMetrics::default(),

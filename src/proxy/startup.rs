@@ -89,7 +89,7 @@ pub async fn read_opening(stream: &mut ClientStream, buf: &mut BytesMut, shared:
                 }
             }
             StartupPacket::Cancel { pid, secret } => {
-                shared.cancels.cancel(pid, secret, shared.pools.settings().connect_timeout).await;
+                shared.cancels.cancel(pid, secret, shared.pools.settings().connect_timeout, shared.pools.tls()).await;
                 return Opening::Cancelled;
             }
             StartupPacket::Startup(s) => return check_version(stream, s).await,

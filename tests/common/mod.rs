@@ -14,6 +14,7 @@ use pgvigil::protocol::backend::{self, ServerError};
 use pgvigil::protocol::frame::{self, Message};
 use pgvigil::protocol::frontend;
 use pgvigil::proxy::{self, ProxyHandle};
+use pgvigil::tls::stream::MaybeTls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -145,6 +146,14 @@ impl Env {
 
 /// Writes the config for `opts` into `dir` and starts pgvigil on it; waits for a primary.
 async fn start_proxy(cluster: &LocalCluster, opts: &Options, dir: &std::path::Path) -> (ProxyHandle, PathBuf) {
+    let (handle, config_path) = launch_proxy(cluster, opts, dir).await;
+    assert!(handle.wait_for_primary(Duration::from_secs(20)).await, "pgvigil found no primary");
+    (handle, config_path)
+}
+
+/// Writes the config for `opts` into `dir` and starts pgvigil on it, without waiting
+/// for anything.
+pub async fn launch_proxy(cluster: &LocalCluster, opts: &Options, dir: &std::path::Path) -> (ProxyHandle, PathBuf) {
     let mut users = format!("{SUPERUSER} = \"{SUPERPASS}\"\n");
     for u in &opts.users {
         users.push_str(u);
@@ -183,7 +192,6 @@ async fn start_proxy(cluster: &LocalCluster, opts: &Options, dir: &std::path::Pa
     std::fs::write(&config_path, text).expect("write config");
     let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
     let handle = proxy::start(config, Some(config_path.clone())).await.expect("start pgvigil");
-    assert!(handle.wait_for_primary(Duration::from_secs(20)).await, "pgvigil found no primary");
     (handle, config_path)
 }
 
@@ -316,9 +324,10 @@ impl Raw {
         let params = [("user".to_string(), user.to_string()), ("database".to_string(), "postgres".to_string())];
         let credential = BackendCredential::Password(password.to_string());
         let addr = self.stream.peer_addr().expect("peer address");
-        match ServerConn::login(self.stream, addr, 0, &params, &credential, Duration::from_secs(10)).await {
+        match ServerConn::login(MaybeTls::Plain(self.stream), addr, 0, &params, &credential, Duration::from_secs(10)).await {
             Ok(conn) => {
-                let raw = Raw { stream: conn.stream, buf: conn.buf, pid: conn.pid, secret: conn.secret };
+                let MaybeTls::Plain(stream) = conn.stream else { panic!("a plain connection stays plain") };
+                let raw = Raw { stream, buf: conn.buf, pid: conn.pid, secret: conn.secret };
                 Ok((raw, conn.params))
             }
             Err(ConnectError::Server { error, .. }) => Err(*error),
@@ -428,6 +437,21 @@ impl Env {
 }
 
 impl Env {
+    /// Asks for node `i`'s rejoin and waits until it is a standby again: up, not fenced.
+    /// Panics with the rejoin log when it is not within 90 s.
+    pub async fn rejoin(&self, i: usize) {
+        let shared = self.handle().shared();
+        shared.failover.request_rejoin(i);
+        let rejoined = eventually(Duration::from_secs(90), || async {
+            let v = shared.view.borrow().clone();
+            let n = &v.nodes[i];
+            n.up && !n.fenced && n.role == pgvigil::monitor::Role::Standby
+        })
+        .await;
+        let log = std::fs::read_to_string(self.cluster.node(i).data_dir.join("pgvigil-rejoin.log")).unwrap_or_default();
+        assert!(rejoined, "{:?}\nrejoin log:\n{log}", shared.view.borrow().nodes[i]);
+    }
+
     /// Waits until a query containing `needle` is running on node `i`.
     pub async fn wait_running(&self, i: usize, needle: &str) {
         let direct = self.direct(i).await;
