@@ -105,7 +105,9 @@ def main():
         if any(t.startswith("pgvigil") for t in targets):
             if not os.access(args.pgvigil, os.X_OK):
                 raise BenchError(f"pgvigil binary {args.pgvigil} not found: cargo build --release")
-            for t, extra in (("pgvigil", ""),
+            # backend_tls defaults to "prefer", which would use TLS to this server: the plain
+            # target says "disable".
+            for t, extra in (("pgvigil", '[tls]\nbackend_tls = "disable"\n'),
                              ("pgvigil-tls", f'[tls]\ncert_file = "{crt}"\nkey_file = "{key}"\nbackend_tls = "require"\n')):
                 if t in targets:
                     procs[t], ports[t], versions[t] = pb.setup_pgvigil(env, pgbin, args.pgvigil, pgport, t, [], extra=extra)
