@@ -19,6 +19,8 @@ have succeeded for 2 s, the holder fails:
              then it is started again
   partition  the holder's bridge port stops forwarding for 8 s (its link stays up),
              then forwards again
+  freeze     (only when asked for) SIGSTOP to every process of the holder for 8 s,
+             then SIGCONT
 
 Measured: time from the fault to the first successful query through the VIP, failed
 attempts, samples with two VIP holders whose hosts are running and connected
@@ -72,10 +74,11 @@ ADMIN_PORT = 9898
 PRIORITIES = [150, 100, 50]
 NS_PREFIX = "pgvip"
 
-ALL_TARGETS = ["pgvigil", "pgvigil-witness", "keepalived"]
+ALL_TARGETS = ["pgvigil", "pgvigil-witness", "keepalived", "keepalived-heal"]
 DEFAULT_TARGETS = ["pgvigil", "keepalived"]
-FAULTS = ["kill", "shutdown", "partition"]
+FAULTS = ["kill", "shutdown", "partition", "freeze"]
 DEFAULT_FAULTS = ["kill", "shutdown", "partition"]
+CUT_FAULTS = ("partition", "freeze")  # the node is cut off / frozen for a while, then back
 
 STEADY_S = 2.0          # queries must succeed this long, with one holder, before the fault
 STEADY_TIMEOUT_S = 40.0
@@ -417,7 +420,7 @@ class Client:
     def stop(self):
         self.stopping.set()
         for t in [self.ticker] + self.threads:
-            if t.is_alive() or t.ident is not None:
+            if t.ident is not None:
                 t.join(3)
 
 
@@ -531,6 +534,18 @@ class Target:
             self._forget(i, role)
         return len(pids)
 
+    def signal_node(self, i, sig):
+        """`sig` to every process of node i; how many."""
+        pids = []
+        for p in self.procs[i].values():
+            pids += self._pids(p)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        return len(pids)
+
     def terminate_daemon(self, i):
         p = self.procs[i][self.daemon]
         p.send_signal(signal.SIGTERM)
@@ -637,13 +652,17 @@ interface = "eth0"
 class KeepalivedTarget(Target):
     """keepalived (VRRP only) and PgBouncer on every node: virtual_router_id 51,
     priorities 150/100/50 (n0 starts as MASTER, the others as BACKUP), advert_int 1, no
-    authentication, the VIP on eth0; PgBouncer on 0.0.0.0:9999 in front of the primary."""
+    authentication, the VIP on eth0; PgBouncer on 0.0.0.0:9999 in front of the primary.
+    `keepalived-heal` adds `vrrp_higher_prio_send_advert`: a master that yields to a
+    higher priority sends one more advert first, so that the remaining master (through
+    its default `garp_lower_prio_repeat`) announces the VIP again after a heal."""
 
     daemon = "keepalived"
 
     def __init__(self, ctx, name, rundir):
         super().__init__(ctx, name, rundir)
         env = ctx.env
+        extra = "    vrrp_higher_prio_send_advert\n" if name == "keepalived-heal" else ""
         self.confs = {}
         users = env.write(os.path.relpath(os.path.join(rundir, "pgbouncer_users.txt"), env.dir),
                           f'"{USER}" "{PASSWORD}"\n')
@@ -651,7 +670,7 @@ class KeepalivedTarget(Target):
             kconf = os.path.join(rundir, f"n{i}-keepalived.conf")
             write_private(kconf, f"""global_defs {{
     router_id n{i}
-}}
+{extra}}}
 
 vrrp_instance VI_1 {{
     state {"MASTER" if i == 0 else "BACKUP"}
@@ -703,7 +722,8 @@ log_disconnections = 0
                 "-r", os.path.join(self.rundir, f"n{i}-keepalived-vrrp.pid")]
 
 
-TARGET_CLASSES = {"pgvigil": PgvigilTarget, "pgvigil-witness": PgvigilTarget, "keepalived": KeepalivedTarget}
+TARGET_CLASSES = {"pgvigil": PgvigilTarget, "pgvigil-witness": PgvigilTarget, "keepalived": KeepalivedTarget,
+                  "keepalived-heal": KeepalivedTarget}
 
 
 def write_private(path, text):
@@ -819,15 +839,27 @@ def trial(ctx, tname, fault, run_no):
         elif fault == "shutdown":
             p = target.terminate_daemon(holder)
             log(f"{what}: n{holder} holds the VIP; SIGTERM to its {target.daemon}")
-        else:
+        elif fault == "partition":
             net.set_forwarding(holder, False)
             log(f"{what}: n{holder} holds the VIP; its bridge port stops forwarding for {args.partition_s:g} s")
+        else:
+            run.set_live(holder, False)
+            n = target.signal_node(holder, signal.SIGSTOP)
+            res["frozen_processes"] = n
+            log(f"{what}: n{holder} holds the VIP; SIGSTOP to its {n} process(es) for {args.freeze_s:g} s")
 
-        if fault == "partition":
-            time.sleep(max(0.0, t_fault + args.partition_s - time.monotonic()))
+        if fault in CUT_FAULTS:
+            cut_s = args.partition_s if fault == "partition" else args.freeze_s
+            time.sleep(max(0.0, t_fault + cut_s - time.monotonic()))
             t_back = time.monotonic()
-            net.set_forwarding(holder, True)
-            log(f"{what}: healed")
+            if fault == "partition":
+                net.set_forwarding(holder, True)
+                log(f"{what}: healed")
+            else:
+                res["vip_on_frozen_node_at_sigcont"] = net.has_vip(holder)
+                target.signal_node(holder, signal.SIGCONT)
+                run.set_live(holder, True)
+                log(f"{what}: SIGCONT")
         else:
             if fault == "shutdown":
                 try:
@@ -856,6 +888,9 @@ def trial(ctx, tname, fault, run_no):
         t_end = wait_window(client, t_back, args.after, SETTLE_S, MAX_EXTEND_S)
         target.check_started()
         res.update(analyse(client, sampler, holder, t_start, t_fault, t_back, t_end, fault))
+        # To match the processes' logs (wall clock) with the times here (after the fault).
+        res["wall_clock_at_fault"] = datetime.datetime.fromtimestamp(
+            time.time() - (time.monotonic() - t_fault)).astimezone().isoformat(timespec="milliseconds")
         res["logs"] = {k: pb.scan_log(v) for k, v in target.logs().items()}
         return res
     finally:
@@ -917,14 +952,21 @@ def analyse(client, sampler, holder, t_start, t_fault, t_back, t_end, fault):
                     total += min(b[0], hi) - a[0]
         return round(total, 3), count
     first_sample = samples[0][0] if samples else t_start
-    out["two_live_holders_before_fault"] = double_time(first_sample, t_fault)[1]
+    before = double_time(first_sample, t_fault)[1]
     dt, dc = double_time(t_fault, t_back)
     out["two_live_holders_during_fault_s"], out["two_live_holders_during_fault"] = dt, dc
-    out["two_holders_incl_dead_during_fault_s"] = double_time(t_fault, t_back, live_only=False)[0]
-    dt, dc = double_time(t_back, t_end + 1)
-    out["two_live_holders_after_back_s"], out["two_live_holders_after_back"] = dt, dc
-    out["split_brain_samples_all_running"] = out["two_live_holders_before_fault"] + dc
-    out["samples_all_running"] = sum(1 for s in samples if s[0] < t_fault or s[0] >= t_back)
+    out["two_holders_incl_not_live_during_fault_s"] = double_time(t_fault, t_back, live_only=False)[0]
+    dt, da = double_time(t_back, t_end + 1)
+    out["two_live_holders_after_back_s"], out["two_live_holders_after_back"] = dt, da
+    # Split brain: two holders whose hosts run and are connected. A killed or frozen node
+    # is not live, so for kill, shutdown and freeze every sample counts; a partition is
+    # a split by design (reported above), so only the samples outside it count.
+    if fault == "partition":
+        out["split_brain_samples"] = before + da
+        out["samples_checked"] = sum(1 for s in samples if s[0] < t_fault or s[0] >= t_back)
+    else:
+        out["split_brain_samples"] = before + dc + da
+        out["samples_checked"] = len(samples)
     out["holders_at_end"] = [f"n{i}" for i in live_holders(samples[-1])] if samples else []
     # holder changes, relative to the fault
     changes, last = [], None
@@ -992,16 +1034,20 @@ def summary(target, fault, runs):
     s["recovered_after_back_max_s"] = max((r["recovered_after_back_s"] for r in ok
                                            if r.get("recovered_after_back_s") is not None), default=None)
     s["longest_gap_after_back_max_s"] = max((r["longest_gap_after_back_s"] for r in ok), default=None)
-    s["split_brain_samples_all_running"] = sum(r["split_brain_samples_all_running"] for r in ok)
-    s["samples_all_running"] = sum(r["samples_all_running"] for r in ok)
+    s["split_brain_samples"] = sum(r["split_brain_samples"] for r in ok)
+    s["samples_checked"] = sum(r["samples_checked"] for r in ok)
     s["two_live_holders_during_fault"] = sum(r["two_live_holders_during_fault"] for r in ok)
+    s["two_holders_incl_not_live_during_fault_s"] = med([r.get("two_holders_incl_not_live_during_fault_s")
+                                                         for r in ok])
+    s["vip_on_frozen_node_at_sigcont"] = sum(1 for r in ok if r.get("vip_on_frozen_node_at_sigcont"))
     s["stuck_runs"] = sum(1 for r in ok if r["stuck_after_back"])
     s["vip_left_on_killed_node"] = sum(1 for r in ok if r.get("vip_left_on_killed_node_at_return"))
     s["vip_left_after_clean_stop"] = sum(1 for r in ok if r.get("vip_left_after_clean_stop"))
     return s
 
 
-BACK = {"kill": "after the node is back", "shutdown": "after the daemon is back", "partition": "after the heal"}
+BACK = {"kill": "after the node is back", "shutdown": "after the daemon is back", "partition": "after the heal",
+        "freeze": "after SIGCONT"}
 
 
 def table(fault, sums):
@@ -1009,10 +1055,14 @@ def table(fault, sums):
             "failed attempts before it (median)"]
     if fault == "partition":
         head += ["old holder dropped the VIP (median s)", "two live holders while cut off (median s)"]
-    head += ["split-brain samples, all nodes running (of total)",
+    if fault == "freeze":
+        head += ["frozen holder's kernel dropped the VIP (median s)",
+                 "two holders, one of them frozen (median s)"]
+    head += ["split-brain samples: two live holders" + (" outside the partition" if fault == "partition" else "")
+             + " (of samples)",
              f"{BACK[fault]}: failed attempts (median), longest gap median / max (s)"]
-    if fault == "partition":
-        head += ["recovered after the heal: median / max (s)", "clients stuck > 5 s after the heal"]
+    if fault in CUT_FAULTS:
+        head += [f"recovered {BACK[fault]}: median / max (s)", f"clients stuck > 5 s {BACK[fault]}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in sums:
         if not s.get("completed"):
@@ -1026,14 +1076,33 @@ def table(fault, sums):
                fmt(s["vip_on_other_node_s"]), num(s["failed_before_first_ok"])]
         if fault == "partition":
             row += [fmt(s["old_holder_released_s"]), fmt(s["two_live_holders_during_fault_s"])]
-        row += [f"{s['split_brain_samples_all_running']} (of {s['samples_all_running']})",
+        if fault == "freeze":
+            row += [fmt(s["old_holder_released_s"]), fmt(s["two_holders_incl_not_live_during_fault_s"])]
+        row += [f"{s['split_brain_samples']} (of {s['samples_checked']})",
                 f"{num(s['failed_after_back'])}, {fmt(s['longest_gap_after_back_s'])} / "
                 f"{fmt(s['longest_gap_after_back_max_s'])}"]
-        if fault == "partition":
+        if fault in CUT_FAULTS:
             row += [f"{fmt(s['recovered_after_back_s'])} / {fmt(s['recovered_after_back_max_s'])}",
                     f"{s['stuck_runs']}/{n}"]
         lines.append("| " + " | ".join(row) + " |")
     out = "\n".join(lines) + "\n"
+    notes = []
+    for s in sums:
+        n = s.get("completed")
+        if not n:
+            continue
+        if fault == "kill":
+            notes.append(f"{s['target']}: VIP still on the killed node's eth0 when it came back in "
+                         f"{s['vip_left_on_killed_node']}/{n} runs (removed before its start, as a reboot would)")
+        if fault == "shutdown":
+            notes.append(f"{s['target']}: VIP left on the node after its daemon exited in "
+                         f"{s['vip_left_after_clean_stop']}/{n} runs; daemon exited {fmt(s['daemon_exit_s'])} s "
+                         f"after SIGTERM (median)")
+        if fault == "freeze":
+            notes.append(f"{s['target']}: VIP still on the frozen node at SIGCONT in "
+                         f"{s['vip_on_frozen_node_at_sigcont']}/{n} runs")
+    if notes:
+        out += "\n" + "\n".join(f"- {x}" for x in notes) + "\n"
     base = next((s for s in sums if s["target"] == "keepalived" and s.get("first_ok_s")), None)
     if base:
         for s in sums:
@@ -1053,8 +1122,8 @@ def run_line(r):
             f"two live holders {r['two_live_holders_during_fault_s']:.2f} s during the fault; back at "
             f"{fmt(r['back_at_s'])} s: {r['failed_after_back']} failed, longest gap "
             f"{fmt(r['longest_gap_after_back_s'])} s, recovered {fmt(r['recovered_after_back_s'])} s"
-            f"{', STUCK' if r['stuck_after_back'] else ''}; split-brain samples (all running) "
-            f"{r['split_brain_samples_all_running']}/{r['samples_all_running']}; holders at the end "
+            f"{', STUCK' if r['stuck_after_back'] else ''}; split-brain samples "
+            f"{r['split_brain_samples']}/{r['samples_checked']}; holders at the end "
             f"{','.join(r['holders_at_end']) or 'none'}")
 
 
@@ -1063,6 +1132,15 @@ def run_line(r):
 
 class Ctx:
     pass
+
+
+def loadavg():
+    """The 1, 5 and 15 minute load averages (other work on the machine shows here)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[:3]
+    except OSError:
+        return None
 
 
 def find_pgvigil(path, explicit):
@@ -1093,6 +1171,7 @@ def main():
                     help="seconds after a kill or shutdown before the node comes back (longer while no query "
                          f"has succeeded yet, up to {FIRST_OK_MAX_S:g}; default 6)")
     ap.add_argument("--partition-s", type=float, default=8.0, help="seconds the holder is cut off (default 8)")
+    ap.add_argument("--freeze-s", type=float, default=8.0, help="seconds the holder is frozen (default 8)")
     ap.add_argument("--after", type=float, default=8.0,
                     help="seconds observed after the node is back or the partition healed (longer while "
                          f"queries fail, up to {MAX_EXTEND_S:g}; default 8)")
@@ -1132,17 +1211,20 @@ def main():
     skipped = {}
     if any(t.startswith("pgvigil") for t in targets):
         ctx.pgvigil = find_pgvigil(args.pgvigil or default_bin, args.pgvigil is not None)
-    if "keepalived" in targets:
+    kas = [t for t in targets if t.startswith("keepalived")]
+    if kas:
         ctx.keepalived = args.keepalived or pb.find_binary("keepalived", ["/usr/sbin/keepalived"])
         ctx.pgbouncer = args.pgbouncer or pb.find_binary("pgbouncer", ["/usr/sbin/pgbouncer"])
         missing = [n for n, b in (("keepalived", ctx.keepalived), ("pgbouncer", ctx.pgbouncer)) if not b]
+        why = None
         if missing:
-            skipped["keepalived"] = (f"{' and '.join(missing)} not found; install with: "
-                                     f"apt-get install -y {' '.join(missing)}")
-            targets.remove("keepalived")
+            why = f"{' and '.join(missing)} not found; install with: apt-get install -y {' '.join(missing)}"
         elif not shutil.which("setpriv"):
-            skipped["keepalived"] = "setpriv (util-linux) not found, needed to run PgBouncer as postgres"
-            targets.remove("keepalived")
+            why = "setpriv (util-linux) not found, needed to run PgBouncer as postgres"
+        if why:
+            for t in kas:
+                skipped[t] = why
+                targets.remove(t)
     for t, why in skipped.items():
         log(f"skipping {t}: {why}")
     if not targets:
@@ -1155,13 +1237,14 @@ def main():
         st = os.stat(ctx.pgvigil)
         versions["pgvigil_binary"] = (f"{ctx.pgvigil} (modified "
                                       f"{datetime.datetime.fromtimestamp(st.st_mtime).isoformat(timespec='seconds')})")
-    if "keepalived" in targets:
+    if any(t.startswith("keepalived") for t in targets):
         v = subprocess.run([ctx.keepalived, "--version"], capture_output=True, text=True)
         versions["keepalived"] = (v.stdout + v.stderr).strip().splitlines()[0]
         v = subprocess.run([ctx.pgbouncer, "--version"], capture_output=True, text=True)
         versions["pgbouncer"] = v.stdout.strip().splitlines()[0]
 
     pgbin = pb.find_pg_bin()
+    load_start = loadavg()
     results = []
     interrupted = False
     exit_code = 0
@@ -1218,7 +1301,9 @@ def main():
         "runs": args.runs, "targets": targets, "faults": faults, "skipped": skipped,
         "interval_ms": args.interval_ms, "connect_timeout_ms": args.connect_timeout_ms,
         "query_timeout_ms": args.query_timeout_ms, "observe_s": args.observe, "partition_s": args.partition_s,
+        "freeze_s": args.freeze_s,
         "after_s": args.after, "versions": versions, "interrupted": interrupted,
+        "loadavg_at_start": load_start, "loadavg_at_end": loadavg(),
     }
     try:
         meta["pgvigil_git"] = subprocess.run(["git", "-C", pb.REPO, "rev-parse", "--short", "HEAD"],
@@ -1229,7 +1314,8 @@ def main():
     print(f"## VIP failover ({meta['date']}, {meta['cpus']} CPUs, kernel {meta['kernel']})")
     print()
     print(f"A new client connection to {VIP}:{PROXY_PORT} every {args.interval_ms} ms (connect timeout "
-          f"{args.connect_timeout_ms} ms), `SELECT 1`; medians over {args.runs} run(s); "
+          f"{args.connect_timeout_ms} ms), `SELECT 1`; medians over {args.runs} run(s); load average "
+          f"{' '.join(load_start or [])} at the start, {' '.join(meta['loadavg_at_end'] or [])} at the end; "
           + "; ".join(f"{k}: {v}" for k, v in versions.items()))
     for t, why in skipped.items():
         print(f"skipped {t}: {why}")
