@@ -516,34 +516,33 @@ class Target:
     def _pids(self, p):
         return [p.pid] + fo.descendants(p.pid)
 
-    def kill_node(self, i):
-        """SIGKILL to every process of node i (and anything they started). All of them are
-        stopped (SIGSTOP) first: killed one by one, a child could still react to its
-        parent's death (keepalived's VRRP child shuts down cleanly, sending a priority 0
-        advert, when its parent dies), which a dead host does not do."""
+    def node_pids(self, i):
+        """Every process of node i and anything they started (read from /proc, which takes
+        a while: done before the fault's clock starts)."""
         pids = []
         for p in self.procs[i].values():
             pids += self._pids(p)
-        for sig in (signal.SIGSTOP, signal.SIGKILL):
+        return pids
+
+    @staticmethod
+    def signal_pids(pids, *sigs):
+        for sig in sigs:
             for pid in pids:
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
+
+    def kill_node(self, i, pids=None):
+        """SIGKILL to every process of node i. All of them are stopped (SIGSTOP) first:
+        killed one by one, a child could still react to its parent's death (keepalived's
+        VRRP child shuts down cleanly, sending a priority 0 advert, when its parent dies),
+        which a dead host does not do. Then they are reaped."""
+        if pids is None:
+            pids = self.node_pids(i)
+        self.signal_pids(pids, signal.SIGSTOP, signal.SIGKILL)
         for role, p in list(self.procs[i].items()):
             self._forget(i, role)
-        return len(pids)
-
-    def signal_node(self, i, sig):
-        """`sig` to every process of node i; how many."""
-        pids = []
-        for p in self.procs[i].values():
-            pids += self._pids(p)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         return len(pids)
 
     def terminate_daemon(self, i):
@@ -827,26 +826,33 @@ def trial(ctx, tname, fault, run_no):
         first_holder_t = next((s[0] for s in sampler.samples if any(s[1])), None)
         res["first_vip_after_start_s"] = round(first_holder_t - t_start, 3) if first_holder_t else None
 
-        # ---- the fault
+        # ---- the fault. Its clock starts once the fault is in effect (the signals sent,
+        # the bridge port changed), so that no query started before can count as one
+        # after it.
         t_back = None
-        t_fault = time.monotonic()
+        pids = target.node_pids(holder)
         if fault == "kill":
             run.set_live(holder, False)
-            n = target.kill_node(holder)
+            target.signal_pids(pids, signal.SIGSTOP, signal.SIGKILL)
+            t_fault = time.monotonic()
             net.set_link(holder, False)
-            res["killed_processes"] = n
-            log(f"{what}: n{holder} holds the VIP; SIGKILL to its {n} process(es), eth0 down")
+            target.kill_node(holder, pids)  # reaps them
+            res["killed_processes"] = len(pids)
+            log(f"{what}: n{holder} holds the VIP; SIGKILL to its {len(pids)} process(es), eth0 down")
         elif fault == "shutdown":
             p = target.terminate_daemon(holder)
+            t_fault = time.monotonic()
             log(f"{what}: n{holder} holds the VIP; SIGTERM to its {target.daemon}")
         elif fault == "partition":
             net.set_forwarding(holder, False)
+            t_fault = time.monotonic()
             log(f"{what}: n{holder} holds the VIP; its bridge port stops forwarding for {args.partition_s:g} s")
         else:
             run.set_live(holder, False)
-            n = target.signal_node(holder, signal.SIGSTOP)
-            res["frozen_processes"] = n
-            log(f"{what}: n{holder} holds the VIP; SIGSTOP to its {n} process(es) for {args.freeze_s:g} s")
+            target.signal_pids(pids, signal.SIGSTOP)
+            t_fault = time.monotonic()
+            res["frozen_processes"] = len(pids)
+            log(f"{what}: n{holder} holds the VIP; SIGSTOP to its {len(pids)} process(es) for {args.freeze_s:g} s")
 
         if fault in CUT_FAULTS:
             cut_s = args.partition_s if fault == "partition" else args.freeze_s
@@ -857,7 +863,7 @@ def trial(ctx, tname, fault, run_no):
                 log(f"{what}: healed")
             else:
                 res["vip_on_frozen_node_at_sigcont"] = net.has_vip(holder)
-                target.signal_node(holder, signal.SIGCONT)
+                target.signal_pids(pids, signal.SIGCONT)
                 run.set_live(holder, True)
                 log(f"{what}: SIGCONT")
         else:
