@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import queue
+import random
 import re
 import secrets
 import shutil
@@ -81,6 +82,11 @@ DEFAULT_FAULTS = ["kill", "shutdown", "partition"]
 CUT_FAULTS = ("partition", "freeze")  # the node is cut off / frozen for a while, then back
 
 STEADY_S = 2.0          # queries must succeed this long, with one holder, before the fault
+# Then the fault waits a random 0 to FAULT_JITTER_S more. Without it, the fault would come
+# at the same point of the VRRP advert cycle (1 s) and of the heartbeat cycle (200 ms) in
+# every run, since both start with the processes: keepalived's times would all be near
+# the top of their 2.6-3.6 s range, and a partition would always heal at the same point.
+FAULT_JITTER_S = 1.0
 STEADY_TIMEOUT_S = 40.0
 STUCK_AFTER_S = 5.0     # a failed query started this long after the heal/return: stuck client
 SETTLE_S = 3.0          # an extended window ends after this long without a failure
@@ -825,6 +831,11 @@ def trial(ctx, tname, fault, run_no):
         res["steady_after_start_s"] = round(steady_after, 3)
         first_holder_t = next((s[0] for s in sampler.samples if any(s[1])), None)
         res["first_vip_after_start_s"] = round(first_holder_t - t_start, 3) if first_holder_t else None
+        res["fault_delay_s"] = round(random.uniform(0, FAULT_JITTER_S), 3)
+        time.sleep(res["fault_delay_s"])
+        live_holders = [i for i, h in enumerate(sampler.last()[1]) if h and i in sampler.last()[2]]
+        if live_holders != [holder]:
+            raise BenchError(f"the VIP moved from n{holder} to {live_holders} before the fault")
 
         # ---- the fault. Its clock starts once the fault is in effect (the signals sent,
         # the bridge port changed), so that no query started before can count as one
