@@ -833,7 +833,8 @@ def trial(ctx, tname, fault, run_no):
         res["first_vip_after_start_s"] = round(first_holder_t - t_start, 3) if first_holder_t else None
         res["fault_delay_s"] = round(random.uniform(0, FAULT_JITTER_S), 3)
         time.sleep(res["fault_delay_s"])
-        live_holders = [i for i, h in enumerate(sampler.last()[1]) if h and i in sampler.last()[2]]
+        last = sampler.last()
+        live_holders = [i for i, h in enumerate(last[1]) if h and i in last[2]]
         if live_holders != [holder]:
             raise BenchError(f"the VIP moved from n{holder} to {live_holders} before the fault")
 
