@@ -82,10 +82,12 @@ DEFAULT_FAULTS = ["kill", "shutdown", "partition"]
 CUT_FAULTS = ("partition", "freeze")  # the node is cut off / frozen for a while, then back
 
 STEADY_S = 2.0          # queries must succeed this long, with one holder, before the fault
-# Then the fault waits a random 0 to FAULT_JITTER_S more. Without it, the fault would come
-# at the same point of the VRRP advert cycle (1 s) and of the heartbeat cycle (200 ms) in
-# every run, since both start with the processes: keepalived's times would all be near
-# the top of their 2.6-3.6 s range, and a partition would always heal at the same point.
+# Then the fault waits 0 to FAULT_JITTER_S more, a random point of the stratum of its run
+# number: run k of N waits (k - 1 + U(0, 1)) / N s. Without it, the fault would come at the
+# same point of the VRRP advert cycle (1 s) and of the heartbeat cycle (200 ms) in every
+# run, since both start with the processes (keepalived's times would all be at one end of
+# their 2.6-3.6 s range, a partition would always heal at the same point); with plain
+# random delays, 5 runs often miss a good part of the cycle.
 FAULT_JITTER_S = 1.0
 STEADY_TIMEOUT_S = 40.0
 STUCK_AFTER_S = 5.0     # a failed query started this long after the heal/return: stuck client
@@ -200,8 +202,8 @@ class Net:
         """Before a run: every port forwarding, every eth0 up, no VIP anywhere, no client
         neighbour entry for it."""
         for i in range(NODES):
+            self.set_link(i, True)  # first: a port whose peer is down cannot change state
             self.set_forwarding(i, True)
-            self.set_link(i, True)
             self.drop_vip(i)
         sh("ip", "-n", self.client, "neigh", "flush", "dev", "eth0", check=False)
 
@@ -831,7 +833,7 @@ def trial(ctx, tname, fault, run_no):
         res["steady_after_start_s"] = round(steady_after, 3)
         first_holder_t = next((s[0] for s in sampler.samples if any(s[1])), None)
         res["first_vip_after_start_s"] = round(first_holder_t - t_start, 3) if first_holder_t else None
-        res["fault_delay_s"] = round(random.uniform(0, FAULT_JITTER_S), 3)
+        res["fault_delay_s"] = round((run_no - 1 + random.random()) / args.runs * FAULT_JITTER_S, 3)
         time.sleep(res["fault_delay_s"])
         last = sampler.last()
         live_holders = [i for i, h in enumerate(last[1]) if h and i in last[2]]
