@@ -222,14 +222,18 @@ def remove_stale_namespaces():
 # --------------------------------------------------------------------------- VIP sampler
 
 RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+NDA_DST, NDA_LLADDR = 1, 2
+NUD_STATES = {0x01: "incomplete", 0x02: "reachable", 0x04: "stale", 0x08: "delay", 0x10: "probe",
+              0x20: "failed", 0x40: "noarp", 0x80: "permanent"}
 
 
-class AddrProbe:
-    """Asks the kernel of one namespace for its IPv4 addresses over a netlink socket
-    opened inside it (no process per sample)."""
+class NetlinkProbe:
+    """Asks the kernel of one namespace for its IPv4 addresses or neighbour entries over
+    a netlink socket opened inside it (no process per sample)."""
 
     def __init__(self, ns):
         self.sock = in_netns(ns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))
@@ -237,12 +241,13 @@ class AddrProbe:
         self.sock.settimeout(2)
         self.seq = 0
 
-    def has(self, addr_bytes):
+    def _dump(self, msg_type, header_len):
+        """[(header bytes, {attribute type: value bytes})] of one dump."""
         self.seq += 1
-        req = struct.pack("=LHHLL", 24, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0) \
-            + struct.pack("=BBBBi", socket.AF_INET, 0, 0, 0, 0)
-        self.sock.send(req)
-        found = False
+        body = struct.pack("=B", socket.AF_INET) + bytes(header_len - 1)
+        self.sock.send(struct.pack("=LHHLL", 16 + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0)
+                       + body)
+        out = []
         while True:
             data = self.sock.recv(65536)
             off = 0
@@ -252,33 +257,58 @@ class AddrProbe:
                     break
                 if seq == self.seq:
                     if typ == NLMSG_DONE:
-                        return found
+                        return out
                     if typ == NLMSG_ERROR:
-                        raise OSError("netlink error answer to RTM_GETADDR")
-                    if typ == RTM_NEWADDR:
-                        a, end = off + 24, off + ln
-                        while a + 4 <= end:
-                            alen, atyp = struct.unpack_from("=HH", data, a)
-                            if alen < 4:
-                                break
-                            if atyp in (IFA_ADDRESS, IFA_LOCAL) and data[a + 4:a + alen] == addr_bytes:
-                                found = True
-                            a += (alen + 3) & ~3
+                        raise OSError(f"netlink error answer to message type {msg_type}")
+                    head = data[off + 16:off + 16 + header_len]
+                    attrs, a, end = {}, off + 16 + header_len, off + ln
+                    while a + 4 <= end:
+                        alen, atyp = struct.unpack_from("=HH", data, a)
+                        if alen < 4:
+                            break
+                        attrs[atyp] = data[a + 4:a + alen]
+                        a += (alen + 3) & ~3
+                    out.append((head, attrs))
                 off += (ln + 3) & ~3
+
+    def has(self, addr_bytes):
+        """Whether the namespace has this IPv4 address on some interface."""
+        return any(addr_bytes in (attrs.get(IFA_ADDRESS), attrs.get(IFA_LOCAL))
+                   for _, attrs in self._dump(RTM_GETADDR, 8))
+
+    def neighbour(self, addr_bytes):
+        """The neighbour entry for this IPv4 address: (link-layer address, state), or None."""
+        for head, attrs in self._dump(RTM_GETNEIGH, 12):
+            if attrs.get(NDA_DST) == addr_bytes:
+                state = struct.unpack_from("=H", head, 8)[0]
+                return attrs.get(NDA_LLADDR), NUD_STATES.get(state, hex(state))
+        return None
 
     def close(self):
         self.sock.close()
 
 
-class Sampler(threading.Thread):
-    """Every 50 ms: which node namespaces have the VIP, and which nodes are live (host
-    running and connected: not killed or cut off by the bench; a node whose HA daemon was
-    stopped cleanly is live, its host runs)."""
+def node_macs(net):
+    """{MAC bytes of a node's eth0: node index}."""
+    out = {}
+    for i, ns in enumerate(net.nodes):
+        m = re.search(r"link/ether ([0-9a-f:]{17})", sh("ip", "-n", ns, "-o", "link", "show", "eth0").stdout)
+        if m:
+            out[bytes.fromhex(m.group(1).replace(":", ""))] = i
+    return out
 
-    def __init__(self, probes, run, interval=0.05):
+
+class Sampler(threading.Thread):
+    """Every 50 ms: which node namespaces have the VIP, which nodes are live (host running:
+    not killed or frozen by the bench; a node whose HA daemon was stopped cleanly or that
+    is cut off by a partition is live), and the client's neighbour (ARP) entry for the VIP:
+    the node whose MAC it holds (-1: another MAC; None: no entry) and its state."""
+
+    def __init__(self, probes, client_probe, macs, run, interval=0.05):
         super().__init__(daemon=True, name="sampler")
         self.probes, self.run_state, self.interval = probes, run, interval
-        self.samples = []  # (t, holders tuple of bool, live frozenset)
+        self.client_probe, self.macs = client_probe, macs
+        self.samples = []  # (t, holders tuple of bool, live frozenset, (client entry node, state))
         self.stopping = threading.Event()
         self.error = None
         self.vip = socket.inet_aton(VIP)
@@ -289,7 +319,9 @@ class Sampler(threading.Thread):
                 t = time.monotonic()
                 live = self.run_state.live
                 holders = tuple(p.has(self.vip) for p in self.probes)
-                self.samples.append((t, holders, live))
+                n = self.client_probe.neighbour(self.vip)
+                arp = (None, None) if n is None else (self.macs.get(n[0], -1) if n[0] else None, n[1])
+                self.samples.append((t, holders, live, arp))
                 self.stopping.wait(self.interval)
         except Exception as e:  # reported by the trial
             self.error = repr(e)
@@ -820,7 +852,7 @@ def trial(ctx, tname, fault, run_no):
     try:
         net.reset()
         target = TARGET_CLASSES[tname](ctx, tname, rundir)
-        sampler = Sampler(ctx.probes, run)
+        sampler = Sampler(ctx.probes, ctx.client_probe, ctx.macs, run)
         client = Client(net.client, args.interval_ms / 1000, args.connect_timeout_ms / 1000,
                         args.query_timeout_ms / 1000)
         sampler.start()
@@ -829,6 +861,7 @@ def trial(ctx, tname, fault, run_no):
         for i in range(NODES):
             target.start_node(i)
         holder, steady_after = wait_steady(client, sampler, target, STEADY_TIMEOUT_S)
+        t_steady = time.monotonic()
         res["holder"] = f"n{holder}"
         res["steady_after_start_s"] = round(steady_after, 3)
         first_holder_t = next((s[0] for s in sampler.samples if any(s[1])), None)
@@ -907,7 +940,7 @@ def trial(ctx, tname, fault, run_no):
             log(f"{what}: n{holder} started again")
         t_end = wait_window(client, t_back, args.after, SETTLE_S, MAX_EXTEND_S)
         target.check_started()
-        res.update(analyse(client, sampler, holder, t_start, t_fault, t_back, t_end, fault))
+        res.update(analyse(client, sampler, holder, t_start, t_steady, t_fault, t_back, t_end, fault))
         # To match the processes' logs (wall clock) with the times here (after the fault).
         res["wall_clock_at_fault"] = datetime.datetime.fromtimestamp(
             time.time() - (time.monotonic() - t_fault)).astimezone().isoformat(timespec="milliseconds")
@@ -926,7 +959,7 @@ def trial(ctx, tname, fault, run_no):
             pass
 
 
-def analyse(client, sampler, holder, t_start, t_fault, t_back, t_end, fault):
+def analyse(client, sampler, holder, t_start, t_steady, t_fault, t_back, t_end, fault):
     rel = lambda t: None if t is None else round(t - t_fault, 3)
     atts = sorted(client.attempts)
     samples = sampler.samples
@@ -935,10 +968,12 @@ def analyse(client, sampler, holder, t_start, t_fault, t_back, t_end, fault):
     if sampler.error:
         out["sampler_error"] = sampler.error
 
-    # -- how long a successful attempt (connect, authentication, SELECT 1) takes when all is well
-    durs = sorted(a[1] - a[0] for a in atts if a[2] and a[1] < t_fault)
-    out["ok_attempt_ms_before_fault"] = {"median": round(statistics.median(durs) * 1000, 1),
-                                         "p95": round(durs[int(len(durs) * 0.95)] * 1000, 1)} if durs else None
+    # -- how long a successful attempt (connect, authentication, SELECT 1) takes when all is
+    # well: from the steady state to the fault
+    durs = sorted(a[1] - a[0] for a in atts if a[2] and t_steady <= a[0] and a[1] < t_fault)
+    out["ok_attempt_ms_steady"] = {"n": len(durs), "median": round(statistics.median(durs) * 1000, 1),
+                                   "p95": round(durs[int(len(durs) * 0.95)] * 1000, 1),
+                                   "max": round(durs[-1] * 1000, 1)} if durs else None
 
     # -- the fault: first successful query started after it
     after = [a for a in atts if a[0] >= t_fault]
@@ -964,7 +999,7 @@ def analyse(client, sampler, holder, t_start, t_fault, t_back, t_end, fault):
 
     def double_time(lo, hi, live_only=True):
         total, count = 0.0, 0
-        for a, b in zip(samples, samples[1:] + [(t_end, None, None)]):
+        for a, b in zip(samples, samples[1:] + [(t_end, None, None, None)]):
             if lo <= a[0] < hi:
                 n = len(live_holders(a)) if live_only else sum(a[1])
                 if n > 1:
@@ -996,6 +1031,26 @@ def analyse(client, sampler, holder, t_start, t_fault, t_back, t_end, fault):
             changes.append([rel(s[0]), cur, sorted(f"n{i}" for i in s[2])])
             last = cur
     out["vip_changes"] = changes
+    # The client's neighbour (ARP) entry for the VIP: changes, and how long it held the MAC
+    # of a node without the VIP while another node had it (queries then go nowhere).
+    changes, last = [], None
+    for s in samples:
+        node, state = s[3]
+        cur = [None if node is None else ("other" if node < 0 else f"n{node}"), state]
+        if cur != last:
+            changes.append([rel(s[0])] + cur)
+            last = cur
+    out["client_arp_changes"] = changes[:200]
+
+    def arp_wrong(lo, hi):
+        total = 0.0
+        for a, b in zip(samples, samples[1:] + [(t_end, None, None, None)]):
+            node = a[3][0]
+            if lo <= a[0] < hi and node is not None and node >= 0 and not a[1][node] and any(a[1]):
+                total += min(b[0], hi) - a[0]
+        return round(total, 3)
+    out["client_arp_on_node_without_vip_during_fault_s"] = arp_wrong(t_fault, t_back)
+    out["client_arp_on_node_without_vip_after_back_s"] = arp_wrong(t_back, t_end + 1)
 
     # -- after the node came back / the partition healed
     back = [a for a in atts if a[0] >= t_back]
@@ -1060,6 +1115,7 @@ def summary(target, fault, runs):
     s["two_holders_incl_not_live_during_fault_s"] = med([r.get("two_holders_incl_not_live_during_fault_s")
                                                          for r in ok])
     s["vip_on_frozen_node_at_sigcont"] = sum(1 for r in ok if r.get("vip_on_frozen_node_at_sigcont"))
+    s["client_arp_wrong_after_back_by_run"] = [r.get("client_arp_on_node_without_vip_after_back_s") for r in ok]
     s["stuck_runs"] = sum(1 for r in ok if r["stuck_after_back"])
     s["vip_left_on_killed_node"] = sum(1 for r in ok if r.get("vip_left_on_killed_node_at_return"))
     s["vip_left_after_clean_stop"] = sum(1 for r in ok if r.get("vip_left_after_clean_stop"))
@@ -1121,6 +1177,11 @@ def table(fault, sums):
         if fault == "freeze":
             notes.append(f"{s['target']}: VIP still on the frozen node at SIGCONT in "
                          f"{s['vip_on_frozen_node_at_sigcont']}/{n} runs")
+        wrong = [x for x in s.get("client_arp_wrong_after_back_by_run", []) if x and x >= 1]
+        if wrong:
+            notes.append(f"{s['target']}: the client's ARP entry for the VIP held the MAC of a node without the "
+                         f"VIP, while another node had it, for {', '.join(f'{x:.1f}' for x in wrong)} s "
+                         f"{BACK[fault]} ({len(wrong)}/{n} runs)")
     if notes:
         out += "\n" + "\n".join(f"- {x}" for x in notes) + "\n"
     base = next((s for s in sums if s["target"] == "keepalived" and s.get("first_ok_s")), None)
@@ -1142,7 +1203,8 @@ def run_line(r):
             f"two live holders {r['two_live_holders_during_fault_s']:.2f} s during the fault; back at "
             f"{fmt(r['back_at_s'])} s: {r['failed_after_back']} failed, longest gap "
             f"{fmt(r['longest_gap_after_back_s'])} s, recovered {fmt(r['recovered_after_back_s'])} s"
-            f"{', STUCK' if r['stuck_after_back'] else ''}; split-brain samples "
+            f"{', STUCK' if r['stuck_after_back'] else ''}, client ARP entry on a node without the VIP "
+            f"{r['client_arp_on_node_without_vip_after_back_s']:.2f} s; split-brain samples "
             f"{r['split_brain_samples']}/{r['samples_checked']}; holders at the end "
             f"{','.join(r['holders_at_end']) or 'none'}")
 
@@ -1285,7 +1347,10 @@ def main():
             in_netns(net.nodes[0], lambda: fo.PgConn(PG_ADDR, ctx.pg_port, USER, PASSWORD, DBNAME, 5).close())
         except (fo.Dropped, OSError) as e:
             raise BenchError(f"PostgreSQL at {PG_ADDR}:{ctx.pg_port} is not reachable from {net.nodes[0]}: {e}")
-        ctx.probes = probes = [AddrProbe(ns) for ns in net.nodes]
+        ctx.probes = probes = [NetlinkProbe(ns) for ns in net.nodes]
+        ctx.client_probe = NetlinkProbe(net.client)
+        probes.append(ctx.client_probe)
+        ctx.macs = node_macs(net)
         for run_no in range(1, args.runs + 1):
             for fi, fault in enumerate(faults):
                 k = (run_no - 1 + fi) % len(targets)
