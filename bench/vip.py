@@ -969,8 +969,8 @@ def analyse(client, sampler, holder, t_start, t_steady, t_fault, t_back, t_end, 
         out["sampler_error"] = sampler.error
 
     # -- how long a successful attempt (connect, authentication, SELECT 1) takes when all is
-    # well: from the steady state to the fault
-    durs = sorted(a[1] - a[0] for a in atts if a[2] and t_steady <= a[0] and a[1] < t_fault)
+    # well: in the steady state (its STEADY_S of successes, then the wait) up to the fault
+    durs = sorted(a[1] - a[0] for a in atts if a[2] and t_steady - STEADY_S <= a[0] and a[1] < t_fault)
     out["ok_attempt_ms_steady"] = {"n": len(durs), "median": round(statistics.median(durs) * 1000, 1),
                                    "p95": round(durs[int(len(durs) * 0.95)] * 1000, 1),
                                    "max": round(durs[-1] * 1000, 1)} if durs else None
