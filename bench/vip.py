@@ -381,14 +381,16 @@ class Client:
     """A client in the client namespace: every `interval` a NEW connection to the VIP
     (connect timeout `connect_timeout`, then `timeout` for authentication and `SELECT 1`).
     Attempts are started on schedule by a pool of worker threads, so one that waits for
-    its connect timeout does not delay the next one; a tick finding every worker busy is
-    counted as skipped."""
+    a timeout does not delay the next one. The pool is large enough for every attempt to
+    run into both timeouts (a frozen server completes the handshake, then says nothing);
+    a tick finding every worker busy anyway is recorded as skipped."""
 
-    def __init__(self, ns, interval, connect_timeout, timeout, workers=16):
+    def __init__(self, ns, interval, connect_timeout, timeout):
         self.ns, self.interval = ns, interval
         self.connect_timeout, self.timeout = connect_timeout, timeout
+        workers = int((connect_timeout + timeout) / interval) + 4
         self.attempts = []  # (t_start, t_end, ok, error or None)
-        self.skipped = 0
+        self.skipped = []  # times of skipped ticks
         self.jobs = queue.Queue()
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -449,7 +451,7 @@ class Client:
                     self.busy += 1
                     self.jobs.put(next_t)
                 else:
-                    self.skipped += 1
+                    self.skipped.append(next_t)
             next_t += self.interval
             delay = next_t - time.monotonic()
             if delay > 0:
@@ -963,7 +965,8 @@ def analyse(client, sampler, holder, t_start, t_steady, t_fault, t_back, t_end, 
     rel = lambda t: None if t is None else round(t - t_fault, 3)
     atts = sorted(client.attempts)
     samples = sampler.samples
-    out = {"window_s": round(t_end - t_fault, 3), "back_at_s": rel(t_back), "skipped_ticks": client.skipped,
+    out = {"window_s": round(t_end - t_fault, 3), "back_at_s": rel(t_back), "skipped_ticks": len(client.skipped),
+           "skipped_ticks_after_fault": [rel(t) for t in client.skipped if t >= t_fault][:50],
            "attempts": len(atts), "samples": len(samples)}
     if sampler.error:
         out["sampler_error"] = sampler.error
@@ -1206,7 +1209,9 @@ def run_line(r):
             f"{', STUCK' if r['stuck_after_back'] else ''}, client ARP entry on a node without the VIP "
             f"{r['client_arp_on_node_without_vip_after_back_s']:.2f} s; split-brain samples "
             f"{r['split_brain_samples']}/{r['samples_checked']}; holders at the end "
-            f"{','.join(r['holders_at_end']) or 'none'}")
+            f"{','.join(r['holders_at_end']) or 'none'}"
+            + (f"; WARNING: {len(r['skipped_ticks_after_fault'])} client ticks skipped after the fault (every "
+               f"worker busy)" if r.get("skipped_ticks_after_fault") else ""))
 
 
 # --------------------------------------------------------------------------- main
