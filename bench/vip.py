@@ -12,9 +12,9 @@ run, target and fault, fresh HA processes start in the node namespaces: pgvigil 
 node namespaces have the VIP on eth0. Once exactly one node holds the VIP and queries
 have succeeded for 2 s, the holder fails:
 
-  kill       SIGKILL to every process of the holder, and its eth0 down at once (the
-             host is gone); after the observation window it comes back (VIP left on its
-             eth0 removed, as after a reboot; eth0 up; processes started again)
+  kill       SIGSTOP, then SIGKILL, to every process of the holder, and its eth0 down
+             at once (the host is gone); after the observation window it comes back (VIP
+             left on its eth0 removed, as after a reboot; eth0 up; processes started)
   shutdown   SIGTERM to the holder's HA daemon (pgvigil; keepalived, not PgBouncer);
              then it is started again
   partition  the holder's bridge port stops forwarding for 8 s (its link stays up),
@@ -23,8 +23,9 @@ have succeeded for 2 s, the holder fails:
              then SIGCONT
 
 Measured: time from the fault to the first successful query through the VIP, failed
-attempts, samples with two VIP holders whose hosts are running and connected
-("split brain"), and what clients see after the node comes back or the partition heals.
+attempts, samples with two VIP holders whose hosts are running (not killed or frozen:
+"split brain"; during a partition reported apart), and what clients see after the node
+comes back or the partition heals.
 
 Usage:  sudo python3 bench/vip.py [--runs 5] [--targets pgvigil,keepalived]
                                   [--faults kill,shutdown,partition]
