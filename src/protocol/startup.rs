@@ -110,6 +110,12 @@ pub fn write_startup(out: &mut BytesMut, params: &[(String, String)]) {
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Appends an SSLRequest packet.
+pub fn write_ssl_request(out: &mut BytesMut) {
+    out.put_i32(8);
+    out.put_i32(SSL_REQUEST_CODE);
+}
+
 /// Appends a CancelRequest packet.
 pub fn write_cancel(out: &mut BytesMut, pid: i32, secret: i32) {
     out.put_i32(16);
