@@ -15,6 +15,7 @@ mod engine;
 mod link;
 mod listener;
 mod local;
+pub mod request;
 pub mod route;
 pub mod session;
 pub mod show;
