@@ -686,8 +686,15 @@ impl Config {
         toml::from_str(text).map_err(|e| toml_error(path, text, &e))
     }
 
-    /// Checks what serde cannot: values that parse but make no sense, named by key.
+    /// Checks what serde cannot: values that parse but make no sense, named by key; then
+    /// reads the files the configuration names (TLS, users file, watchdog key).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check()?;
+        self.check_files()
+    }
+
+    /// The checks of [`validate`](Self::validate) that read no file.
+    pub fn check(&self) -> Result<(), ConfigError> {
         if self.proxy.listen.parse::<SocketAddr>().is_err() {
             return err(format!("proxy.listen: {:?} is not an address:port such as \"127.0.0.1:9999\"", self.proxy.listen));
         }
@@ -745,12 +752,19 @@ impl Config {
         }
         self.validate_routing()?;
         if let Some(w) = &self.watchdog {
-            w.validate(&self.base_dir, false)?;
+            w.check(false)?;
         }
-        crate::tls::load_server(self)?;
         if self.auth.method != AuthMethod::Trust && self.auth.users_file.is_none() {
             return err(format!("auth.users_file is required when auth.method is \"{}\"", self.auth.method));
         }
+        Ok(())
+    }
+
+    fn check_files(&self) -> Result<(), ConfigError> {
+        if let Some(w) = &self.watchdog {
+            w.load_key(&self.base_dir)?;
+        }
+        crate::tls::load_server(self)?;
         if let Some(path) = self.users_file_path() {
             let users = UsersFile::load(&path)?;
             if self.auth.method == AuthMethod::Md5 {
