@@ -80,8 +80,11 @@ fn first_string<'a>(r: &mut Reader<'a>) -> Result<&'a str, PgError> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::BytesMut;
+
     use super::*;
-    use crate::protocol::sqlstate;
+    use crate::protocol::frame::take_message;
+    use crate::protocol::{frontend, sqlstate};
 
     #[test]
     fn decodes_what_routing_reads() {
@@ -94,6 +97,34 @@ mod tests {
         assert_eq!(Request::decode(b'E', b"p\0\0\0\0\x07"), Ok(Request::Execute { portal: "p", max_rows: 7 }));
         assert_eq!(Request::decode(b'E', b"p\0\0"), Ok(Request::Execute { portal: "p", max_rows: 0 }));
         assert_eq!(Request::decode(b'F', b""), Ok(Request::FunctionCall));
+    }
+
+    proptest::proptest! {
+        /// What the codec writes, the session reads back.
+        #[test]
+        fn reads_what_the_codec_writes(name in "[^\u{0}]{0,16}", sql in "[^\u{0}]{0,32}", kind in proptest::sample::select(vec![b'S', b'P']), max_rows in proptest::prelude::any::<i32>()) {
+            let mut out = BytesMut::new();
+            frontend::write_query(&mut out, &sql);
+            frontend::Parse { name: &name, query: &sql, param_types: vec![23] }.write(&mut out);
+            frontend::Bind { portal: &name, statement: &sql, param_formats: vec![], values: vec![None], result_formats: vec![1] }.write(&mut out);
+            frontend::write_describe(&mut out, kind, &name);
+            frontend::write_close(&mut out, kind, &name);
+            frontend::write_execute(&mut out, &name, max_rows);
+            frontend::write_sync(&mut out);
+            let expected = [
+                Request::Query(&sql),
+                Request::Parse { name: &name, sql: &sql },
+                Request::Bind { portal: &name, statement: &sql },
+                Request::Describe { kind, name: &name },
+                Request::Close { kind, name: &name },
+                Request::Execute { portal: &name, max_rows },
+                Request::Sync,
+            ];
+            for want in expected {
+                let m = take_message(&mut out, 1 << 20).ok().flatten().unwrap_or_else(|| panic!("no message"));
+                proptest::prop_assert_eq!(Request::decode(m.tag, &m.body), Ok(want));
+            }
+        }
     }
 
     #[test]
