@@ -26,6 +26,13 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
     vec(any::<u8>(), 0..64)
 }
 
+/// The one message `write` appends.
+fn written(write: impl FnOnce(&mut BytesMut)) -> Message {
+    let mut out = BytesMut::new();
+    write(&mut out);
+    only(&mut out)
+}
+
 /// The one message in `out`, which must hold nothing else.
 fn only(out: &mut BytesMut) -> Message {
     let m = take_message(out, 1 << 30).unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|| panic!("incomplete"));
@@ -68,9 +75,7 @@ proptest! {
 
     #[test]
     fn query(sql in text()) {
-        let mut out = BytesMut::new();
-        frontend::write_query(&mut out, &sql);
-        let m = only(&mut out);
+        let m = written(|out| frontend::write_query(out, &sql));
         prop_assert_eq!(m.tag, fe::QUERY);
         prop_assert_eq!(frontend::parse_query(&m.body), Ok(sql.as_str()));
     }
@@ -78,9 +83,7 @@ proptest! {
     #[test]
     fn parse(name in text(), query in text(), param_types in vec(any::<u32>(), 0..8)) {
         let p = Parse { name: &name, query: &query, param_types };
-        let mut out = BytesMut::new();
-        p.write(&mut out);
-        let m = only(&mut out);
+        let m = written(|out| p.write(out));
         prop_assert_eq!(m.tag, fe::PARSE);
         prop_assert_eq!(Parse::decode(&m.body), Ok(p));
     }
@@ -100,9 +103,7 @@ proptest! {
             values: values.iter().map(Option::as_deref).collect(),
             result_formats,
         };
-        let mut out = BytesMut::new();
-        b.write(&mut out);
-        let m = only(&mut out);
+        let m = written(|out| b.write(out));
         prop_assert_eq!(m.tag, fe::BIND);
         prop_assert_eq!(Bind::decode(&m.body), Ok(b));
     }
@@ -122,27 +123,21 @@ proptest! {
 
     #[test]
     fn execute(portal in text(), max_rows in any::<i32>()) {
-        let mut out = BytesMut::new();
-        frontend::write_execute(&mut out, &portal, max_rows);
-        let m = only(&mut out);
+        let m = written(|out| frontend::write_execute(out, &portal, max_rows));
         prop_assert_eq!(m.tag, fe::EXECUTE);
         prop_assert_eq!(frontend::parse_execute(&m.body), Ok((portal.as_str(), max_rows)));
     }
 
     #[test]
     fn password(password in text()) {
-        let mut out = BytesMut::new();
-        frontend::write_password(&mut out, &password);
-        let m = only(&mut out);
+        let m = written(|out| frontend::write_password(out, &password));
         prop_assert_eq!(m.tag, fe::PASSWORD);
         prop_assert_eq!(frontend::parse_password(&m.body), Ok(password.as_str()));
     }
 
     #[test]
     fn sasl_initial_response(mechanism in text(), data in bytes()) {
-        let mut out = BytesMut::new();
-        frontend::write_sasl_initial_response(&mut out, &mechanism, &data);
-        let m = only(&mut out);
+        let m = written(|out| frontend::write_sasl_initial_response(out, &mechanism, &data));
         prop_assert_eq!(m.tag, fe::PASSWORD);
         prop_assert_eq!(frontend::parse_sasl_initial_response(&m.body), Ok((mechanism.as_str(), data.as_slice())));
     }
@@ -150,9 +145,7 @@ proptest! {
     /// SASLResponse: the body is the data.
     #[test]
     fn sasl_response(data in bytes()) {
-        let mut out = BytesMut::new();
-        frontend::write_sasl_response(&mut out, &data);
-        let m = only(&mut out);
+        let m = written(|out| frontend::write_sasl_response(out, &data));
         prop_assert_eq!((m.tag, &m.body[..]), (fe::PASSWORD, data.as_slice()));
     }
 
@@ -182,9 +175,7 @@ proptest! {
     #[test]
     fn error_and_notice(severity in severity(), code in code(), message in text(), detail in option::of(text()), hint in option::of(text())) {
         let e = PgError { severity, code, message, detail, hint };
-        let mut out = BytesMut::new();
-        e.write(&mut out);
-        let m = only(&mut out);
+        let m = written(|out| e.write(out));
         let tag = if matches!(severity, Severity::Error | Severity::Fatal) { be::ERROR_RESPONSE } else { be::NOTICE_RESPONSE };
         prop_assert_eq!(m.tag, tag);
         let read = backend::parse_error_fields(&m.body).unwrap_or_else(|e| panic!("{e}"));
@@ -193,45 +184,35 @@ proptest! {
 
     #[test]
     fn authentication(request in auth_request()) {
-        let mut out = BytesMut::new();
-        request.write(&mut out);
-        let m = only(&mut out);
+        let m = written(|out| request.write(out));
         prop_assert_eq!(m.tag, be::AUTHENTICATION);
         prop_assert_eq!(backend::parse_auth(&m.body), Ok(request));
     }
 
     #[test]
     fn parameter_status(name in text(), value in text()) {
-        let mut out = BytesMut::new();
-        backend::write_parameter_status(&mut out, &name, &value);
-        let m = only(&mut out);
+        let m = written(|out| backend::write_parameter_status(out, &name, &value));
         prop_assert_eq!(m.tag, be::PARAMETER_STATUS);
         prop_assert_eq!(backend::parse_parameter_status(&m.body), Ok((name, value)));
     }
 
     #[test]
     fn backend_key_data(pid in any::<i32>(), secret in any::<i32>()) {
-        let mut out = BytesMut::new();
-        backend::write_backend_key_data(&mut out, pid, secret);
-        let m = only(&mut out);
+        let m = written(|out| backend::write_backend_key_data(out, pid, secret));
         prop_assert_eq!(m.tag, be::BACKEND_KEY_DATA);
         prop_assert_eq!(backend::parse_backend_key_data(&m.body), Ok((pid, secret)));
     }
 
     #[test]
     fn ready_for_query(status in prop_oneof![Just(b'I'), Just(b'T'), Just(b'E')]) {
-        let mut out = BytesMut::new();
-        backend::write_ready_for_query(&mut out, status);
-        let m = only(&mut out);
+        let m = written(|out| backend::write_ready_for_query(out, status));
         prop_assert_eq!(m.tag, be::READY_FOR_QUERY);
         prop_assert_eq!(backend::parse_ready_for_query(&m.body), Ok(status));
     }
 
     #[test]
     fn command_complete(tag in text()) {
-        let mut out = BytesMut::new();
-        backend::write_command_complete(&mut out, &tag);
-        let m = only(&mut out);
+        let m = written(|out| backend::write_command_complete(out, &tag));
         prop_assert_eq!(m.tag, be::COMMAND_COMPLETE);
         prop_assert_eq!(backend::parse_command_complete(&m.body), Ok(tag.as_str()));
     }
@@ -250,9 +231,7 @@ proptest! {
                 format: *format,
             })
             .collect();
-        let mut out = BytesMut::new();
-        backend::write_row_description(&mut out, &columns);
-        let m = only(&mut out);
+        let m = written(|out| backend::write_row_description(out, &columns));
         prop_assert_eq!(m.tag, be::ROW_DESCRIPTION);
         prop_assert_eq!(backend::parse_row_description(&m.body), Ok(columns));
     }
@@ -261,9 +240,7 @@ proptest! {
     #[test]
     fn text_row_description(names in vec(text(), 0..6), formats in vec(0i16..=1, 0..6)) {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let mut out = BytesMut::new();
-        backend::write_text_row_description_in(&mut out, &names, &formats);
-        let m = only(&mut out);
+        let m = written(|out| backend::write_text_row_description_in(out, &names, &formats));
         let columns = backend::parse_row_description(&m.body).unwrap_or_else(|e| panic!("{e}"));
         let read: Vec<&str> = columns.iter().map(|c| c.name).collect();
         prop_assert_eq!(read, names);
@@ -275,9 +252,7 @@ proptest! {
 
     #[test]
     fn data_row(values in vec(option::of(bytes()), 0..8)) {
-        let mut out = BytesMut::new();
-        backend::write_data_row(&mut out, &values);
-        let m = only(&mut out);
+        let m = written(|out| backend::write_data_row(out, &values));
         prop_assert_eq!(m.tag, be::DATA_ROW);
         let expected: Vec<Option<&[u8]>> = values.iter().map(Option::as_deref).collect();
         prop_assert_eq!(backend::parse_data_row(&m.body), Ok(expected));
@@ -287,9 +262,7 @@ proptest! {
     /// and no body.
     #[test]
     fn empty_messages(tag in prop_oneof![Just(be::PARSE_COMPLETE), Just(be::BIND_COMPLETE), Just(be::CLOSE_COMPLETE), Just(be::NO_DATA), Just(be::EMPTY_QUERY_RESPONSE), Just(be::PORTAL_SUSPENDED)]) {
-        let mut out = BytesMut::new();
-        backend::write_empty(&mut out, tag);
-        let m = only(&mut out);
+        let m = written(|out| backend::write_empty(out, tag));
         prop_assert_eq!((m.tag, m.body.len()), (tag, 0));
     }
 
