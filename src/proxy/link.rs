@@ -17,7 +17,7 @@ use crate::protocol::frame::be;
 
 /// A request whose answer is still due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Expect {
+pub(crate) enum Expect {
     Parse,
     Bind,
     DescribeStatement,
@@ -31,7 +31,7 @@ pub(super) enum Expect {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Pending {
+pub(crate) struct Pending {
     pub what: Expect,
     /// Sent by pgvigil, not the client: its answer is not forwarded.
     pub injected: bool,
@@ -41,7 +41,7 @@ pub(super) struct Pending {
 
 /// What the response walker tells the session about a message it saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Event {
+pub(crate) enum Event {
     /// A ReadyForQuery answering a client request: (unit id, transaction status, an
     /// error was seen in the unit).
     UnitDone { unit: u64, status: u8, failed: bool },
@@ -132,7 +132,7 @@ impl Link {
 /// What a server connection owes the session, matched against the answers as they
 /// arrive: the part of a [`Link`] that reads server messages, without the connection.
 #[derive(Debug, Default)]
-pub(super) struct Answers {
+pub(crate) struct Answers {
     pub expect: VecDeque<Pending>,
     /// Describe of a statement: its ParameterDescription has been seen.
     pub described_params: bool,
@@ -233,7 +233,7 @@ impl Answers {
 }
 
 /// Bytes of a server message that must be buffered before `on_message` can decide.
-pub(super) fn needed(tag: u8, total: usize) -> usize {
+pub(crate) fn needed(tag: u8, total: usize) -> usize {
     match tag {
         be::READY_FOR_QUERY | be::PARSE_COMPLETE | be::BIND_COMPLETE | be::CLOSE_COMPLETE => total,
         be::NOTIFICATION_RESPONSE => 9,
@@ -249,7 +249,7 @@ pub(super) fn needed(tag: u8, total: usize) -> usize {
 /// The severity of an ErrorResponse (`msg` from its tag on, possibly cut short): its
 /// untranslated `V` field, else its `S` field; ERROR when neither is readable (an
 /// ErrorResponse is never less).
-pub(super) fn error_severity(msg: &[u8]) -> ErrorSeverity {
+pub(crate) fn error_severity(msg: &[u8]) -> ErrorSeverity {
     let mut from_s = None;
     let mut i = 5;
     while i < msg.len() && msg[i] != 0 {
@@ -275,7 +275,7 @@ pub(super) fn error_severity(msg: &[u8]) -> ErrorSeverity {
 /// Rewrites the severity of an ErrorResponse (whole message in `msg`) from FATAL or
 /// PANIC to ERROR, in place: the session outlives its server connection. Returns
 /// whether it did.
-pub(super) fn demote_fatal(msg: &mut [u8]) -> bool {
+pub(crate) fn demote_fatal(msg: &mut [u8]) -> bool {
     let mut i = 5;
     let mut done = false;
     while i < msg.len() && msg[i] != 0 {

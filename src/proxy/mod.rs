@@ -12,7 +12,7 @@ pub mod auth;
 pub mod cancel;
 pub mod catalogs;
 mod engine;
-mod link;
+pub(crate) mod link;
 mod listener;
 mod local;
 pub mod request;
