@@ -814,8 +814,15 @@ impl Config {
         toml::from_str(text).map_err(|e| toml_error(path, text, &e))
     }
 
-    /// Checks what serde cannot: values that parse but make no sense, named by key.
+    /// Checks what serde cannot: values that parse but make no sense, named by key; then
+    /// reads the files the configuration names (TLS, users file, watchdog key).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check()?;
+        self.check_files()
+    }
+
+    /// The checks of [`validate`](Self::validate) that read no file.
+    pub fn check(&self) -> Result<(), ConfigError> {
         if self.proxy.listen.parse::<SocketAddr>().is_err() {
             return err(format!("proxy.listen: {:?} is not an address:port such as \"127.0.0.1:9999\"", self.proxy.listen));
         }
@@ -873,30 +880,40 @@ impl Config {
         }
         self.validate_routing()?;
         if let Some(w) = &self.watchdog {
-            w.validate(&self.base_dir, false)?;
+            w.check(false)?;
+        }
+        crate::proxy::access::AccessRules::compile(&self.auth.hba, &self.tls)?;
+        if let (Some((key, method, _)), None) = (self.password_methods().first(), &self.auth.users_file) {
+            return err(format!("auth.users_file is required when {key} is \"{method}\""));
+        }
+        Ok(())
+    }
+
+    /// The password methods in use: (key, method, the users they are for; None: all).
+    fn password_methods(&self) -> Vec<(String, String, Option<&[String]>)> {
+        if self.auth.hba.is_empty() {
+            return match self.auth.method {
+                AuthMethod::Trust => Vec::new(),
+                m => vec![("auth.method".into(), m.to_string(), None)],
+            };
+        }
+        let hba = self.auth.hba.iter().enumerate();
+        hba.filter(|(_, r)| r.method == "md5" || r.method == "scram-sha-256")
+            .map(|(i, r)| {
+                let users = (!r.user.0.iter().any(|u| u == "all")).then_some(r.user.0.as_slice());
+                (format!("auth.hba[{i}].method"), r.method.clone(), users)
+            })
+            .collect()
+    }
+
+    fn check_files(&self) -> Result<(), ConfigError> {
+        if let Some(w) = &self.watchdog {
+            w.load_key(&self.base_dir)?;
         }
         crate::tls::load_server(self)?;
         crate::tls::backend::BackendTls::load(self)?;
         crate::tls::load_admin(self)?;
-        crate::proxy::access::AccessRules::compile(&self.auth.hba, &self.tls)?;
-        // The password methods in use: (key, method, the users they are for; None: all).
-        let password_methods: Vec<(String, String, Option<&[String]>)> = if self.auth.hba.is_empty() {
-            match self.auth.method {
-                AuthMethod::Trust => Vec::new(),
-                m => vec![("auth.method".into(), m.to_string(), None)],
-            }
-        } else {
-            let hba = self.auth.hba.iter().enumerate();
-            hba.filter(|(_, r)| r.method == "md5" || r.method == "scram-sha-256")
-                .map(|(i, r)| {
-                    let users = (!r.user.0.iter().any(|u| u == "all")).then_some(r.user.0.as_slice());
-                    (format!("auth.hba[{i}].method"), r.method.clone(), users)
-                })
-                .collect()
-        };
-        if let (Some((key, method, _)), None) = (password_methods.first(), &self.auth.users_file) {
-            return err(format!("auth.users_file is required when {key} is \"{method}\""));
-        }
+        let password_methods = self.password_methods();
         if let Some(path) = self.users_file_path() {
             let users = UsersFile::load(&path)?;
             for (key, _, named) in password_methods.iter().filter(|(_, m, _)| m == "md5") {

@@ -13,6 +13,8 @@ pub mod ctl;
 pub mod demo;
 pub mod events;
 pub mod failover;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;

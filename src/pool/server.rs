@@ -169,7 +169,7 @@ impl ServerConn {
                     self.secret = secret;
                 }
                 be::READY_FOR_QUERY => {
-                    self.tx_status = m.body.first().copied().unwrap_or(b'I');
+                    self.tx_status = backend::parse_ready_for_query(&m.body).map_err(|e| self.protocol(e))?;
                     return Ok(());
                 }
                 be::NOTICE_RESPONSE | be::NEGOTIATE_PROTOCOL_VERSION => {}
@@ -280,25 +280,15 @@ impl ServerConn {
             let m = self.recv().await?;
             match m.tag {
                 be::READY_FOR_QUERY => {
-                    self.tx_status = m.body.first().copied().unwrap_or(b'I');
+                    self.tx_status = backend::parse_ready_for_query(&m.body).map_err(|e| self.protocol(e))?;
                     return match failed {
                         Some(e) => Err(e),
                         None => Ok(value),
                     };
                 }
                 be::DATA_ROW if value.is_none() => {
-                    let mut r = frame::Reader::new(&m.body);
-                    let first = (|| -> Result<Option<String>, crate::protocol::ProtocolError> {
-                        if r.i16()? < 1 {
-                            return Ok(None);
-                        }
-                        let len = r.i32()?;
-                        if len < 0 {
-                            return Ok(None);
-                        }
-                        Ok(Some(String::from_utf8_lossy(r.bytes(len as usize)?).into_owned()))
-                    })();
-                    value = first.map_err(|e| self.protocol(e))?;
+                    let row = backend::parse_data_row(&m.body).map_err(|e| self.protocol(e))?;
+                    value = row.first().copied().flatten().map(|v| String::from_utf8_lossy(v).into_owned());
                 }
                 be::PARAMETER_STATUS => self.note_parameter(&m.body)?,
                 be::ERROR_RESPONSE => failed = Some(self.server_error(&m)),

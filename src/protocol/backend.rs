@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::frame::{be, begin, finish, put_cstr, Reader};
+use super::frame::{be, begin, finish, put_cstr, put_value, Reader};
 use super::sqlstate;
 use super::ProtocolError;
 
@@ -186,6 +186,24 @@ pub fn parse_auth(body: &[u8]) -> Result<AuthRequest, ProtocolError> {
     })
 }
 
+impl AuthRequest {
+    /// Appends this as an Authentication message.
+    pub fn write(&self, out: &mut BytesMut) {
+        match self {
+            AuthRequest::Ok => write_auth(out, AUTH_OK, &[]),
+            AuthRequest::Cleartext => write_auth(out, AUTH_CLEARTEXT, &[]),
+            AuthRequest::Md5(salt) => write_auth(out, AUTH_MD5, salt),
+            AuthRequest::Sasl(mechanisms) => {
+                let mechanisms: Vec<&str> = mechanisms.iter().map(String::as_str).collect();
+                write_auth_sasl(out, &mechanisms);
+            }
+            AuthRequest::SaslContinue(data) => write_auth(out, AUTH_SASL_CONTINUE, data),
+            AuthRequest::SaslFinal(data) => write_auth(out, AUTH_SASL_FINAL, data),
+            AuthRequest::Other(code) => write_auth(out, *code, &[]),
+        }
+    }
+}
+
 /// Appends an Authentication message with the given code and payload.
 pub fn write_auth(out: &mut BytesMut, code: i32, payload: &[u8]) {
     let at = begin(out, be::AUTHENTICATION);
@@ -235,16 +253,90 @@ pub fn write_ready_for_query(out: &mut BytesMut, status: u8) {
     finish(out, at);
 }
 
+/// Body of a ReadyForQuery: the transaction status (b'I', b'T' or b'E').
+pub fn parse_ready_for_query(body: &[u8]) -> Result<u8, ProtocolError> {
+    let mut r = Reader::new(body);
+    let status = r.u8()?;
+    r.end()?;
+    Ok(status)
+}
+
 pub fn write_command_complete(out: &mut BytesMut, tag: &str) {
     let at = begin(out, be::COMMAND_COMPLETE);
     put_cstr(out, tag);
     finish(out, at);
 }
 
+/// Body of a CommandComplete: the command tag.
+pub fn parse_command_complete(body: &[u8]) -> Result<&str, ProtocolError> {
+    let mut r = Reader::new(body);
+    let tag = r.cstr()?;
+    r.end()?;
+    Ok(tag)
+}
+
 /// Messages with an empty body: ParseComplete, BindComplete, CloseComplete, NoData…
 pub fn write_empty(out: &mut BytesMut, tag: u8) {
     let at = begin(out, tag);
     finish(out, at);
+}
+
+/// One column of a RowDescription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column<'a> {
+    pub name: &'a str,
+    /// The table's OID and the column's number in it, or 0 and 0.
+    pub table_oid: u32,
+    pub column: i16,
+    pub type_oid: u32,
+    pub type_size: i16,
+    pub type_modifier: i32,
+    /// 0 text, 1 binary.
+    pub format: i16,
+}
+
+/// The OID of type `text`.
+pub const TEXT_OID: u32 = 25;
+
+impl<'a> Column<'a> {
+    /// A column of type `text`, not from a table.
+    pub fn text(name: &'a str, format: i16) -> Self {
+        Column { name, table_oid: 0, column: 0, type_oid: TEXT_OID, type_size: -1, type_modifier: -1, format }
+    }
+}
+
+pub fn write_row_description(out: &mut BytesMut, columns: &[Column<'_>]) {
+    let at = begin(out, be::ROW_DESCRIPTION);
+    out.put_i16(columns.len() as i16);
+    for c in columns {
+        put_cstr(out, c.name);
+        out.put_u32(c.table_oid);
+        out.put_i16(c.column);
+        out.put_u32(c.type_oid);
+        out.put_i16(c.type_size);
+        out.put_i32(c.type_modifier);
+        out.put_i16(c.format);
+    }
+    finish(out, at);
+}
+
+pub fn parse_row_description(body: &[u8]) -> Result<Vec<Column<'_>>, ProtocolError> {
+    let mut r = Reader::new(body);
+    let columns = (0..r.count()?)
+        .map(|_| {
+            Ok(Column {
+                name: r.cstr()?,
+                table_oid: r.i32()? as u32,
+                column: r.i16()?,
+                type_oid: r.i32()? as u32,
+                type_size: r.i16()?,
+                type_modifier: r.i32()?,
+                format: r.i16()?,
+            })
+        })
+        .collect::<Result<_, ProtocolError>>()?;
+    r.end()?;
+    Ok(columns)
 }
 
 /// RowDescription of text columns (type `text`, OID 25, text format).
@@ -256,23 +348,19 @@ pub fn write_text_row_description(out: &mut BytesMut, columns: &[&str]) {
 /// text), one for every column, or one per column. The binary form of `text` is its
 /// bytes, so DataRows are the same either way.
 pub fn write_text_row_description_in(out: &mut BytesMut, columns: &[&str], formats: &[i16]) {
-    let at = begin(out, be::ROW_DESCRIPTION);
-    out.put_i16(columns.len() as i16);
-    for (i, c) in columns.iter().enumerate() {
-        let format = match formats {
-            [] => 0,
-            [one] => *one,
-            many => many.get(i).copied().unwrap_or(0),
-        };
-        put_cstr(out, c);
-        out.put_i32(0); // table OID
-        out.put_i16(0); // column number
-        out.put_i32(25); // type OID: text
-        out.put_i16(-1); // type size
-        out.put_i32(-1); // type modifier
-        out.put_i16(format);
-    }
-    finish(out, at);
+    let columns: Vec<Column<'_>> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let format = match formats {
+                [] => 0,
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(0),
+            };
+            Column::text(c, format)
+        })
+        .collect();
+    write_row_description(out, &columns);
 }
 
 /// ParameterDescription of a statement without parameters.
@@ -282,20 +370,22 @@ pub fn write_no_parameters(out: &mut BytesMut) {
     finish(out, at);
 }
 
-/// DataRow of text values; `None` is SQL NULL.
-pub fn write_data_row<S: AsRef<str>>(out: &mut BytesMut, values: &[Option<S>]) {
+/// DataRow of values (text or binary); `None` is SQL NULL.
+pub fn write_data_row<S: AsRef<[u8]>>(out: &mut BytesMut, values: &[Option<S>]) {
     let at = begin(out, be::DATA_ROW);
     out.put_i16(values.len() as i16);
     for v in values {
-        match v {
-            Some(v) => {
-                out.put_i32(v.as_ref().len() as i32);
-                out.extend_from_slice(v.as_ref().as_bytes());
-            }
-            None => out.put_i32(-1),
-        }
+        put_value(out, v.as_ref().map(AsRef::as_ref));
     }
     finish(out, at);
+}
+
+/// Body of a DataRow: its values, `None` for SQL NULL.
+pub fn parse_data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
+    let mut r = Reader::new(body);
+    let values = r.values()?;
+    r.end()?;
+    Ok(values)
 }
 
 /// NegotiateProtocolVersion: the newest minor version supported and the options not recognized.

@@ -219,6 +219,31 @@ impl<'a> Reader<'a> {
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
     }
+
+    /// An Int16 count of the items that follow; negative is malformed.
+    pub fn count(&mut self) -> Result<usize, ProtocolError> {
+        usize::try_from(self.i16()?).map_err(|_| ProtocolError::Malformed("negative count"))
+    }
+
+    /// A count, then that many values, each an Int32 length (-1: NULL) and its bytes: the
+    /// values of a Bind or a DataRow.
+    pub fn values(&mut self) -> Result<Vec<Option<&'a [u8]>>, ProtocolError> {
+        (0..self.count()?)
+            .map(|_| match self.i32()? {
+                -1 => Ok(None),
+                len if len < 0 => Err(ProtocolError::Malformed("invalid value length")),
+                len => self.bytes(len as usize).map(Some),
+            })
+            .collect()
+    }
+
+    /// The body must end here.
+    pub fn end(&self) -> Result<(), ProtocolError> {
+        if !self.buf.is_empty() {
+            return Err(ProtocolError::Malformed("trailing bytes in message"));
+        }
+        Ok(())
+    }
 }
 
 /// Starts a tagged message in `out`; returns the offset to pass to [`finish`].
@@ -232,6 +257,17 @@ pub fn begin(out: &mut BytesMut, tag: u8) -> usize {
 pub fn finish(out: &mut BytesMut, at: usize) {
     let len = (out.len() - at - 1) as u32;
     out[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Appends a value of a Bind or a DataRow: its length (-1: NULL) and its bytes.
+pub fn put_value(out: &mut BytesMut, value: Option<&[u8]>) {
+    match value {
+        Some(v) => {
+            out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+    }
 }
 
 /// Appends a NUL-terminated string.

@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::frame::{begin, fe, finish, put_cstr, Reader};
+use super::frame::{begin, fe, finish, put_cstr, put_value, Reader};
 use super::ProtocolError;
 
 pub fn write_query(out: &mut BytesMut, sql: &str) {
@@ -71,6 +71,134 @@ pub fn parse_sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), Protoco
         return Err(ProtocolError::Malformed("invalid SASL initial response"));
     }
     Ok((mech, data))
+}
+
+/// Body of a Query: the SQL text.
+pub fn parse_query(body: &[u8]) -> Result<&str, ProtocolError> {
+    let mut r = Reader::new(body);
+    let sql = r.cstr()?;
+    r.end()?;
+    Ok(sql)
+}
+
+/// A Parse message: statement name, query text, parameter type OIDs (0: unspecified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parse<'a> {
+    pub name: &'a str,
+    pub query: &'a str,
+    pub param_types: Vec<u32>,
+}
+
+impl<'a> Parse<'a> {
+    pub fn write(&self, out: &mut BytesMut) {
+        let at = begin(out, fe::PARSE);
+        put_cstr(out, self.name);
+        put_cstr(out, self.query);
+        out.put_i16(self.param_types.len() as i16);
+        for t in &self.param_types {
+            out.put_u32(*t);
+        }
+        finish(out, at);
+    }
+
+    pub fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new(body);
+        let name = r.cstr()?;
+        let query = r.cstr()?;
+        let param_types = (0..r.count()?).map(|_| r.i32().map(|t| t as u32)).collect::<Result<_, _>>()?;
+        r.end()?;
+        Ok(Parse { name, query, param_types })
+    }
+}
+
+/// A Bind message: portal, statement, parameter formats and values (`None`: NULL),
+/// result formats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind<'a> {
+    pub portal: &'a str,
+    pub statement: &'a str,
+    pub param_formats: Vec<i16>,
+    pub values: Vec<Option<&'a [u8]>>,
+    pub result_formats: Vec<i16>,
+}
+
+impl<'a> Bind<'a> {
+    pub fn write(&self, out: &mut BytesMut) {
+        let at = begin(out, fe::BIND);
+        put_cstr(out, self.portal);
+        put_cstr(out, self.statement);
+        put_i16s(out, &self.param_formats);
+        out.put_i16(self.values.len() as i16);
+        for v in &self.values {
+            put_value(out, *v);
+        }
+        put_i16s(out, &self.result_formats);
+        finish(out, at);
+    }
+
+    pub fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new(body);
+        let portal = r.cstr()?;
+        let statement = r.cstr()?;
+        let param_formats = i16s(&mut r)?;
+        let values = r.values()?;
+        let result_formats = i16s(&mut r)?;
+        r.end()?;
+        Ok(Bind { portal, statement, param_formats, values, result_formats })
+    }
+}
+
+/// Describe of a prepared statement (`kind` b'S') or portal (b'P').
+pub fn write_describe(out: &mut BytesMut, kind: u8, name: &str) {
+    let at = begin(out, fe::DESCRIBE);
+    out.put_u8(kind);
+    put_cstr(out, name);
+    finish(out, at);
+}
+
+/// Body of a Describe or Close: the kind (b'S' or b'P') and the name.
+pub fn parse_describe_or_close(body: &[u8]) -> Result<(u8, &str), ProtocolError> {
+    let mut r = Reader::new(body);
+    let kind = r.u8()?;
+    if kind != b'S' && kind != b'P' {
+        return Err(ProtocolError::Malformed("invalid Describe or Close kind"));
+    }
+    let name = r.cstr()?;
+    r.end()?;
+    Ok((kind, name))
+}
+
+/// Execute of a portal, up to `max_rows` rows (0: all).
+pub fn write_execute(out: &mut BytesMut, portal: &str, max_rows: i32) {
+    let at = begin(out, fe::EXECUTE);
+    put_cstr(out, portal);
+    out.put_i32(max_rows);
+    finish(out, at);
+}
+
+/// Body of an Execute: the portal and the row limit.
+pub fn parse_execute(body: &[u8]) -> Result<(&str, i32), ProtocolError> {
+    let mut r = Reader::new(body);
+    let portal = r.cstr()?;
+    let max_rows = r.i32()?;
+    r.end()?;
+    Ok((portal, max_rows))
+}
+
+pub fn write_flush(out: &mut BytesMut) {
+    let at = begin(out, fe::FLUSH);
+    finish(out, at);
+}
+
+fn i16s(r: &mut Reader<'_>) -> Result<Vec<i16>, ProtocolError> {
+    (0..r.count()?).map(|_| r.i16()).collect()
+}
+
+fn put_i16s(out: &mut BytesMut, values: &[i16]) {
+    out.put_i16(values.len() as i16);
+    for v in values {
+        out.put_i16(*v);
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@ pub mod scram;
 pub mod sqlstate;
 pub mod startup;
 
+#[cfg(test)]
+mod roundtrip_tests;
+
 /// A violation of the wire protocol by the peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {

@@ -88,6 +88,11 @@ fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
     out
 }
 
+/// ClientKey of a password (RFC 5802).
+pub(crate) fn client_key(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
+    hmac(&salted_password(password, salt, iterations), &[b"Client Key"])
+}
+
 fn random_nonce() -> String {
     let mut raw = [0u8; NONCE_LEN];
     rand::thread_rng().fill_bytes(&mut raw);
@@ -279,10 +284,16 @@ impl ServerExchange {
     /// An exchange on a TLS connection, where SCRAM-SHA-256-PLUS was offered with
     /// `end_point` (the `tls-server-end-point` data); `plus`: the client selected it.
     pub fn with_channel_binding(verifier: ScramVerifier, end_point: Vec<u8>, plus: bool) -> Self {
-        Self { binding: Some((end_point, plus)), ..Self::new(verifier) }
+        Self::new(verifier).bound(end_point, plus)
     }
 
-    fn with_nonce(verifier: ScramVerifier, server_nonce: String) -> Self {
+    /// This exchange with channel binding data offered (see [`Self::with_channel_binding`]).
+    pub(crate) fn bound(self, end_point: Vec<u8>, plus: bool) -> Self {
+        Self { binding: Some((end_point, plus)), ..self }
+    }
+
+    /// An exchange with a fixed server nonce (tests and fuzzing).
+    pub(crate) fn with_nonce(verifier: ScramVerifier, server_nonce: String) -> Self {
         Self {
             verifier,
             binding: None,
@@ -503,7 +514,8 @@ impl ClientExchange {
         }
     }
 
-    fn with_nonce(cred: ClientCredential, client_nonce: String, user: String) -> Self {
+    /// An exchange with a fixed client nonce (tests and fuzzing).
+    pub(crate) fn with_nonce(cred: ClientCredential, client_nonce: String, user: String) -> Self {
         Self {
             cred,
             gs2_header: "n,,",

@@ -24,6 +24,7 @@ use tokio::io::AsyncWrite;
 use super::cancel::{CancelKey, CancelTarget};
 use super::link::{needed, Event, Expect, Link};
 use super::local::{Bind, LocalStatements};
+use super::request::Request;
 use super::route::{Dest, Local, SessionRoute};
 use super::show::{Command, Show};
 use super::stats::StatementClass;
@@ -32,7 +33,7 @@ use crate::monitor::{ClusterView, Role};
 use crate::pool::server::record_parameter;
 use crate::pool::{BackendCredential, CheckoutError, ConnectError, PoolKey};
 use crate::protocol::backend::{self, PgError, Severity};
-use crate::protocol::frame::{be, fe, parse_header, Reader};
+use crate::protocol::frame::{be, fe, parse_header};
 use crate::protocol::{frontend, sqlstate};
 use crate::router::balance::{ReadNeeds, ReadTarget};
 use crate::router::{final_kind, Classification, Kind, Reason, TxControl};
@@ -370,7 +371,7 @@ impl<'a> Engine<'a> {
         }
         let mut i = 0;
         while i < self.links.len() {
-            let busy = !self.links[i].expect.is_empty() || self.links[i].remaining > 0;
+            let busy = !self.links[i].answers.expect.is_empty() || self.links[i].remaining > 0;
             // Unsolicited messages of an idle connection wait until the client stream
             // is between messages.
             if busy || !self.client_mid_message() {
@@ -391,7 +392,7 @@ impl<'a> Engine<'a> {
     fn walk(&mut self, li: usize) -> Result<Vec<Event>, End> {
         let mut events = Vec::new();
         let link = &mut self.links[li];
-        let idle = link.expect.is_empty();
+        let idle = link.answers.expect.is_empty();
         let mut taken = std::mem::take(&mut link.checkout.conn.buf);
         let buf = &mut taken;
         let mut pos = 0;
@@ -426,7 +427,7 @@ impl<'a> Engine<'a> {
                 break;
             }
             // An explain NOTICE goes out right before the first answer of its unit.
-            if let Some(front) = link.expect.front() {
+            if let Some(front) = link.answers.expect.front() {
                 if let Some(k) = self.notices.iter().position(|(n, u, _)| *n == link.node && *u == front.unit) {
                     let (_, _, notice) = self.notices.remove(k);
                     self.cout.extend_from_slice(&notice);
@@ -791,7 +792,7 @@ impl<'a> Engine<'a> {
                     let buf = &mut link.checkout.conn.buf;
                     // What is buffered waits for the client first (an idle connection's
                     // unsolicited bytes wait until it is used).
-                    let cap = if link.expect.is_empty() && link.remaining == 0 { IDLE_BUFFER_CAP } else { SERVER_BUFFER_CAP };
+                    let cap = if link.answers.expect.is_empty() && link.remaining == 0 { IDLE_BUFFER_CAP } else { SERVER_BUFFER_CAP };
                     if buf.len() >= cap {
                         continue;
                     }
@@ -874,7 +875,7 @@ impl<'a> Engine<'a> {
     }
 
     fn copy_target(&self) -> Option<usize> {
-        self.links.iter().find(|l| l.copy_in).map(|l| l.node)
+        self.links.iter().find(|l| l.answers.copy_in).map(|l| l.node)
     }
 
     async fn handle(&mut self, tag: u8, msg: &Bytes) -> Result<Step, End> {
@@ -894,67 +895,37 @@ impl<'a> Engine<'a> {
                 _ => Step::Done,
             });
         }
-        match tag {
-            fe::TERMINATE => Err(End::ClientDone),
-            fe::QUERY => {
-                let sql = cstr(body).map_err(End::Violation)?;
-                self.on_query(msg, sql).await
+        match Request::decode(tag, body).map_err(End::Violation)? {
+            Request::Terminate => Err(End::ClientDone),
+            Request::Query(sql) => self.on_query(msg, sql).await,
+            Request::Parse { name, sql } => self.on_parse(msg, name.to_string(), sql.to_string()).await,
+            Request::Bind { portal, statement } => self.on_bind(msg, portal.to_string(), statement.to_string()).await,
+            Request::Describe { kind, name } | Request::Close { kind, name } => {
+                self.on_describe_or_close(tag, msg, kind, name.to_string()).await
             }
-            fe::PARSE => {
-                let mut r = Reader::new(body);
-                let (name, sql) = match (r.cstr(), r.cstr()) {
-                    (Ok(n), Ok(s)) => (n.to_string(), s.to_string()),
-                    _ => return Err(End::Violation(PgError::protocol_violation("invalid Parse message"))),
-                };
-                self.on_parse(msg, name, sql).await
-            }
-            fe::BIND => {
-                let mut r = Reader::new(body);
-                let (portal, stmt) = match (r.cstr(), r.cstr()) {
-                    (Ok(p), Ok(s)) => (p.to_string(), s.to_string()),
-                    _ => return Err(End::Violation(PgError::protocol_violation("invalid Bind message"))),
-                };
-                self.on_bind(msg, portal, stmt).await
-            }
-            fe::DESCRIBE | fe::CLOSE => {
-                let mut r = Reader::new(body);
-                let (kind, name) = match (r.u8(), r.cstr()) {
-                    (Ok(k), Ok(n)) if k == b'S' || k == b'P' => (k, n.to_string()),
-                    _ => return Err(End::Violation(PgError::protocol_violation("invalid Describe or Close message"))),
-                };
-                self.on_describe_or_close(tag, msg, kind, name).await
-            }
-            fe::EXECUTE => {
-                let portal = cstr(body).map_err(End::Violation)?.to_string();
-                if self.local.has_portal(&portal) {
-                    return Ok(self.local_execute(&portal, body));
+            Request::Execute { portal, max_rows } => {
+                if self.local.has_portal(portal) {
+                    return Ok(self.local_execute(portal, max_rows));
                 }
-                let node = self.portals.get(&portal).copied().or(self.batch).or(self.last_node);
+                let node = self.portals.get(portal).copied().or(self.batch).or(self.last_node);
                 self.extended_to(msg, node, Expect::Execute).await
             }
-            fe::FLUSH => {
+            Request::Flush => {
                 let node = self.batch.or(self.last_node);
                 match node {
                     Some(n) if self.link_index(n).is_some() => self.extended_to(msg, Some(n), Expect::Flush).await,
                     _ => Ok(Step::Done),
                 }
             }
-            fe::SYNC => self.on_sync(msg).await,
-            fe::FUNCTION_CALL => self.on_function_call(msg).await,
-            fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL => {
+            Request::Sync => self.on_sync(msg).await,
+            Request::FunctionCall => self.on_function_call(msg).await,
+            Request::Copy => {
                 // Outside COPY the server ignores these; a failed node's COPY is gone.
                 if let Some(li) = self.copy_target().and_then(|n| self.link_index(n)) {
                     self.links[li].out.extend_from_slice(msg);
                 }
                 Ok(Step::Done)
             }
-            other if !fe::is_known(other) => {
-                Err(End::Violation(PgError::protocol_violation(format!("invalid frontend message type {other}"))))
-            }
-            other => Err(End::Violation(PgError::protocol_violation(format!(
-                "unexpected message type {} during a session",
-                other as char
-            )))),
         }
     }
 
@@ -1068,7 +1039,7 @@ impl<'a> Engine<'a> {
             self.lsn_needed = false;
             return Ok(None);
         };
-        if !self.links[li].quiet() || self.links.iter().any(|l| !l.expect.is_empty()) {
+        if !self.links[li].quiet() || self.links.iter().any(|l| !l.answers.expect.is_empty()) {
             return Ok(Some(Step::Blocked));
         }
         self.lsn_needed = false;
@@ -1307,7 +1278,7 @@ impl<'a> Engine<'a> {
         };
         let session = cfg.granularity == crate::config::Granularity::Session;
         // A connection with answers still due that may serve this read keeps it: no wait.
-        let busy = self.links.iter().find(|l| !l.expect.is_empty()).map(|l| l.node);
+        let busy = self.links.iter().find(|l| !l.answers.expect.is_empty()).map(|l| l.node);
         let keep = busy.or(if session { self.read_node } else { None });
         if let Some(n) = keep {
             let allowed = match target {
@@ -1749,7 +1720,7 @@ impl<'a> Engine<'a> {
             return Ok(Step::Done);
         };
         let Some(li) = self.link_index(node) else { return Ok(Step::Blocked) };
-        if self.batch.is_none() && self.links.iter().any(|l| l.node != node && !l.expect.is_empty()) {
+        if self.batch.is_none() && self.links.iter().any(|l| l.node != node && !l.answers.expect.is_empty()) {
             return Ok(Step::Blocked);
         }
         let unit = if self.batch.is_some() { self.batch_unit } else { self.new_unit(UnitEffects::default()) };
@@ -1899,14 +1870,14 @@ impl<'a> Engine<'a> {
     }
 
     fn all_quiet(&self) -> bool {
-        self.links.iter().all(|l| l.expect.is_empty() && l.remaining == 0) && self.batch.is_none()
+        self.links.iter().all(|l| l.answers.expect.is_empty() && l.remaining == 0) && self.batch.is_none()
     }
 
     /// Makes the connection to `node` ready for the next statement: opened, settings
     /// replayed, transaction begun. `fresh`: the statement starts a new unit (other
     /// connections must have answered everything first).
     async fn ready_link(&mut self, node: usize, fresh: bool) -> Result<Ready, End> {
-        if fresh && self.links.iter().any(|l| l.node != node && (!l.expect.is_empty() || l.remaining > 0)) {
+        if fresh && self.links.iter().any(|l| l.node != node && (!l.answers.expect.is_empty() || l.remaining > 0)) {
             return Ok(Ready::Blocked);
         }
         let li = match self.link_index(node) {
@@ -2062,7 +2033,7 @@ impl<'a> Engine<'a> {
         };
         let mut out = BytesMut::new();
         PgError::new(Severity::Notice, "00000", format!("pgvigil: {} ({role}): {reason}", self.node_name(node))).write(&mut out);
-        if self.links[li].expect.is_empty() && !self.client_mid_message() && self.links.iter().all(|l| l.expect.is_empty()) {
+        if self.links[li].answers.expect.is_empty() && !self.client_mid_message() && self.links.iter().all(|l| l.answers.expect.is_empty()) {
             self.cout.extend_from_slice(&out);
         } else if !self.notices.iter().any(|(n, u, _)| *n == node && *u == unit) {
             self.notices.push((node, unit, out.freeze()));
@@ -2117,12 +2088,10 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn local_execute(&mut self, portal: &str, body: &[u8]) -> Step {
+    fn local_execute(&mut self, portal: &str, max_rows: i32) -> Step {
         if let Some(step) = self.local_turn() {
             return step;
         }
-        let mut r = Reader::new(body);
-        let max_rows = r.cstr().ok().and_then(|_| r.i32().ok()).unwrap_or(0);
         self.local.execute(&mut self.cout, portal, max_rows);
         Step::Done
     }
@@ -2167,10 +2136,6 @@ fn mentions_pgvigil(sql: &str) -> bool {
 fn is_discard_all(sql: &str) -> bool {
     let words: Vec<String> = sql.trim().trim_end_matches(';').split_whitespace().map(str::to_ascii_lowercase).collect();
     words == ["discard", "all"]
-}
-
-fn cstr(body: &[u8]) -> Result<&str, PgError> {
-    Reader::new(body).cstr().map_err(|_| PgError::protocol_violation("invalid message: string not terminated"))
 }
 
 fn in_failed_tx() -> PgError {

@@ -17,7 +17,7 @@ use crate::protocol::frame::be;
 
 /// A request whose answer is still due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Expect {
+pub(crate) enum Expect {
     Parse,
     Bind,
     DescribeStatement,
@@ -31,7 +31,7 @@ pub(super) enum Expect {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Pending {
+pub(crate) struct Pending {
     pub what: Expect,
     /// Sent by pgvigil, not the client: its answer is not forwarded.
     pub injected: bool,
@@ -41,7 +41,7 @@ pub(super) struct Pending {
 
 /// What the response walker tells the session about a message it saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Event {
+pub(crate) enum Event {
     /// A ReadyForQuery answering a client request: (unit id, transaction status, an
     /// error was seen in the unit).
     UnitDone { unit: u64, status: u8, failed: bool },
@@ -56,7 +56,7 @@ pub(super) struct Link {
     pub checkout: Checkout,
     /// Bytes queued for the server.
     pub out: BytesMut,
-    pub expect: VecDeque<Pending>,
+    pub answers: Answers,
     /// Extended-protocol messages were sent since the last Sync.
     pub unsynced: bool,
     /// Bytes of the message being walked that have not arrived yet (a message may be
@@ -64,12 +64,6 @@ pub(super) struct Link {
     pub remaining: usize,
     /// The message being walked is swallowed rather than forwarded.
     pub swallowing: bool,
-    /// Describe of a statement: its ParameterDescription has been seen.
-    pub described_params: bool,
-    /// An ErrorResponse was seen since the last ReadyForQuery.
-    pub error_in_unit: bool,
-    /// The server is in COPY IN (or BOTH) mode for the client.
-    pub copy_in: bool,
     /// Session-log sequence number applied on this connection.
     pub applied: u64,
     /// This connection takes part in the client's open transaction.
@@ -89,13 +83,10 @@ impl Link {
             node,
             checkout,
             out: BytesMut::with_capacity(1024),
-            expect: VecDeque::new(),
+            answers: Answers::default(),
             unsynced: false,
             remaining: 0,
             swallowing: false,
-            described_params: false,
-            error_in_unit: false,
-            copy_in: false,
             applied,
             in_tx: false,
             tx_applied: 0,
@@ -108,16 +99,16 @@ impl Link {
     /// Nothing sent is unanswered and no batch is open: the connection can take a
     /// statement pgvigil runs itself.
     pub fn quiet(&self) -> bool {
-        self.expect.is_empty() && !self.unsynced && self.out.is_empty() && self.remaining == 0
+        self.answers.expect.is_empty() && !self.unsynced && self.out.is_empty() && self.remaining == 0
     }
 
     /// Client requests (Sync, Query, FunctionCall) still unanswered.
     pub fn pending_units(&self) -> impl Iterator<Item = u64> + '_ {
-        self.expect.iter().filter(|p| p.what == Expect::Ready && !p.injected).map(|p| p.unit)
+        self.answers.expect.iter().filter(|p| p.what == Expect::Ready && !p.injected).map(|p| p.unit)
     }
 
     pub fn push(&mut self, what: Expect, injected: bool, unit: u64) {
-        self.expect.push_back(Pending { what, injected, unit });
+        self.answers.expect.push_back(Pending { what, injected, unit });
         if let Some(r) = &self.checkout.conn.record {
             r.executing();
         }
@@ -126,10 +117,42 @@ impl Link {
     /// Decides about a server message whose header (and, for the tags that need it,
     /// whole body) is in `msg`: returns whether to forward it, and an event.
     pub fn on_message(&mut self, tag: u8, msg: &[u8]) -> (bool, Option<Event>) {
+        let decided = self.answers.on_message(tag, msg);
+        if tag == be::READY_FOR_QUERY {
+            let status = ready_status(msg);
+            self.checkout.conn.tx_status = status;
+            if let Some(r) = self.checkout.conn.record.as_ref().filter(|_| self.answers.expect.is_empty()) {
+                r.ready(status);
+            }
+        }
+        decided
+    }
+}
+
+/// What a server connection owes the session, matched against the answers as they
+/// arrive: the part of a [`Link`] that reads server messages, without the connection.
+#[derive(Debug, Default)]
+pub(crate) struct Answers {
+    pub expect: VecDeque<Pending>,
+    /// Describe of a statement: its ParameterDescription has been seen.
+    pub described_params: bool,
+    /// An ErrorResponse was seen since the last ReadyForQuery.
+    pub error_in_unit: bool,
+    /// The server is in COPY IN (or BOTH) mode for the client.
+    pub copy_in: bool,
+}
+
+/// The transaction status of a ReadyForQuery (`msg` from its tag on); idle when absent.
+fn ready_status(msg: &[u8]) -> u8 {
+    msg.get(5).copied().unwrap_or(b'I')
+}
+
+impl Answers {
+    /// See [`Link::on_message`].
+    pub fn on_message(&mut self, tag: u8, msg: &[u8]) -> (bool, Option<Event>) {
         match tag {
             be::READY_FOR_QUERY => {
-                let status = msg.get(5).copied().unwrap_or(b'I');
-                self.checkout.conn.tx_status = status;
+                let status = ready_status(msg);
                 // Entries before the Ready are requests the server skipped after an error.
                 let mut done = None;
                 while let Some(p) = self.expect.pop_front() {
@@ -137,9 +160,6 @@ impl Link {
                         done = Some(p);
                         break;
                     }
-                }
-                if let Some(r) = self.checkout.conn.record.as_ref().filter(|_| self.expect.is_empty()) {
-                    r.ready(status);
                 }
                 let Some(p) = done else { return (true, None) };
                 let failed = std::mem::take(&mut self.error_in_unit);
@@ -213,7 +233,7 @@ impl Link {
 }
 
 /// Bytes of a server message that must be buffered before `on_message` can decide.
-pub(super) fn needed(tag: u8, total: usize) -> usize {
+pub(crate) fn needed(tag: u8, total: usize) -> usize {
     match tag {
         be::READY_FOR_QUERY | be::PARSE_COMPLETE | be::BIND_COMPLETE | be::CLOSE_COMPLETE => total,
         be::NOTIFICATION_RESPONSE => 9,
@@ -229,7 +249,7 @@ pub(super) fn needed(tag: u8, total: usize) -> usize {
 /// The severity of an ErrorResponse (`msg` from its tag on, possibly cut short): its
 /// untranslated `V` field, else its `S` field; ERROR when neither is readable (an
 /// ErrorResponse is never less).
-pub(super) fn error_severity(msg: &[u8]) -> ErrorSeverity {
+pub(crate) fn error_severity(msg: &[u8]) -> ErrorSeverity {
     let mut from_s = None;
     let mut i = 5;
     while i < msg.len() && msg[i] != 0 {
@@ -255,7 +275,7 @@ pub(super) fn error_severity(msg: &[u8]) -> ErrorSeverity {
 /// Rewrites the severity of an ErrorResponse (whole message in `msg`) from FATAL or
 /// PANIC to ERROR, in place: the session outlives its server connection. Returns
 /// whether it did.
-pub(super) fn demote_fatal(msg: &mut [u8]) -> bool {
+pub(crate) fn demote_fatal(msg: &mut [u8]) -> bool {
     let mut i = 5;
     let mut done = false;
     while i < msg.len() && msg[i] != 0 {

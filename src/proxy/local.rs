@@ -11,7 +11,8 @@ use bytes::BytesMut;
 
 use super::show::{Show, Table};
 use crate::protocol::backend::{self, PgError, Severity};
-use crate::protocol::frame::{be, Reader};
+use crate::protocol::frame::be;
+use crate::protocol::frontend;
 use crate::protocol::sqlstate;
 
 /// A Bind message, as far as a local statement needs it.
@@ -26,24 +27,13 @@ pub(super) struct Bind {
 impl Bind {
     /// Parses a Bind body; parameter values are skipped.
     pub fn parse(body: &[u8]) -> Result<Bind, PgError> {
-        let bad = |_| PgError::protocol_violation("invalid Bind message");
-        let mut r = Reader::new(body);
-        let portal = r.cstr().map_err(bad)?.to_string();
-        let statement = r.cstr().map_err(bad)?.to_string();
-        let n_formats = r.i16().map_err(bad)?;
-        for _ in 0..n_formats.max(0) {
-            r.i16().map_err(bad)?;
-        }
-        let n_params = r.i16().map_err(bad)?;
-        for _ in 0..n_params.max(0) {
-            let len = r.i32().map_err(bad)?;
-            if len > 0 {
-                r.bytes(len as usize).map_err(bad)?;
-            }
-        }
-        let n_results = r.i16().map_err(bad)?;
-        let result_formats = (0..n_results.max(0)).map(|_| r.i16().map_err(bad)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Bind { portal, statement, params: n_params.max(0) as usize, result_formats })
+        let b = frontend::Bind::decode(body).map_err(|_| PgError::protocol_violation("invalid Bind message"))?;
+        Ok(Bind {
+            portal: b.portal.to_string(),
+            statement: b.statement.to_string(),
+            params: b.values.len(),
+            result_formats: b.result_formats,
+        })
     }
 }
 

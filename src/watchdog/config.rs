@@ -212,6 +212,12 @@ impl WatchdogConfig {
     /// Checks names, addresses, the timing rule, quorum and the key file. `witness`: the
     /// file is for `pgvigil witness` (no VIP).
     pub fn validate(&self, base_dir: &Path, witness: bool) -> Result<(), ConfigError> {
+        self.check(witness)?;
+        self.load_key(base_dir).map(drop)
+    }
+
+    /// The checks of [`validate`](Self::validate) that read no file.
+    pub fn check(&self, witness: bool) -> Result<(), ConfigError> {
         if !valid_name(&self.name) {
             return err(format!(
                 "watchdog.name: {:?} must be 1 to {MAX_NAME_LEN} letters, digits, '_' or '-'",
@@ -247,7 +253,6 @@ impl WatchdogConfig {
                  split brain (both nodes lead while they cannot hear each other)",
             );
         }
-        self.load_key(base_dir)?;
         match (&self.vip, witness) {
             (Some(_), true) => return err("watchdog.vip: a witness only votes and holds no VIP; remove [watchdog.vip]"),
             (Some(vip), false) => vip.validate()?,
