@@ -1080,19 +1080,12 @@ def analyse(client, sampler, holder, t_start, t_steady, t_fault, t_back, t_end, 
 # --------------------------------------------------------------------------- report
 
 
-def med(values):
-    v = [x for x in values if x is not None]
-    return statistics.median(v) if v else None
+# The report helpers of failover.py; times here are shown with two decimals.
+med, num = fo.med, fo.num
 
 
 def fmt(v, spec=".2f"):
-    return "-" if v is None else format(v, spec)
-
-
-def num(v):
-    if v is None:
-        return "-"
-    return str(int(v)) if float(v).is_integer() else format(v, ".1f")
+    return fo.fmt(v, spec)
 
 
 def summary(target, fault, runs):
