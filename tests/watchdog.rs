@@ -327,13 +327,22 @@ fn a_member_with_the_wrong_key_does_not_join() {
     c.assert_never_two_live_holders();
 }
 
+/// True (and says so) when `setpriv` (util-linux), which these tests run members under,
+/// is missing.
+fn no_setpriv() -> bool {
+    let missing = Command::new("setpriv").arg("--version").output().is_err();
+    if missing {
+        eprintln!("skipping: setpriv (util-linux) is missing");
+    }
+    missing
+}
+
 #[test]
 fn a_member_without_cap_net_admin_steps_aside() {
     if skip() {
         return;
     }
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("skipping: setpriv (util-linux) is missing");
+    if no_setpriv() {
         return;
     }
     let _serial = serial();
@@ -366,8 +375,7 @@ fn an_unprivileged_member_with_the_units_capabilities_holds_the_vip() {
     if skip() {
         return;
     }
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("skipping: setpriv (util-linux) is missing");
+    if no_setpriv() {
         return;
     }
     let _serial = serial();
