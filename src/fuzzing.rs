@@ -132,6 +132,18 @@ pub fn client_messages(data: &[u8]) {
                 }
                 return;
             }
+            fe::FUNCTION_CALL => {
+                if let Ok(f) = frontend::FunctionCall::decode(&m.body) {
+                    f.write(&mut out);
+                }
+            }
+            fe::COPY_DATA => frontend::write_copy_data(&mut out, &m.body),
+            fe::COPY_DONE if m.body.is_empty() => frontend::write_copy_done(&mut out),
+            fe::COPY_FAIL => {
+                if let Ok(reason) = frontend::parse_copy_fail(&m.body) {
+                    frontend::write_copy_fail(&mut out, reason);
+                }
+            }
             _ => return,
         }
         if !out.is_empty() {
@@ -229,8 +241,38 @@ fn decode_server_message(tag: u8, body: &[u8]) {
     let mut out = BytesMut::new();
     match tag {
         be::ERROR_RESPONSE | be::NOTICE_RESPONSE => {
-            let _ = backend::parse_error_fields(body);
+            if let Ok(e) = backend::parse_error_fields(body) {
+                // What pgvigil keeps of an error survives being written and read again.
+                let again = decoded_again(&e, write_server_error, backend::parse_error_fields);
+                assert_eq!(again, Ok(e));
+            }
             return;
+        }
+        be::NEGOTIATE_PROTOCOL_VERSION => {
+            if let Ok((minor, options)) = backend::parse_negotiate_protocol_version(body) {
+                let options: Vec<String> = options.into_iter().map(String::from).collect();
+                backend::write_negotiate_protocol_version(&mut out, minor, &options);
+            }
+        }
+        be::PARAMETER_DESCRIPTION => {
+            if let Ok(types) = backend::parse_parameter_description(body) {
+                backend::write_parameter_description(&mut out, &types);
+            }
+        }
+        be::NOTIFICATION_RESPONSE => {
+            if let Ok((pid, channel, payload)) = backend::parse_notification(body) {
+                backend::write_notification(&mut out, pid, channel, payload);
+            }
+        }
+        be::COPY_IN_RESPONSE | be::COPY_OUT_RESPONSE | be::COPY_BOTH_RESPONSE => {
+            if let Ok(c) = backend::CopyResponse::decode(body) {
+                c.write(&mut out, tag);
+            }
+        }
+        be::FUNCTION_CALL_RESPONSE => {
+            if let Ok(result) = backend::parse_function_call_response(body) {
+                backend::write_function_call_response(&mut out, result);
+            }
         }
         be::AUTHENTICATION => {
             if let Ok(a) = backend::parse_auth(body) {
@@ -276,6 +318,20 @@ fn decode_server_message(tag: u8, body: &[u8]) {
     if !out.is_empty() {
         assert_eq!(&out[..], &wire[..], "{:?} encodes back to other bytes", tag as char);
     }
+}
+
+/// An ErrorResponse with the fields of `e` that are set.
+fn write_server_error(e: &backend::ServerError, out: &mut BytesMut) {
+    let at = frame::begin(out, be::ERROR_RESPONSE);
+    let fields = [(b'V', Some(&e.severity)), (b'C', Some(&e.code)), (b'M', Some(&e.message)), (b'D', e.detail.as_ref()), (b'H', e.hint.as_ref())];
+    for (field, value) in fields {
+        if let Some(v) = value {
+            out.extend_from_slice(&[field]);
+            frame::put_cstr(out, v);
+        }
+    }
+    out.extend_from_slice(&[0]);
+    frame::finish(out, at);
 }
 
 fn decoded_again<T, U>(value: &T, write: impl Fn(&T, &mut BytesMut), parse: impl Fn(&[u8]) -> U) -> U {

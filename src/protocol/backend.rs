@@ -113,6 +113,8 @@ pub struct ServerError {
     pub severity: String,
     pub code: String,
     pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
 }
 
 impl std::fmt::Display for ServerError {
@@ -136,6 +138,8 @@ pub fn parse_error_fields(body: &[u8]) -> Result<ServerError, ProtocolError> {
             b'S' if e.severity.is_empty() => e.severity = value.to_string(),
             b'C' => e.code = value.to_string(),
             b'M' => e.message = value.to_string(),
+            b'D' => e.detail = Some(value.to_string()),
+            b'H' => e.hint = Some(value.to_string()),
             _ => {}
         }
     }
@@ -365,9 +369,25 @@ pub fn write_text_row_description_in(out: &mut BytesMut, columns: &[&str], forma
 
 /// ParameterDescription of a statement without parameters.
 pub fn write_no_parameters(out: &mut BytesMut) {
+    write_parameter_description(out, &[]);
+}
+
+/// ParameterDescription: the type OID of each parameter of a statement.
+pub fn write_parameter_description(out: &mut BytesMut, types: &[u32]) {
     let at = begin(out, be::PARAMETER_DESCRIPTION);
-    out.put_i16(0);
+    out.put_i16(types.len() as i16);
+    for t in types {
+        out.put_u32(*t);
+    }
     finish(out, at);
+}
+
+/// Body of a ParameterDescription: the parameter type OIDs.
+pub fn parse_parameter_description(body: &[u8]) -> Result<Vec<u32>, ProtocolError> {
+    let mut r = Reader::new(body);
+    let types = (0..r.count()?).map(|_| r.i32().map(|t| t as u32)).collect::<Result<_, _>>()?;
+    r.end()?;
+    Ok(types)
 }
 
 /// DataRow of values (text or binary); `None` is SQL NULL.
@@ -397,6 +417,91 @@ pub fn write_negotiate_protocol_version(out: &mut BytesMut, newest_minor: i32, u
         put_cstr(out, o);
     }
     finish(out, at);
+}
+
+/// Body of a NegotiateProtocolVersion: the newest minor version of protocol 3 the server
+/// supports, and the protocol options it did not recognize.
+pub fn parse_negotiate_protocol_version(body: &[u8]) -> Result<(i32, Vec<&str>), ProtocolError> {
+    let mut r = Reader::new(body);
+    let version = r.i32()?;
+    if version >> 16 != 3 {
+        return Err(ProtocolError::Malformed("NegotiateProtocolVersion for a major version other than 3"));
+    }
+    let count = r.i32()?;
+    // Each option takes at least its terminator: a count beyond the body is refused
+    // before anything is reserved for it.
+    if count < 0 || count as usize > r.remaining() {
+        return Err(ProtocolError::Malformed("invalid option count in NegotiateProtocolVersion"));
+    }
+    let options = (0..count).map(|_| r.cstr()).collect::<Result<_, _>>()?;
+    r.end()?;
+    Ok((version & 0xffff, options))
+}
+
+/// NotificationResponse: a NOTIFY from the session of `pid` on `channel`.
+pub fn write_notification(out: &mut BytesMut, pid: i32, channel: &str, payload: &str) {
+    let at = begin(out, be::NOTIFICATION_RESPONSE);
+    out.put_i32(pid);
+    put_cstr(out, channel);
+    put_cstr(out, payload);
+    finish(out, at);
+}
+
+/// Body of a NotificationResponse: the notifying backend's pid, the channel, the payload.
+pub fn parse_notification(body: &[u8]) -> Result<(i32, &str, &str), ProtocolError> {
+    let mut r = Reader::new(body);
+    let n = (r.i32()?, r.cstr()?, r.cstr()?);
+    r.end()?;
+    Ok(n)
+}
+
+/// CopyInResponse, CopyOutResponse or CopyBothResponse: the overall format (0 text,
+/// 1 binary) and the format of each column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyResponse {
+    pub format: u8,
+    pub column_formats: Vec<i16>,
+}
+
+impl CopyResponse {
+    /// Appends this with `tag` (`be::COPY_IN_RESPONSE`, `COPY_OUT_RESPONSE` or
+    /// `COPY_BOTH_RESPONSE`).
+    pub fn write(&self, out: &mut BytesMut, tag: u8) {
+        let at = begin(out, tag);
+        out.put_u8(self.format);
+        out.put_i16(self.column_formats.len() as i16);
+        for f in &self.column_formats {
+            out.put_i16(*f);
+        }
+        finish(out, at);
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new(body);
+        let format = r.u8()?;
+        let column_formats = (0..r.count()?).map(|_| r.i16()).collect::<Result<_, _>>()?;
+        r.end()?;
+        Ok(CopyResponse { format, column_formats })
+    }
+}
+
+/// FunctionCallResponse: the function's result, `None` for NULL.
+pub fn write_function_call_response(out: &mut BytesMut, result: Option<&[u8]>) {
+    let at = begin(out, be::FUNCTION_CALL_RESPONSE);
+    put_value(out, result);
+    finish(out, at);
+}
+
+/// Body of a FunctionCallResponse.
+pub fn parse_function_call_response(body: &[u8]) -> Result<Option<&[u8]>, ProtocolError> {
+    let mut r = Reader::new(body);
+    let value = match r.i32()? {
+        -1 => None,
+        len if len < 0 => return Err(ProtocolError::Malformed("invalid value length")),
+        len => Some(r.bytes(len as usize)?),
+    };
+    r.end()?;
+    Ok(value)
 }
 
 #[cfg(test)]

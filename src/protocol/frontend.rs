@@ -190,6 +190,68 @@ pub fn write_flush(out: &mut BytesMut) {
     finish(out, at);
 }
 
+/// A FunctionCall (the fast-path interface): the function's OID, the argument formats
+/// and values (`None`: NULL), the result format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCall<'a> {
+    pub function: u32,
+    pub arg_formats: Vec<i16>,
+    pub args: Vec<Option<&'a [u8]>>,
+    pub result_format: i16,
+}
+
+impl<'a> FunctionCall<'a> {
+    pub fn write(&self, out: &mut BytesMut) {
+        let at = begin(out, fe::FUNCTION_CALL);
+        out.put_u32(self.function);
+        put_i16s(out, &self.arg_formats);
+        out.put_i16(self.args.len() as i16);
+        for v in &self.args {
+            put_value(out, *v);
+        }
+        out.put_i16(self.result_format);
+        finish(out, at);
+    }
+
+    pub fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new(body);
+        let function = r.i32()? as u32;
+        let arg_formats = i16s(&mut r)?;
+        let args = r.values()?;
+        let result_format = r.i16()?;
+        r.end()?;
+        Ok(FunctionCall { function, arg_formats, args, result_format })
+    }
+}
+
+/// CopyData: a chunk of a COPY's data stream (the same message both ways).
+pub fn write_copy_data(out: &mut BytesMut, data: &[u8]) {
+    let at = begin(out, fe::COPY_DATA);
+    out.extend_from_slice(data);
+    finish(out, at);
+}
+
+/// CopyDone: the end of a COPY's data stream (the same message both ways).
+pub fn write_copy_done(out: &mut BytesMut) {
+    let at = begin(out, fe::COPY_DONE);
+    finish(out, at);
+}
+
+/// CopyFail: the client aborts a COPY FROM STDIN with `message`.
+pub fn write_copy_fail(out: &mut BytesMut, message: &str) {
+    let at = begin(out, fe::COPY_FAIL);
+    put_cstr(out, message);
+    finish(out, at);
+}
+
+/// Body of a CopyFail: the client's reason.
+pub fn parse_copy_fail(body: &[u8]) -> Result<&str, ProtocolError> {
+    let mut r = Reader::new(body);
+    let message = r.cstr()?;
+    r.end()?;
+    Ok(message)
+}
+
 fn i16s(r: &mut Reader<'_>) -> Result<Vec<i16>, ProtocolError> {
     (0..r.count()?).map(|_| r.i16()).collect()
 }

@@ -1,15 +1,15 @@
-//! Every message the codec both writes and reads, with arbitrary values: encoded, then
-//! decoded, gives the values back. And the framing limit, applied before any memory is
-//! reserved for a message.
+//! Every message type of protocol 3.0, with arbitrary values: encoded, then decoded,
+//! gives the values back (the bodiless ones: encoded, they carry their tag and nothing
+//! else). And the framing limit, applied before any memory is reserved for a message.
 
 use bytes::BytesMut;
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 
-use super::backend::{self, AuthRequest, Column, PgError, Severity};
+use super::backend::{self, AuthRequest, Column, CopyResponse, PgError, Severity};
 use super::frame::{self, be, fe, take_message, Message};
-use super::frontend::{self, Bind, Parse};
+use super::frontend::{self, Bind, FunctionCall, Parse};
 use super::startup::{self, take_startup_packet, Startup, StartupPacket, MAX_STARTUP_PACKET};
 use super::{sqlstate, ProtocolError};
 
@@ -142,7 +142,7 @@ proptest! {
         prop_assert_eq!(frontend::parse_sasl_initial_response(&m.body), Ok((mechanism.as_str(), data.as_slice())));
     }
 
-    /// SASLResponse: the body is the data.
+    /// SASLResponse (and GSSResponse, the same layout): the body is the data.
     #[test]
     fn sasl_response(data in bytes()) {
         let m = written(|out| frontend::write_sasl_response(out, &data));
@@ -171,7 +171,6 @@ proptest! {
 
     // ---- backend -------------------------------------------------------------------
 
-    /// The fields a relayed error keeps (detail and hint are not read back).
     #[test]
     fn error_and_notice(severity in severity(), code in code(), message in text(), detail in option::of(text()), hint in option::of(text())) {
         let e = PgError { severity, code, message, detail, hint };
@@ -179,7 +178,10 @@ proptest! {
         let tag = if matches!(severity, Severity::Error | Severity::Fatal) { be::ERROR_RESPONSE } else { be::NOTICE_RESPONSE };
         prop_assert_eq!(m.tag, tag);
         let read = backend::parse_error_fields(&m.body).unwrap_or_else(|e| panic!("{e}"));
-        prop_assert_eq!((read.severity.as_str(), read.code.as_str(), read.message.as_str()), (severity.as_str(), code, e.message.as_str()));
+        prop_assert_eq!(
+            (read.severity.as_str(), read.code.as_str(), read.message.as_str(), read.detail.as_deref(), read.hint.as_deref()),
+            (severity.as_str(), code, e.message.as_str(), e.detail.as_deref(), e.hint.as_deref())
+        );
     }
 
     #[test]
@@ -258,6 +260,78 @@ proptest! {
         prop_assert_eq!(backend::parse_data_row(&m.body), Ok(expected));
     }
 
+    #[test]
+    fn negotiate_protocol_version(newest_minor in 0..=0xffffi32, options in vec(text(), 0..6)) {
+        let m = written(|out| backend::write_negotiate_protocol_version(out, newest_minor, &options));
+        prop_assert_eq!(m.tag, be::NEGOTIATE_PROTOCOL_VERSION);
+        let expected: Vec<&str> = options.iter().map(String::as_str).collect();
+        prop_assert_eq!(backend::parse_negotiate_protocol_version(&m.body), Ok((newest_minor, expected)));
+    }
+
+    #[test]
+    fn parameter_description(types in vec(any::<u32>(), 0..16)) {
+        let m = written(|out| backend::write_parameter_description(out, &types));
+        prop_assert_eq!(m.tag, be::PARAMETER_DESCRIPTION);
+        prop_assert_eq!(backend::parse_parameter_description(&m.body), Ok(types));
+    }
+
+    #[test]
+    fn notification_response(pid in any::<i32>(), channel in text(), payload in text()) {
+        let m = written(|out| backend::write_notification(out, pid, &channel, &payload));
+        prop_assert_eq!(m.tag, be::NOTIFICATION_RESPONSE);
+        prop_assert_eq!(backend::parse_notification(&m.body), Ok((pid, channel.as_str(), payload.as_str())));
+    }
+
+    /// CopyInResponse, CopyOutResponse and CopyBothResponse.
+    #[test]
+    fn copy_responses(
+        tag in prop_oneof![Just(be::COPY_IN_RESPONSE), Just(be::COPY_OUT_RESPONSE), Just(be::COPY_BOTH_RESPONSE)],
+        format in any::<u8>(),
+        column_formats in vec(any::<i16>(), 0..8),
+    ) {
+        let c = CopyResponse { format, column_formats };
+        let m = written(|out| c.write(out, tag));
+        prop_assert_eq!(m.tag, tag);
+        prop_assert_eq!(CopyResponse::decode(&m.body), Ok(c));
+    }
+
+    /// CopyData and CopyDone (the same both ways), CopyFail.
+    #[test]
+    fn copy_stream(data in bytes(), reason in text()) {
+        let mut out = BytesMut::new();
+        frontend::write_copy_data(&mut out, &data);
+        frontend::write_copy_done(&mut out);
+        frontend::write_copy_fail(&mut out, &reason);
+        let d = take_message(&mut out, 1 << 20).ok().flatten().unwrap_or_else(|| panic!("no CopyData"));
+        let done = take_message(&mut out, 1 << 20).ok().flatten().unwrap_or_else(|| panic!("no CopyDone"));
+        let fail = only(&mut out);
+        prop_assert_eq!((d.tag, &d.body[..]), (fe::COPY_DATA, data.as_slice()));
+        prop_assert_eq!((be::COPY_DATA, be::COPY_DONE), (fe::COPY_DATA, fe::COPY_DONE));
+        prop_assert_eq!((done.tag, done.body.len()), (fe::COPY_DONE, 0));
+        prop_assert_eq!(fail.tag, fe::COPY_FAIL);
+        prop_assert_eq!(frontend::parse_copy_fail(&fail.body), Ok(reason.as_str()));
+    }
+
+    #[test]
+    fn function_call(
+        function in any::<u32>(),
+        arg_formats in vec(any::<i16>(), 0..4),
+        args in vec(option::of(bytes()), 0..6),
+        result_format in any::<i16>(),
+    ) {
+        let f = FunctionCall { function, arg_formats, args: args.iter().map(Option::as_deref).collect(), result_format };
+        let m = written(|out| f.write(out));
+        prop_assert_eq!(m.tag, fe::FUNCTION_CALL);
+        prop_assert_eq!(FunctionCall::decode(&m.body), Ok(f));
+    }
+
+    #[test]
+    fn function_call_response(result in option::of(bytes())) {
+        let m = written(|out| backend::write_function_call_response(out, result.as_deref()));
+        prop_assert_eq!(m.tag, be::FUNCTION_CALL_RESPONSE);
+        prop_assert_eq!(backend::parse_function_call_response(&m.body), Ok(result.as_deref()));
+    }
+
     /// ParseComplete, BindComplete, CloseComplete, NoData, EmptyQueryResponse…: a tag
     /// and no body.
     #[test]
@@ -329,6 +403,27 @@ fn a_gigabyte_message_is_refused_without_reserving_memory() {
     assert_eq!(take_message(&mut buf, 1 << 20), Err(ProtocolError::TooLarge { len: 1 << 30, max: 1 << 20 }));
     assert_eq!(buf.capacity(), 5);
     assert_eq!(frame::parse_header(&buf, 1 << 20), Err(ProtocolError::TooLarge { len: 1 << 30, max: 1 << 20 }));
+}
+
+#[test]
+fn gssenc_request_round_trip() {
+    let mut out = BytesMut::new();
+    startup::write_gssenc_request(&mut out);
+    assert_eq!(take_startup_packet(&mut out), Ok(Some(StartupPacket::GssEncRequest)));
+    assert!(out.is_empty());
+}
+
+/// Counts and lengths that point past the body are errors, not allocations or panics.
+#[test]
+fn counts_beyond_the_body_are_refused() {
+    // NegotiateProtocolVersion declaring 2^31-1 options in an 8-byte body.
+    assert!(backend::parse_negotiate_protocol_version(&[0, 3, 0, 0, 0x7f, 0xff, 0xff, 0xff]).is_err());
+    assert!(backend::parse_negotiate_protocol_version(&[0, 2, 0, 0, 0, 0, 0, 0]).is_err());
+    assert!(backend::parse_parameter_description(&[0x7f, 0xff, 0, 0, 0, 1]).is_err());
+    assert!(backend::parse_function_call_response(&[0xff, 0xff, 0xff, 0xfe]).is_err());
+    assert!(backend::parse_function_call_response(&[0, 0, 1, 0, 1]).is_err());
+    assert!(CopyResponse::decode(&[0, 0xff, 0xff]).is_err());
+    assert!(FunctionCall::decode(&[0, 0, 0, 1, 0, 0, 0, 1, 0x7f, 0xff, 0xff, 0xff]).is_err());
 }
 
 #[test]

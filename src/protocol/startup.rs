@@ -116,6 +116,12 @@ pub fn write_ssl_request(out: &mut BytesMut) {
     out.put_i32(SSL_REQUEST_CODE);
 }
 
+/// Appends a GSSENCRequest packet.
+pub fn write_gssenc_request(out: &mut BytesMut) {
+    out.put_i32(8);
+    out.put_i32(GSSENC_REQUEST_CODE);
+}
+
 /// Appends a CancelRequest packet.
 pub fn write_cancel(out: &mut BytesMut, pid: i32, secret: i32) {
     out.put_i32(16);
