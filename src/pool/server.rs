@@ -220,11 +220,24 @@ impl ServerConn {
                     scram = Some(exchange);
                 }
                 AuthRequest::SaslContinue(data) => {
-                    let Some(exchange) = scram.as_mut() else {
+                    let Some(mut exchange) = scram.take() else {
                         return Err(self.protocol("SASL continue without SASL start"));
                     };
-                    let reply = exchange.handle_server_first(&data).map_err(|e| self.scram(e))?;
-                    frontend::write_sasl_response(&mut out, &reply);
+                    // PBKDF2 with the server's iteration count runs on a blocking thread,
+                    // so that other sessions on this worker go on meanwhile.
+                    let (exchange, reply) = if exchange.derives_keys() {
+                        tokio::task::spawn_blocking(move || {
+                            let reply = exchange.handle_server_first(&data);
+                            (exchange, reply)
+                        })
+                        .await
+                        .map_err(|e| self.scram(e))?
+                    } else {
+                        let reply = exchange.handle_server_first(&data);
+                        (exchange, reply)
+                    };
+                    frontend::write_sasl_response(&mut out, &reply.map_err(|e| self.scram(e))?);
+                    scram = Some(exchange);
                 }
                 AuthRequest::SaslFinal(data) => {
                     let Some(exchange) = scram.as_mut() else {
@@ -359,9 +372,92 @@ impl ServerConn {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::tls::stream::MaybeTls;
+
     #[test]
     fn literals_are_escaped() {
         assert_eq!(super::quote_literal("plain"), "E'plain'");
         assert_eq!(super::quote_literal("it's \\ here"), "E'it''s \\\\ here'");
     }
+
+    fn read_packet(s: &mut std::net::TcpStream, tagged: bool) -> Vec<u8> {
+        let mut head = vec![0u8; if tagged { 5 } else { 4 }];
+        s.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes(head[head.len() - 4..].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).unwrap();
+        body
+    }
+
+    /// A hostile server: it asks for SCRAM with `iterations` PBKDF2 iterations. It reports
+    /// `ticks` when it sent the server-first-message and when the client-final-message
+    /// came (None if it never did).
+    fn hostile_server(iterations: u32, ticks: Arc<AtomicU64>) -> (SocketAddr, std::thread::JoinHandle<(u64, Option<u64>)>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            read_packet(&mut s, false);
+            let mut out = BytesMut::new();
+            backend::write_auth_sasl(&mut out, &[SCRAM_SHA_256]);
+            s.write_all(&out).unwrap();
+            let initial = read_packet(&mut s, true);
+            let (_, first) = frontend::parse_sasl_initial_response(&initial).unwrap();
+            let nonce = String::from_utf8_lossy(first).split("r=").nth(1).unwrap().to_string();
+            out.clear();
+            backend::write_auth(&mut out, backend::AUTH_SASL_CONTINUE, format!("r={nonce}hostile,s=c2FsdA==,i={iterations}").as_bytes());
+            s.write_all(&out).unwrap();
+            let sent = ticks.load(Ordering::SeqCst);
+            let mut tag = [0u8; 1];
+            let answered = matches!(s.read(&mut tag), Ok(1)).then(|| ticks.load(Ordering::SeqCst));
+            (sent, answered)
+        });
+        (addr, server)
+    }
+
+    async fn login_to(addr: SocketAddr) -> Result<ServerConn, ConnectError> {
+        let stream = MaybeTls::Plain(TcpStream::connect(addr).await.unwrap());
+        let params = [("user".to_string(), "alice".to_string())];
+        let credential = BackendCredential::Password("wonderland".into());
+        ServerConn::login(stream, addr, 0, &params, &credential, Duration::from_secs(600)).await
+    }
+
+    /// A server asking for 2^32 - 1 iterations (hours of CPU) is refused at once.
+    #[tokio::test]
+    async fn a_server_asking_for_too_many_scram_iterations_is_refused() {
+        let (addr, server) = hostile_server(u32::MAX, Arc::default());
+        let Err(ConnectError::Scram { reason, .. }) = login_to(addr).await else { panic!("login went on") };
+        assert!(reason.contains("4294967295 PBKDF2 iterations"), "{reason}");
+        assert_eq!(server.join().unwrap().1, None, "no client-final-message was sent");
+    }
+
+    /// PBKDF2 runs off the async worker: on a single-threaded runtime, another task keeps
+    /// running while pgvigil derives the keys for a costly iteration count.
+    #[test]
+    fn scram_key_derivation_leaves_the_worker_free() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let (addr, server) = hostile_server(MAX_ITERATIONS_FOR_TEST, ticks.clone());
+        rt.block_on(async {
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            // The hostile server then closes: what matters is that the proof was sent.
+            let _ = login_to(addr).await;
+            ticker.abort();
+        });
+        let (sent, answered) = server.join().unwrap();
+        let answered = answered.expect("the client-final-message came");
+        assert!(answered - sent >= 10, "only {} ticks while PBKDF2 ran", answered - sent);
+    }
+
+    /// Enough iterations to take tens of milliseconds at least, even in a release build.
+    const MAX_ITERATIONS_FOR_TEST: u32 = 200_000;
 }

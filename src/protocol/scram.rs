@@ -44,7 +44,14 @@ pub enum ScramError {
     ChannelBinding(&'static str),
     #[error("SCRAM message received out of order")]
     OutOfOrder,
+    #[error("the server asks for {0} PBKDF2 iterations, over pgvigil's limit of {MAX_CLIENT_ITERATIONS}")]
+    TooManyIterations(u32),
 }
+
+/// The most PBKDF2 iterations pgvigil computes as a SCRAM client with a password.
+/// PostgreSQL's default is 4096 (`scram_iterations`, 16+); ten million take seconds of
+/// CPU, and a server asking for more (up to 2^32 - 1) would hold a thread for hours.
+pub const MAX_CLIENT_ITERATIONS: u32 = 10_000_000;
 
 use ScramError::Malformed;
 
@@ -535,6 +542,12 @@ impl ClientExchange {
         format!("{}{}", self.gs2_header, self.client_first_bare()).into_bytes()
     }
 
+    /// Whether [`Self::handle_server_first`] derives keys from a password (PBKDF2 with
+    /// the server's iteration count: CPU work to keep off async worker threads).
+    pub fn derives_keys(&self) -> bool {
+        matches!(self.cred, ClientCredential::Password(_))
+    }
+
     /// Consume the server-first-message, return the client-final-message.
     pub fn handle_server_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
         if !matches!(self.state, ClientState::Initial) {
@@ -561,6 +574,9 @@ impl ClientExchange {
             return Err(Malformed("garbage at end of server-first-message"));
         }
         let (client_key, server_key) = match &self.cred {
+            ClientCredential::Password(_) if iterations > MAX_CLIENT_ITERATIONS => {
+                return Err(ScramError::TooManyIterations(iterations));
+            }
             ClientCredential::Password(pw) => {
                 let salted = salted_password(pw, &salt, iterations);
                 (
@@ -900,6 +916,9 @@ mod tests {
             (format!("r={c}abc,s={s}"), Malformed("iteration count")),
             (format!("r={c}abc,s={s},i=0"), Malformed("iteration count")),
             (format!("r={c}abc,s={s},i=-1"), Malformed("iteration count")),
+            (format!("r={c}abc,s={s},i=4294967296"), Malformed("iteration count")),
+            (format!("r={c}abc,s={s},i=4294967295"), TooManyIterations(u32::MAX)),
+            (format!("r={c}abc,s={s},i=10000001"), TooManyIterations(MAX_CLIENT_ITERATIONS + 1)),
             (
                 format!("r={c}abc,s={s},i=1,x=y"),
                 Malformed("garbage at end of server-first-message"),
