@@ -231,3 +231,29 @@ async fn no_secret_appears_in_logs_answers_config_or_ctl_output() {
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
     eprintln!("checked {} secrets against {} bytes of debug log and {} answers", secrets.len(), log_text.len(), seen.len());
 }
+
+/// The suite-wide secrets watch (`tests/common/leaks.rs`), which every test that starts
+/// pgvigil through `common::Env` runs under, sees what pgvigil logs at any level and the
+/// errors tests read, and nothing else: a planted secret fails its check.
+#[test]
+fn the_suite_wide_watch_catches_a_planted_secret() {
+    const PLANTED: &str = "planted-S3cret-5150";
+    init_logging();
+    leaks::watch(PLANTED);
+    let fails = |what: &str| {
+        let e = std::panic::catch_unwind(leaks::check).expect_err(what);
+        let text = e.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(text.contains(PLANTED), "{what}: {text}");
+        text
+    };
+    tracing::error!(target: "pgvigil::proxy::session", user = "alice", "password {PLANTED}");
+    assert!(fails("an error line").contains("pgvigil's log"));
+    // At debug, although the test log shows warnings and errors only.
+    tracing::debug!(target: "pgvigil::pool", credential = PLANTED, "opened");
+    fails("a debug line");
+    leaks::scan(&format!("FATAL 28P01 password {PLANTED} is wrong"), "an error a client got");
+    assert!(fails("a client error").contains("an error a client got"));
+    // The tests' own clients are not pgvigil.
+    tracing::error!(target: "tokio_postgres::query", "executing CREATE ROLE a PASSWORD '{PLANTED}'");
+    leaks::check();
+}

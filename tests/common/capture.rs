@@ -84,7 +84,7 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
         let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).with_filter(tracing_subscriber::EnvFilter::new(level));
         let capture = Capture.with_filter(tracing_subscriber::filter::Targets::new().with_target("pgvigil", tracing::Level::INFO));
         // common::init_logging, called later, then finds a subscriber and does nothing.
-        let _ = tracing_subscriber::registry().with(text).with(capture).try_init();
+        let _ = tracing_subscriber::registry().with(text).with(capture).with(crate::common::leaks::layer()).try_init();
     });
     let guard = SERIAL.lock().await;
     EVENTS.lock().unwrap_or_else(|p| p.into_inner()).clear();

@@ -22,6 +22,8 @@ pub const WD_PORT: u16 = 9694;
 pub const PROXY_PORT: u16 = 9999;
 pub const BIN: &str = env!("CARGO_BIN_EXE_pgvigil");
 pub const KEY: &str = "6d1f0a9c2b7e45f38a0c4d2e9b1f7a6c";
+/// The key of a member with `wrong_key`.
+pub const OTHER_KEY: &str = "a different key of enough bytes";
 
 /// One namespace test at a time: they measure timings on a small shared machine.
 pub static SERIAL: Mutex<()> = Mutex::new(());
@@ -177,7 +179,7 @@ impl Cluster {
     pub fn start_in(net: Net, specs: &[Spec], setup: Setup) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("wd.key"), format!("{KEY}\n")).expect("key");
-        std::fs::write(dir.path().join("other.key"), "a different key of enough bytes\n").expect("key");
+        std::fs::write(dir.path().join("other.key"), format!("{OTHER_KEY}\n")).expect("key");
         for k in ["wd.key", "other.key"] {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path().join(k), std::fs::Permissions::from_mode(0o600)).expect("chmod");
@@ -360,6 +362,15 @@ impl Drop for Cluster {
             }
         }
         self.sampler.finish();
+        if !std::thread::panicking() {
+            // Part of the suite's secrets watch: no member may log the watchdog's keys.
+            for m in &self.members {
+                let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+                for key in [KEY, OTHER_KEY] {
+                    assert!(!log.contains(key), "{} logged a watchdog key:\n{log}", m.spec.name);
+                }
+            }
+        }
         if std::thread::panicking() {
             for m in &self.members {
                 let log = std::fs::read_to_string(&m.log).unwrap_or_default();

@@ -2,6 +2,8 @@
 //! protocol client for byte-level checks.
 #![allow(dead_code)]
 
+pub mod leaks;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub const SUPERUSER: &str = "postgres";
-pub const SUPERPASS: &str = "postgres";
+/// Distinctive, so that the secrets watch ([`leaks`]) can look for it everywhere.
+pub const SUPERPASS: &str = "Sup3r-pw-7c1e";
 
 /// What to build.
 pub struct Options {
@@ -82,8 +85,13 @@ pub struct Env {
     pub cluster: LocalCluster,
 }
 
+/// Logs to stderr at `TEST_LOG` (default warn), and feeds pgvigil's events at debug to
+/// the secrets watch ([`leaks`]). Once per process; later calls do nothing.
 pub fn init_logging() {
-    pgvigil::logging::init(&std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()), "text");
+    use tracing_subscriber::prelude::*;
+    let level = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).with_filter(tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::registry().with(text).with(leaks::layer()).try_init();
 }
 
 /// Builds a cluster in a blocking thread.
@@ -189,7 +197,9 @@ pub async fn launch_proxy(cluster: &LocalCluster, opts: &Options, dir: &std::pat
         opts.proxy, opts.pool, opts.auth_method, opts.auth, opts.health_check, opts.extra, backends
     );
     let config_path = dir.join("pgvigil.toml");
-    std::fs::write(&config_path, text).expect("write config");
+    std::fs::write(&config_path, &text).expect("write config");
+    leaks::watch(SUPERPASS);
+    leaks::watch_config(&text, dir);
     let config = Config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
     let handle = proxy::start(config, Some(config_path.clone())).await.expect("start pgvigil");
     (handle, config_path)
@@ -224,8 +234,23 @@ impl OtherProxy {
     }
 }
 
+impl Drop for Env {
+    /// Fails the test if pgvigil showed a secret: in its log (in-process, or a binary's
+    /// `*.log` in the test's directory) or in an error a test read.
+    fn drop(&mut self) {
+        if let Ok(files) = std::fs::read_dir(self.dir.path()) {
+            for f in files.flatten().filter(|f| f.path().extension().is_some_and(|e| e == "log")) {
+                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                text.lines().for_each(|l| leaks::scan(l, &f.path().display().to_string()));
+            }
+        }
+        leaks::check();
+    }
+}
+
 impl Drop for OtherProxy {
     fn drop(&mut self) {
+        leaks::check();
         if let Some(h) = self.handle.take() {
             // Sessions end with the runtime; stop the accept loop and the monitor now.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -252,7 +277,9 @@ pub fn psql(conninfo: &str, sql: &str) -> (bool, String, String) {
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .expect("psql");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    leaks::scan(&stderr, "psql's messages");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
 }
 
 /// Writes `text` as `dir/c.toml` and runs `pgvigil check-config` on it; returns the exit
@@ -266,6 +293,10 @@ pub fn check_config(dir: &std::path::Path, text: &str) -> (Option<i32>, String) 
 
 /// The SQLSTATE of a tokio-postgres error, or "" when it has none.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let text = format!("{} {} {}", db.message(), db.detail().unwrap_or(""), db.hint().unwrap_or(""));
+        leaks::scan(&text, "an error a client got");
+    }
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
 
@@ -330,7 +361,11 @@ impl Raw {
                 let raw = Raw { stream, buf: conn.buf, pid: conn.pid, secret: conn.secret };
                 Ok((raw, conn.params))
             }
-            Err(ConnectError::Server { error, .. }) => Err(*error),
+            Err(ConnectError::Server { error, .. }) => {
+                let text = format!("{} {} {}", error.message, error.detail.as_deref().unwrap_or(""), error.hint.as_deref().unwrap_or(""));
+                leaks::scan(&text, "an error a client got");
+                Err(*error)
+            }
             Err(e) => panic!("login failed outside the server: {e}"),
         }
     }
