@@ -25,6 +25,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, b
     let text = String::from_utf8_lossy(&out).to_string();
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    common::leaks::scan(&body, &format!("the answer to {method} {path}"));
     (status, body)
 }
 
@@ -238,7 +239,9 @@ async fn https(addr: SocketAddr, method: &str, path: &str, ca_file: &Path, token
     let _ = s.read_to_end(&mut out).await;
     let text = String::from_utf8_lossy(&out).to_string();
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    common::leaks::scan(&body, &format!("the answer to {method} {path} over HTTPS"));
+    (status, body)
 }
 
 /// `pgvigil ctl --admin URL ARGS…`; (exit code, stdout, stderr).
@@ -249,7 +252,9 @@ fn ctl(url: &str, args: &[&str]) -> (i32, String, String) {
         cmd.env_remove(var);
     }
     let out = tokio::task::block_in_place(|| cmd.output()).unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    common::leaks::scan(&format!("{stdout}{stderr}"), &format!("ctl {args:?}"));
+    (out.status.code().unwrap_or(-1), stdout, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,9 @@ fn ctl(admin: std::net::SocketAddr, token: Option<&std::path::Path>, args: &[&st
         cmd.arg("--token-file").arg(t);
     }
     let out = tokio::task::block_in_place(|| cmd.args(args).env_remove("PGVIGIL_ADMIN").env_remove("PGVIGIL_TOKEN_FILE").output()).unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    common::leaks::scan(&format!("{stdout}{stderr}"), &format!("ctl {args:?}"));
+    (out.status.code().unwrap_or(-1), stdout, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

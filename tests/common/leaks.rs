@@ -26,6 +26,13 @@ pub fn watch(secret: &str) {
     if secret.len() < MIN_LEN {
         return;
     }
+    // A SCRAM verifier's StoredKey and ServerKey, an md5 hash's hex, are secrets alone.
+    if let Some((_, keys)) = secret.strip_prefix("SCRAM-SHA-256$").and_then(|v| v.split_once('$')) {
+        keys.split(':').for_each(watch);
+    }
+    if let Some(hex) = secret.strip_prefix("md5").filter(|h| h.len() == 32) {
+        watch(hex);
+    }
     let mut w = lock(&WATCHED);
     if !w.iter().any(|s| s == secret) {
         w.push(secret.to_string());
@@ -34,7 +41,7 @@ pub fn watch(secret: &str) {
 
 /// The secrets of a pgvigil configuration in `dir`: the values of keys named `password`,
 /// `token` or `*key`, and what the files named by `token_file`, `*key_file` and
-/// `users_file` hold (of a PEM key, its first line of base64).
+/// `users_file` hold (of a PEM key, the end of each line of base64).
 pub fn watch_config(text: &str, dir: &std::path::Path) {
     let Ok(value) = text.parse::<toml::Table>() else { return };
     walk(&toml::Value::Table(value), dir);
@@ -66,8 +73,10 @@ fn watch_file(path: &std::path::Path, users: bool) {
             t.values().filter_map(toml::Value::as_str).for_each(watch);
         }
     } else if text.contains("-----BEGIN") {
-        if let Some(line) = text.lines().find(|l| !l.starts_with("-----") && l.len() >= 16) {
-            watch(line);
+        // The end of each line of base64: the start of the first is the same in every
+        // key of a type.
+        for line in text.lines().filter(|l| !l.starts_with("-----") && l.len() >= 40) {
+            watch(&line[line.len() - 24..]);
         }
     } else {
         watch(&text);
