@@ -81,6 +81,12 @@ pub struct ProxyConfig {
     /// transaction rolls back and its server connections are freed); "0s" means never.
     /// Default "0s".
     pub idle_in_transaction_timeout: DurationStr,
+    /// A directory where pgvigil also listens on a Unix-domain socket,
+    /// `.s.PGSQL.<port of proxy.listen>`, as PostgreSQL does; relative to the
+    /// configuration file. Default: none (TCP only). Needs a restart.
+    pub unix_socket_dir: Option<PathBuf>,
+    /// Access permissions of that socket, in octal. Default "0777".
+    pub unix_socket_permissions: String,
 }
 
 impl Default for ProxyConfig {
@@ -94,6 +100,8 @@ impl Default for ProxyConfig {
             worker_threads: 0,
             idle_client_timeout: DurationStr(Duration::ZERO),
             idle_in_transaction_timeout: DurationStr(Duration::ZERO),
+            unix_socket_dir: None,
+            unix_socket_permissions: "0777".into(),
         }
     }
 }
@@ -835,6 +843,15 @@ impl Config {
         if self.proxy.max_message_size.0 < 1024 || self.proxy.max_message_size.0 > (1 << 30) {
             return err("proxy.max_message_size must be between 1kB and 1GB");
         }
+        if self.unix_socket_mode().is_none() {
+            return err(format!(
+                "proxy.unix_socket_permissions: {:?} is not an octal mode between 0000 and 0777, such as \"0770\"",
+                self.proxy.unix_socket_permissions
+            ));
+        }
+        if self.proxy.unix_socket_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return err("proxy.unix_socket_dir: give a directory, or leave the key out for TCP only");
+        }
         if self.proxy.worker_threads > 1024 {
             return err("proxy.worker_threads must be between 0 (one per CPU core) and 1024");
         }
@@ -882,7 +899,7 @@ impl Config {
         if let Some(w) = &self.watchdog {
             w.check(false)?;
         }
-        crate::proxy::access::AccessRules::compile(&self.auth.hba, &self.tls)?;
+        crate::proxy::access::AccessRules::compile(&self.auth.hba, &self.tls, self.proxy.unix_socket_dir.is_some())?;
         if let (Some((key, method, _)), None) = (self.password_methods().first(), &self.auth.users_file) {
             return err(format!("auth.users_file is required when {key} is \"{method}\""));
         }
@@ -963,6 +980,12 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `proxy.unix_socket_permissions` as a mode; `None` when it is not octal up to 0777.
+    pub fn unix_socket_mode(&self) -> Option<u32> {
+        let p = &self.proxy.unix_socket_permissions;
+        u32::from_str_radix(p, 8).ok().filter(|m| *m <= 0o777 && !p.is_empty() && p.len() <= 4)
     }
 
     /// The listen address, already checked by `validate`.

@@ -426,7 +426,9 @@ fn check_config_names_the_rule_at_fault() {
         ("", "type = \"host\"\naddress = \"db.example.com\"\nmethod = \"trust\"", "auth.hba[1].address: \"db.example.com\""),
         ("", "type = \"host\"\nmethod = \"ldap\"", "auth.hba[1].method: \"ldap\" is not"),
         ("", "type = \"hostgssenc\"\nmethod = \"trust\"", "auth.hba[1].type: \"hostgssenc\" is not"),
-        ("", "type = \"local\"\nmethod = \"trust\"", "auth.hba[1].type: \"local\" (Unix-domain socket) rules never match"),
+        ("", "type = \"local\"\nmethod = \"trust\"", "auth.hba[1].type: \"local\" (Unix-domain socket) rules need proxy.unix_socket_dir"),
+        ("[proxy]\nunix_socket_dir = \"/tmp\"\n", "type = \"local\"\naddress = \"127.0.0.1\"\nmethod = \"trust\"", "auth.hba[1].address: \"127.0.0.1\": a \"local\" rule has no address"),
+        ("[proxy]\nunix_socket_permissions = \"0778\"\n", "type = \"host\"\nmethod = \"trust\"", "proxy.unix_socket_permissions: \"0778\" is not an octal mode"),
         ("", "type = \"host\"\nuser = \"+admins\"\nmethod = \"trust\"", "auth.hba[1].user: \"+admins\""),
         ("", "type = \"hostssl\"\nmethod = \"trust\"", "auth.hba[1].type: \"hostssl\" needs tls.cert_file"),
         (&pki.tls_section(false), "type = \"hostssl\"\nmethod = \"cert\"", "auth.hba[1].method: \"cert\" needs tls.ca_file"),
@@ -442,4 +444,86 @@ fn check_config_names_the_rule_at_fault() {
     let (code, out) = check("", "type = \"host\"\nadress = \"10.0.0.0/8\"\nmethod = \"trust\"");
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("c.toml:11:") && out.contains("adress"), "{out}");
+}
+
+const LOCAL_RULES: &str = r#"
+[[auth.hba]]
+type = "local"
+user = "postgres"
+method = "trust"
+
+[[auth.hba]]
+type = "host"
+method = "scram-sha-256"
+"#;
+
+/// `proxy.unix_socket_dir`: pgvigil also listens on `.s.PGSQL.<port>` there, replacing a
+/// stale socket file and refusing to start beside a live one; `local` rules match its
+/// clients, and only them; the file goes at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_and_local_rules() {
+    let sockets = tempfile::tempdir().unwrap();
+    let dir = sockets.path().display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let path = sockets.path().join(format!(".s.PGSQL.{port}"));
+    // A socket file left by a process that is gone.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let proxy = format!("unix_socket_dir = {dir:?}\nunix_socket_permissions = \"0770\"");
+    let users = vec!["carol = \"c4rol\"".into()];
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut env = Env::start(Options { users, proxy, extra: LOCAL_RULES.into(), listen, ..Options::default() }).await;
+    env.cluster.create_role("carol", "c4rol", PasswordEncryption::ScramSha256).unwrap();
+    assert_eq!(env.handle().unix_socket(), Some(path.as_path()));
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o770);
+
+    // Over the socket the superuser is trusted (a wrong password does not matter); over
+    // TCP the host rule asks for the password.
+    let local = format!("host={dir} port={port} user=postgres password=wrong dbname=postgres");
+    let (ok, out, err) = block_in_place(|| psql(&local, "SELECT current_user"));
+    assert!(ok && out.trim() == "postgres", "{err}");
+    let tcp = format!("host=127.0.0.1 port={port} user=postgres password=wrong dbname=postgres sslmode=disable");
+    let (ok, _, err) = block_in_place(|| psql(&tcp, "SELECT 1"));
+    assert!(!ok && err.contains("password authentication failed for user \"postgres\""), "{err}");
+    // carol has no local rule: PostgreSQL's words, with "[local]".
+    let (ok, _, err) = block_in_place(|| psql(&local.replace("user=postgres password=wrong", "user=carol password=c4rol"), "SELECT 1"));
+    let no_entry = "no pg_hba.conf entry for host \"[local]\", user \"carol\", database \"postgres\", no encryption";
+    assert!(!ok && err.contains(no_entry), "{err}");
+    let carol = connect(env.pg_config("carol", "c4rol")).await.expect("carol over TCP");
+    assert_eq!(current_user(&carol).await, "carol");
+
+    // A second pgvigil with the same socket: refused, naming the key and the path.
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.2:{port}"));
+    let second = env.dir.path().join("second.toml");
+    std::fs::write(&second, text).unwrap();
+    let out = block_in_place(|| std::process::Command::new(env!("CARGO_BIN_EXE_pgvigil")).args(["run", "--config"]).arg(&second).output().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("proxy.unix_socket_dir: cannot listen on {}: another server is listening on it", path.display())), "{err}");
+    let (ok, _, err) = block_in_place(|| psql(&local, "SELECT 1"));
+    assert!(ok, "the first pgvigil still serves its socket: {err}");
+
+    // With TLS required of clients (a reload), the socket still serves without TLS, as a
+    // PostgreSQL socket does, and answers 'N' to an SSLRequest; TCP without TLS is refused.
+    let pki = Pki::new();
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    std::fs::write(&env.config_path, format!("{}client_mode = \"require\"\n{text}", pki.tls_section(false))).unwrap();
+    assert_eq!(env.handle().shared().reload().expect("reload"), Vec::<String>::new());
+    let (ok, out, err) = block_in_place(|| psql(&local, "SELECT current_user"));
+    assert!(ok && out.trim() == "postgres", "{err}");
+    // (libpq never asks for TLS on a socket: an SSLRequest by hand.)
+    let mut raw = tokio::net::UnixStream::connect(&path).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    assert_eq!(raw.read_u8().await.unwrap(), b'N');
+    drop(raw);
+    let (ok, _, err) = block_in_place(|| psql(&tcp.replace("user=postgres password=wrong", "user=carol password=c4rol"), "SELECT 1"));
+    assert!(!ok && err.contains("no encryption"), "{err}");
+
+    drop(carol);
+    env.proxy.take().unwrap().shutdown(Duration::from_secs(5)).await;
+    assert!(!path.exists(), "the socket file is removed at shutdown");
 }

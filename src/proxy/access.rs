@@ -31,23 +31,32 @@ impl From<AuthMethod> for ClientAuth {
 /// A connection as the rules see it.
 #[derive(Debug, Clone, Copy)]
 pub struct Client<'a> {
-    /// The peer's address, IPv4-mapped IPv6 addresses as IPv4.
-    pub ip: IpAddr,
+    /// The peer's address, IPv4-mapped IPv6 addresses as IPv4; `None` on a Unix-domain
+    /// socket.
+    pub ip: Option<IpAddr>,
     pub tls: bool,
     pub user: &'a str,
     pub database: &'a str,
 }
 
 impl Client<'_> {
+    /// The address, or PostgreSQL's "[local]" for a Unix-domain socket.
+    pub fn host(&self) -> String {
+        self.ip.map_or("[local]".to_string(), |ip| ip.to_string())
+    }
+
     /// PostgreSQL's description of a connection in its pg_hba.conf errors.
     fn describe(&self) -> String {
         let encryption = if self.tls { "SSL encryption" } else { "no encryption" };
-        format!("host \"{}\", user \"{}\", database \"{}\", {encryption}", self.ip, self.user, self.database)
+        let host = self.host();
+        format!("host \"{host}\", user \"{}\", database \"{}\", {encryption}", self.user, self.database)
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnType {
+    /// A Unix-domain socket connection.
+    Local,
     /// Any TCP connection.
     Host,
     HostSsl,
@@ -118,10 +127,12 @@ struct Rule {
 
 impl Rule {
     fn matches(&self, c: &Client) -> bool {
-        let conn = match self.conn {
-            ConnType::Host => true,
-            ConnType::HostSsl => c.tls,
-            ConnType::HostNoSsl => !c.tls,
+        let conn = match (self.conn, c.ip) {
+            (ConnType::Local, ip) => ip.is_none(),
+            (_, None) => false,
+            (ConnType::Host, _) => true,
+            (ConnType::HostSsl, _) => c.tls,
+            (ConnType::HostNoSsl, _) => !c.tls,
         };
         let database = self.databases.iter().any(|d| match d {
             Name::All => true,
@@ -129,7 +140,7 @@ impl Rule {
             Name::Exact(n) => n == c.database,
         });
         let user = self.users.iter().any(|u| matches!(u, Name::All) || matches!(u, Name::Exact(n) if n == c.user));
-        conn && database && user && self.address.is_none_or(|a| a.contains(c.ip))
+        conn && database && user && self.address.is_none_or(|a| c.ip.is_some_and(|ip| a.contains(ip)))
     }
 }
 
@@ -142,11 +153,13 @@ pub struct AccessRules {
 impl AccessRules {
     /// Checks and compiles `[[auth.hba]]`; `None` when there are no rules. Errors name
     /// `auth.hba[i].key` (`i` counts from 0 in file order).
-    pub fn compile(rules: &[HbaRule], tls: &TlsConfig) -> Result<Option<AccessRules>, ConfigError> {
+    /// `unix_socket`: whether pgvigil listens on a Unix-domain socket (`local` rules
+    /// need one).
+    pub fn compile(rules: &[HbaRule], tls: &TlsConfig, unix_socket: bool) -> Result<Option<AccessRules>, ConfigError> {
         if rules.is_empty() {
             return Ok(None);
         }
-        let rules = rules.iter().enumerate().map(|(i, r)| compile_rule(i, r, tls)).collect::<Result<_, _>>()?;
+        let rules = rules.iter().enumerate().map(|(i, r)| compile_rule(i, r, tls, unix_socket)).collect::<Result<_, _>>()?;
         Ok(Some(AccessRules { rules }))
     }
 
@@ -154,7 +167,8 @@ impl AccessRules {
     /// `reject` rule or no match is PostgreSQL's FATAL 28000, and is logged.
     pub fn check(&self, client: &Client) -> Result<(usize, ClientAuth), PgError> {
         let found = self.rules.iter().position(|r| r.matches(client));
-        let (peer, user, database) = (client.ip, client.user, client.database);
+        let peer = client.host();
+        let (user, database) = (client.user, client.database);
         match found.map(|i| (i, self.rules[i].action)) {
             Some((i, Action::Authenticate(method))) => Ok((i, method)),
             Some((rule, Action::Reject)) => {
@@ -174,21 +188,22 @@ fn refusal(message: String) -> PgError {
         .with_hint("pgvigil's access rules ([[auth.hba]] in its configuration) decide who may connect")
 }
 
-fn compile_rule(i: usize, r: &HbaRule, tls: &TlsConfig) -> Result<Rule, ConfigError> {
+fn compile_rule(i: usize, r: &HbaRule, tls: &TlsConfig, unix_socket: bool) -> Result<Rule, ConfigError> {
     let fail = |key: &str, why: String| Err(ConfigError(format!("auth.hba[{i}].{key}: {why}")));
     let conn = match r.conn_type.as_str() {
         "host" => ConnType::Host,
         "hostssl" => ConnType::HostSsl,
         "hostnossl" => ConnType::HostNoSsl,
-        "local" => {
+        "local" if !unix_socket => {
             return fail(
                 "type",
-                "\"local\" (Unix-domain socket) rules never match: pgvigil accepts TCP connections only; \
-                 use type = \"host\" with address = \"127.0.0.1/32\""
+                "\"local\" (Unix-domain socket) rules need proxy.unix_socket_dir: without it pgvigil accepts TCP \
+                 connections only, and the rule would never match"
                     .into(),
             )
         }
-        other => return fail("type", format!("{other:?} is not \"host\", \"hostssl\" or \"hostnossl\"")),
+        "local" => ConnType::Local,
+        other => return fail("type", format!("{other:?} is not \"local\", \"host\", \"hostssl\" or \"hostnossl\"")),
     };
     let action = match r.method.as_str() {
         "trust" => Action::Authenticate(ClientAuth::Trust),
@@ -213,6 +228,9 @@ fn compile_rule(i: usize, r: &HbaRule, tls: &TlsConfig) -> Result<Rule, ConfigEr
     }
     let address = match r.address.as_str() {
         "all" => None,
+        a if conn == ConnType::Local => {
+            return fail("address", format!("{a:?}: a \"local\" rule has no address (Unix-domain socket connections have none); leave it out"))
+        }
         a => Some(Cidr::parse(a).ok_or_else(|| {
             ConfigError(format!(
                 "auth.hba[{i}].address: {a:?} is not \"all\", an IP address or a CIDR block such as \"10.0.0.0/8\" or \"fd00::/8\" \
@@ -293,7 +311,26 @@ mod tests {
     }
 
     fn client<'a>(ip_text: &str, tls: bool, user: &'a str, database: &'a str) -> Client<'a> {
-        Client { ip: ip(ip_text), tls, user, database }
+        Client { ip: Some(ip(ip_text)), tls, user, database }
+    }
+
+    #[test]
+    fn local_rules_match_unix_socket_clients_only() {
+        let rules = [rule("local", &["all"], &["all"], "all", "trust"), rule("host", &["all"], &["all"], "all", "scram-sha-256")];
+        let access = AccessRules::compile(&rules, &TlsConfig::default(), true).unwrap().unwrap();
+        let local = Client { ip: None, tls: false, user: "alice", database: "db" };
+        assert_eq!(access.check(&local), Ok((0, ClientAuth::Trust)));
+        assert_eq!(access.check(&client("127.0.0.1", false, "alice", "db")), Ok((1, ClientAuth::ScramSha256)));
+        let host_only = AccessRules::compile(&rules[1..], &TlsConfig::default(), true).unwrap().unwrap();
+        let e = host_only.check(&local).unwrap_err();
+        assert_eq!(e.message, "no pg_hba.conf entry for host \"[local]\", user \"alice\", database \"db\", no encryption");
+        // An address rule never matches a Unix socket either.
+        let addressed = [rule("host", &["all"], &["all"], "0.0.0.0/0", "trust")];
+        assert!(AccessRules::compile(&addressed, &TlsConfig::default(), true).unwrap().unwrap().check(&local).is_err());
+        let e = AccessRules::compile(&[rule("local", &["all"], &["all"], "127.0.0.1", "trust")], &TlsConfig::default(), true).unwrap_err();
+        assert!(e.to_string().starts_with("auth.hba[0].address: \"127.0.0.1\": a \"local\" rule has no address"), "{e}");
+        let e = AccessRules::compile(&rules, &TlsConfig::default(), false).unwrap_err();
+        assert!(e.to_string().starts_with("auth.hba[0].type: \"local\" (Unix-domain socket) rules need proxy.unix_socket_dir"), "{e}");
     }
 
     #[test]
@@ -305,7 +342,7 @@ mod tests {
             rule("hostnossl", &["sameuser"], &["all"], "127.0.0.1/32", "md5"),
             rule("host", &["app", "reporting"], &["all"], "10.0.0.0/8", "scram-sha-256"),
         ];
-        let access = AccessRules::compile(&rules, &tls_with_ca()).unwrap().unwrap();
+        let access = AccessRules::compile(&rules, &tls_with_ca(), true).unwrap().unwrap();
         let e = access.check(&client("127.0.0.1", false, "mallory", "postgres")).unwrap_err();
         assert_eq!(e.code, "28000");
         assert_eq!(e.message, "pg_hba.conf rejects connection for host \"127.0.0.1\", user \"mallory\", database \"postgres\", no encryption");
@@ -319,14 +356,14 @@ mod tests {
         assert_eq!(access.check(&client("10.3.2.1", true, "dave", "reporting")), Ok((4, ClientAuth::ScramSha256)));
         let e = access.check(&client("10.3.2.1", true, "dave", "other")).unwrap_err();
         assert!(e.message.ends_with("database \"other\", SSL encryption"), "{}", e.message);
-        assert_eq!(AccessRules::compile(&[], &TlsConfig::default()).unwrap().map(|_| ()), None);
+        assert_eq!(AccessRules::compile(&[], &TlsConfig::default(), false).unwrap().map(|_| ()), None);
     }
 
     #[test]
     fn compile_errors_name_the_key() {
         let check = |r: HbaRule, tls: &TlsConfig| {
             let rules = [rule("host", &["all"], &["all"], "all", "trust"), r];
-            AccessRules::compile(&rules, tls).unwrap_err().to_string()
+            AccessRules::compile(&rules, tls, false).unwrap_err().to_string()
         };
         let tls = tls_with_ca();
         let cases = [
@@ -343,7 +380,7 @@ mod tests {
         for (r, expected) in cases {
             if expected.is_empty() {
                 // "sameuser" is a database keyword only; as a user it is a user's name.
-                assert!(AccessRules::compile(&[r], &tls).is_ok());
+                assert!(AccessRules::compile(&[r], &tls, false).is_ok());
                 continue;
             }
             let e = check(r, &tls);

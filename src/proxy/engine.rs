@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -133,7 +132,7 @@ struct UnitEffects {
 pub(super) struct Engine<'a> {
     shared: &'a Shared,
     pub client: super::stream::ClientStream,
-    peer: SocketAddr,
+    peer: super::stream::Peer,
     cin: BytesMut,
     cout: BytesMut,
     /// A whole client message taken off `cin` that could not be dispatched yet.
@@ -214,7 +213,7 @@ impl<'a> Engine<'a> {
     pub fn new(
         shared: &'a Shared,
         client: super::stream::ClientStream,
-        peer: SocketAddr,
+        peer: super::stream::Peer,
         cin: BytesMut,
         base_key: PoolKey,
         credential: BackendCredential,

@@ -1,19 +1,42 @@
-//! The accept loops: `proxy.listen`, and the VIP while this node holds it.
+//! The accept loops: `proxy.listen`, the Unix-domain socket in `proxy.unix_socket_dir`,
+//! and the VIP while this node holds it.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::stream::{ClientStream, Peer};
 use super::{session, Shared};
 use crate::watchdog::WatchdogState;
 
+/// A socket clients connect to.
+pub(super) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<(ClientStream, Peer)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, addr) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((ClientStream::tcp(s), Peer::Tcp(addr)))
+            }
+            Listener::Unix(l) => Ok((ClientStream::unix(l.accept().await?.0), Peer::Local)),
+        }
+    }
+}
+
 /// Accepts clients until `stop`; each gets a session task. A client over `max_clients`
 /// still gets a session task, which answers `FATAL 53300` once it has authenticated.
-pub(super) async fn accept_loop(socket: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+pub(super) async fn accept_loop(socket: Listener, shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -21,7 +44,6 @@ pub(super) async fn accept_loop(socket: TcpListener, shared: Arc<Shared>, stop: 
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
                 shared.metrics.client_connections_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let s = shared.clone();
                 shared.sessions.spawn(session::run(stream, peer, s));
@@ -78,7 +100,7 @@ pub(super) async fn follow_vip(addr: SocketAddr, mut state: watch::Receiver<Watc
                 Ok(socket) => {
                     tracing::info!(listen = %addr, "proxy listening on the VIP");
                     let stop = shared.stop_accepting.child_token();
-                    let task = tokio::spawn(accept_loop(socket, shared.clone(), stop.clone()));
+                    let task = tokio::spawn(accept_loop(Listener::Tcp(socket), shared.clone(), stop.clone()));
                     open = Some(VipAccept { addr, stop, task });
                     shared.vip_listener.send_replace(Some(addr));
                 }
@@ -102,4 +124,41 @@ pub(super) async fn follow_vip(addr: SocketAddr, mut state: watch::Receiver<Watc
     if let Some(a) = open {
         a.close(&shared).await;
     }
+}
+
+/// The Unix-domain socket file pgvigil listens on; removed when dropped, unless another
+/// process has put its own socket there since.
+pub struct UnixSocketFile {
+    pub path: PathBuf,
+    /// Device and inode of the socket pgvigil made.
+    id: (u64, u64),
+}
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Listens on `dir/.s.PGSQL.<port>` with `mode`. A socket file left by a process that is
+/// gone is replaced; one that a live server answers on is an error, as is anything else
+/// at that path.
+pub(super) fn bind_unix(dir: &Path, port: u16, mode: u32) -> anyhow::Result<(UnixListener, UnixSocketFile)> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let path = dir.join(format!(".s.PGSQL.{port}"));
+    let fail = |why: String| anyhow::anyhow!("proxy.unix_socket_dir: cannot listen on {}: {why}", path.display());
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if !m.file_type().is_socket() => return Err(fail("the path exists and is not a socket".into())),
+        Ok(_) if std::os::unix::net::UnixStream::connect(&path).is_ok() => {
+            return Err(fail("another server is listening on it".into()));
+        }
+        Ok(_) => std::fs::remove_file(&path).map_err(|e| fail(format!("cannot remove the stale socket: {e}")))?,
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(&path).map_err(|e| fail(e.to_string()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(|e| fail(format!("cannot set its permissions: {e}")))?;
+    let m = std::fs::symlink_metadata(&path).map_err(|e| fail(e.to_string()))?;
+    Ok((listener, UnixSocketFile { path, id: (m.dev(), m.ino()) }))
 }

@@ -217,6 +217,8 @@ pub struct ProxyHandle {
     accept_task: tokio::task::JoinHandle<()>,
     /// Accepts on the VIP while this node holds it (`proxy.listen` names one address).
     vip_task: Option<tokio::task::JoinHandle<()>>,
+    /// Accepts on `proxy.unix_socket_dir`, and the socket file (removed when dropped).
+    unix: Option<(tokio::task::JoinHandle<()>, listener::UnixSocketFile)>,
     /// The admin HTTP listener's address, when it runs.
     pub admin_addr: Option<SocketAddr>,
 }
@@ -228,7 +230,7 @@ impl Reloadable {
             users: config.load_users()?,
             scram_cache: Mutex::new(HashMap::new()),
             tls: crate::tls::load_server(config)?,
-            access: access::AccessRules::compile(&config.auth.hba, &config.tls)?,
+            access: access::AccessRules::compile(&config.auth.hba, &config.tls, config.proxy.unix_socket_dir.is_some())?,
             limits: limits::ConnectionLimits::from_config(&config.auth),
         })
     }
@@ -333,6 +335,10 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         .await
         .map_err(|e| anyhow::anyhow!("proxy.listen: cannot listen on {listen}: {e}"))?;
     let local_addr = socket.local_addr()?;
+    let unix_socket = match &config.proxy.unix_socket_dir {
+        Some(dir) => Some(listener::bind_unix(&config.resolve(dir), local_addr.port(), config.unix_socket_mode().unwrap_or(0o777))?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         reloadable: RwLock::new(Arc::new(reloadable)),
         pools,
@@ -378,13 +384,17 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         true => Some(crate::admin::start(&config, shared.clone(), background.clone()).await?),
         false => None,
     };
-    let accept_task = tokio::spawn(listener::accept_loop(socket, shared.clone(), shared.stop_accepting.clone()));
+    let accept_task = tokio::spawn(listener::accept_loop(listener::Listener::Tcp(socket), shared.clone(), shared.stop_accepting.clone()));
+    let unix = unix_socket.map(|(socket, file)| {
+        tracing::info!(socket = %file.path.display(), "pgvigil proxy listening on a Unix-domain socket");
+        (tokio::spawn(listener::accept_loop(listener::Listener::Unix(socket), shared.clone(), shared.stop_accepting.clone())), file)
+    });
     let vip_task = match (listener::vip_listen_addr(&config, local_addr), &shared.watchdog) {
         (Some(addr), Some(w)) => Some(tokio::spawn(listener::follow_vip(addr, w.subscribe(), shared.clone()))),
         _ => None,
     };
     tracing::info!(listen = %local_addr, backends = config.backends.len(), "pgvigil proxy listening");
-    Ok(ProxyHandle { local_addr, shared, background, accept_task, vip_task, admin_addr })
+    Ok(ProxyHandle { local_addr, shared, background, accept_task, vip_task, unix, admin_addr })
 }
 
 impl ProxyHandle {
@@ -396,6 +406,11 @@ impl ProxyHandle {
     pub async fn wait_for_primary(&self, timeout: Duration) -> bool {
         let mut view = self.shared.view.clone();
         tokio::time::timeout(timeout, view.wait_for(|v| v.primary().is_some())).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// The Unix-domain socket pgvigil listens on (`proxy.unix_socket_dir`), if any.
+    pub fn unix_socket(&self) -> Option<&std::path::Path> {
+        self.unix.as_ref().map(|(_, f)| f.path.as_path())
     }
 
     /// The VIP address this node accepts clients on now, besides `local_addr` (only when
@@ -420,6 +435,10 @@ impl ProxyHandle {
         let _ = self.accept_task.await;
         if let Some(t) = self.vip_task {
             let _ = t.await;
+        }
+        if let Some((t, file)) = self.unix {
+            let _ = t.await;
+            drop(file);
         }
         self.shared.sessions.close();
         if tokio::time::timeout(grace, self.shared.sessions.wait()).await.is_err() {

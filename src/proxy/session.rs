@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
-use super::stream::ClientStream;
+use super::stream::{ClientStream, Peer};
 
 use super::access::Client;
 use super::auth::{authenticate, AuthFailure};
@@ -21,7 +20,7 @@ use crate::protocol::sqlstate;
 use crate::protocol::startup::Startup;
 
 /// Serves one client connection from accept to close.
-pub(super) async fn run(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub(super) async fn run(client: ClientStream, peer: Peer, shared: Arc<Shared>) {
     // Boxed: the state of the startup (authentication, the first server connection) is
     // not part of the future an idle session keeps for its whole life.
     let Some(started) = Box::pin(start(client, peer, &shared)).await else { return };
@@ -44,8 +43,7 @@ struct Started<'a> {
 
 /// Startup, authentication, limits and the startup answer; `None` when the client was
 /// refused (it was told why) or left.
-async fn start(client: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -> Option<Box<Started<'_>>> {
-    let mut client = ClientStream::Plain(client);
+async fn start(mut client: ClientStream, peer: Peer, shared: &Arc<Shared>) -> Option<Box<Started<'_>>> {
     let mut cbuf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + shared.startup_timeout;
     let handshake = tokio::select! {
@@ -132,7 +130,7 @@ async fn start(client: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) -> Opt
 /// `Err(Some(e))`: send `e`, then close.
 async fn handshake(
     client: &mut ClientStream,
-    peer: SocketAddr,
+    peer: Peer,
     cbuf: &mut BytesMut,
     shared: &Shared,
 ) -> Result<(Startup, BackendCredential), Option<PgError>> {
@@ -147,16 +145,17 @@ async fn handshake(
     }
     let user = startup.param("user").unwrap_or_default();
     let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(user);
-    if settings.tls.as_ref().is_some_and(|t| t.mode == crate::config::TlsClientMode::Require) && !client.is_tls() {
+    // A Unix socket never carries TLS (as with PostgreSQL); its file permissions guard it.
+    if settings.tls.as_ref().is_some_and(|t| t.mode == crate::config::TlsClientMode::Require) && !client.is_tls() && peer != Peer::Local {
         return Err(Some(
             PgError::fatal(
                 sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                format!("connection refused for host \"{}\", user \"{user}\", database \"{database}\", no encryption", peer.ip()),
+                format!("connection refused for host \"{peer}\", user \"{user}\", database \"{database}\", no encryption", peer = peer.ip().map_or("[local]".into(), |ip| ip.to_string())),
             )
             .with_hint("pgvigil accepts only TLS connections here (tls.client_mode = \"require\"): connect with sslmode=require"),
         ));
     }
-    let who = Client { ip: peer.ip().to_canonical(), tls: client.is_tls(), user, database };
+    let who = Client { ip: peer.ip(), tls: client.is_tls(), user, database };
     let (rule, method) = settings.client_auth(&who).map_err(Some)?;
     match authenticate(client, cbuf, user, method, &settings, &shared.mock_secret).await {
         Ok(credential) => Ok((startup, credential)),
@@ -200,7 +199,7 @@ async fn wait_for_primary(shared: &Shared) -> Option<(usize, SocketAddr)> {
     Some((i, view.nodes[i].addr))
 }
 
-async fn reject_checkout<T>(client: &mut ClientStream, peer: SocketAddr, key: &PoolKey, e: CheckoutError) -> Option<T> {
+async fn reject_checkout<T>(client: &mut ClientStream, peer: Peer, key: &PoolKey, e: CheckoutError) -> Option<T> {
     tracing::warn!(%peer, user = %key.user, database = %key.database, backend = key.backend, error = %e, "no server connection for client");
     let error = match e {
         CheckoutError::Timeout(wait) => PgError::too_many_clients().with_detail(format!(
@@ -220,7 +219,7 @@ async fn reject_checkout<T>(client: &mut ClientStream, peer: SocketAddr, key: &P
 }
 
 /// Tells the client `e` and closes; `None`, for the caller to return.
-async fn reject<T>(client: &mut ClientStream, peer: SocketAddr, e: PgError) -> Option<T> {
+async fn reject<T>(client: &mut ClientStream, peer: Peer, e: PgError) -> Option<T> {
     tracing::debug!(%peer, error = %e, "client rejected");
     let _ = write_error(client, &e).await;
     None

@@ -31,11 +31,11 @@ pub enum Opening {
 const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Reads startup packets until a StartupMessage or CancelRequest arrives. With `tls`, an
-/// SSLRequest is answered 'S' and a direct TLS handshake is accepted.
+/// SSLRequest over TCP is answered 'S' and a direct TLS handshake is accepted.
 pub async fn read_opening(stream: &mut ClientStream, buf: &mut BytesMut, shared: &Shared, tls: Option<&ServerTls>) -> Opening {
     let mut answered_ssl = false;
     let mut answered_gss = false;
-    if let (Some(tls), ClientStream::Plain(tcp)) = (tls, &*stream) {
+    if let (Some(tls), Some(tcp)) = (tls, stream.plain_tcp()) {
         let mut first = [0u8; 1];
         match tcp.peek(&mut first).await {
             Ok(1) if first[0] == TLS_HANDSHAKE => {
@@ -75,8 +75,9 @@ pub async fn read_opening(stream: &mut ClientStream, buf: &mut BytesMut, shared:
                     // Bytes after an encryption request, before our answer: a buffer-stuffing attempt.
                     return Opening::Reject(PgError::protocol_violation("received unencrypted data after SSL request"));
                 }
+                // TLS over TCP only: on a Unix socket PostgreSQL answers 'N' too.
                 match tls {
-                    Some(tls) if matches!(packet, StartupPacket::SslRequest) && !stream.is_tls() => {
+                    Some(tls) if matches!(packet, StartupPacket::SslRequest) && stream.plain_tcp().is_some() => {
                         if stream.write_all(b"S").await.is_err() || stream.upgrade(&tls.acceptor).await.is_err() {
                             return Opening::Gone;
                         }

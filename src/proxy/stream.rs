@@ -1,31 +1,86 @@
-//! A client connection: plain TCP, or TLS after an SSLRequest or a direct TLS handshake.
+//! A client connection: TCP or a Unix-domain socket, then plain, or TLS after an
+//! SSLRequest or a direct TLS handshake (TCP only, as PostgreSQL does).
 
 use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::tls::stream::MaybeTls;
 
-pub type ClientStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
+/// The socket a client connected on.
+pub enum Socket {
+    Tcp(TcpStream),
+    /// `proxy.unix_socket_dir`.
+    Unix(UnixStream),
+}
+
+/// Who a client is, as logs and access rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// A Unix-domain socket: PostgreSQL's "[local]".
+    Local,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => a.fmt(f),
+            Peer::Local => f.write_str("[local]"),
+        }
+    }
+}
+
+impl Peer {
+    /// The client's IP address (IPv4-mapped IPv6 as IPv4); `None` on a Unix socket.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Peer::Tcp(a) => Some(a.ip().to_canonical()),
+            Peer::Local => None,
+        }
+    }
+}
+
+pub type ClientStream = MaybeTls<tokio_rustls::server::TlsStream<Socket>, Socket>;
 
 impl ClientStream {
+    pub fn tcp(s: TcpStream) -> Self {
+        MaybeTls::Plain(Socket::Tcp(s))
+    }
+
+    pub fn unix(s: UnixStream) -> Self {
+        MaybeTls::Plain(Socket::Unix(s))
+    }
+
+    /// A plain TCP connection, on which TLS may be negotiated.
+    pub fn plain_tcp(&self) -> Option<&TcpStream> {
+        match self {
+            MaybeTls::Plain(Socket::Tcp(s)) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Runs the TLS handshake on a plain connection (after 'S', or at once for a direct
     /// TLS connection). On error the connection is gone.
     pub async fn upgrade(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<()> {
-        let MaybeTls::Plain(tcp) = std::mem::replace(self, MaybeTls::Upgrading) else {
+        let MaybeTls::Plain(socket) = std::mem::replace(self, MaybeTls::Upgrading) else {
             return Err(io::Error::other("TLS requested twice"));
         };
-        let tls = acceptor.accept(tcp).await?;
+        let tls = acceptor.accept(socket).await?;
         *self = MaybeTls::Tls(Box::new(tls));
         Ok(())
     }
 
-    /// Ready when a read would not wait (plain TCP); a TLS connection is always "ready",
-    /// since its decrypted bytes may already be buffered.
+    /// Ready when a read would not wait (a plain socket); a TLS connection is always
+    /// "ready", since its decrypted bytes may already be buffered.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            MaybeTls::Plain(s) => s.poll_read_ready(cx),
+            MaybeTls::Plain(Socket::Tcp(s)) => s.poll_read_ready(cx),
+            MaybeTls::Plain(Socket::Unix(s)) => s.poll_read_ready(cx),
             MaybeTls::Tls(_) => Poll::Ready(Ok(())),
             MaybeTls::Upgrading => Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "TLS handshake in progress"))),
         }
@@ -44,6 +99,52 @@ impl ClientStream {
         match self {
             MaybeTls::Tls(t) => t.get_ref().1.alpn_protocol(),
             _ => None,
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Socket::Tcp(s) => s.is_write_vectored(),
+            Socket::Unix(s) => s.is_write_vectored(),
         }
     }
 }

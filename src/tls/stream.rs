@@ -8,9 +8,9 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Plain TCP, or TLS over it once negotiated.
-pub enum MaybeTls<T> {
-    Plain(TcpStream),
+/// A plain socket (TCP unless said otherwise), or TLS over it once negotiated.
+pub enum MaybeTls<T, S = TcpStream> {
+    Plain(S),
     Tls(Box<T>),
     /// Only while the TLS handshake owns the socket; never read or written.
     Upgrading,
@@ -19,13 +19,13 @@ pub enum MaybeTls<T> {
 /// pgvigil's connection to a backend.
 pub type ServerStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
-impl<T> MaybeTls<T> {
+impl<T, S> MaybeTls<T, S> {
     pub fn is_tls(&self) -> bool {
         matches!(self, MaybeTls::Tls(_))
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> MaybeTls<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin, S: AsyncRead + AsyncWrite + Unpin> MaybeTls<T, S> {
     /// Whether a read would wait: the peer sent nothing and did not close. Reads at most
     /// one byte when it did, so use it only on a connection about to be dropped if not.
     pub fn is_quiet(&mut self) -> bool {
@@ -51,7 +51,7 @@ fn upgrading() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "TLS handshake in progress")
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin, S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<T, S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -61,7 +61,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<T> {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin, S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T, S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
