@@ -930,25 +930,8 @@ impl Config {
         crate::tls::load_server(self)?;
         crate::tls::backend::BackendTls::load(self)?;
         crate::tls::load_admin(self)?;
-        let password_methods = self.password_methods();
         if let Some(path) = self.users_file_path() {
-            let users = UsersFile::load(&path)?;
-            for (key, _, named) in password_methods.iter().filter(|(_, m, _)| m == "md5") {
-                for (user, secret) in &users.entries {
-                    // An md5 rule for all users may be meant for others than this one: such
-                    // a login fails, and the log says why.
-                    let applies = match named {
-                        Some(names) => names.contains(user),
-                        None => key == "auth.method",
-                    };
-                    if applies && matches!(secret, UserSecret::Scram(_)) {
-                        return err(format!(
-                            "{}: user {user:?} has only a SCRAM verifier, which cannot answer {key} = \"md5\"",
-                            path.display()
-                        ));
-                    }
-                }
-            }
+            UsersFile::load(&path)?;
         }
         Ok(())
     }

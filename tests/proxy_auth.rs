@@ -7,6 +7,8 @@ mod common;
 
 use common::*;
 use pgvigil::cluster::{HbaMethod, PasswordEncryption};
+use pgvigil::protocol::backend::{self, AuthRequest};
+use pgvigil::protocol::startup;
 
 const WRONG: &str = "password authentication failed for user";
 
@@ -81,6 +83,35 @@ async fn md5_clients_and_md5_backends() {
     expect_password_failure(&env, "bob", "fixer").await;
     // Plaintext entries answer md5 too (superuser from the users file).
     env.client().await.simple_query("SELECT 1").await.unwrap();
+}
+
+/// The first Authentication request pgvigil sends `user`.
+async fn first_auth_request(env: &Env, user: &str) -> AuthRequest {
+    let mut raw = Raw::connect(env.addr).await;
+    let mut out = bytes::BytesMut::new();
+    startup::write_startup(&mut out, &[("user".into(), user.into()), ("database".into(), "postgres".into())]);
+    raw.send(&out).await;
+    let m = raw.recv().await.expect("an authentication request");
+    backend::parse_auth(&m.body).expect("an Authentication message")
+}
+
+/// As PostgreSQL: under md5, a user whose users-file entry is a SCRAM verifier is asked
+/// for SCRAM-SHA-256; other users still get md5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_runs_scram_for_a_user_with_a_scram_verifier() {
+    let cluster = build_cluster(0, HbaMethod::ScramSha256).await;
+    cluster.create_role("erin", "3rin pw", PasswordEncryption::ScramSha256).unwrap();
+    let verifier = cluster.psql(0, "postgres", "SELECT rolpassword FROM pg_authid WHERE rolname = 'erin'").unwrap();
+    let env = Env::start_on(cluster, Options { auth_method: "md5", users: vec![format!("erin = \"{verifier}\"")], ..Options::default() }).await;
+    assert_eq!(first_auth_request(&env, "erin").await, AuthRequest::Sasl(vec!["SCRAM-SHA-256".into()]));
+    assert!(matches!(first_auth_request(&env, SUPERUSER).await, AuthRequest::Md5(_)));
+    let c = connect(env.pg_config("erin", "3rin pw")).await.expect("erin logs in by SCRAM");
+    let who = c.query_one("SELECT current_user::text", &[]).await.unwrap().get::<_, String>(0);
+    assert_eq!(who, "erin");
+    expect_password_failure(&env, "erin", "wrong").await;
+    // check-config accepts the configuration.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgvigil")).args(["check-config", "--config"]).arg(&env.config_path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

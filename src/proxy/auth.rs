@@ -49,6 +49,12 @@ pub async fn authenticate(
     mock_secret: &[u8; 32],
 ) -> Result<BackendCredential, AuthFailure> {
     let secret = settings.users.get(user);
+    // As PostgreSQL: md5 for a user whose password is stored as a SCRAM verifier (which
+    // cannot check an md5 answer) runs SCRAM-SHA-256 instead.
+    let method = match (method, secret) {
+        (ClientAuth::Md5, Some(UserSecret::Scram(_))) => ClientAuth::ScramSha256,
+        (m, _) => m,
+    };
     let stored = || match secret {
         Some(UserSecret::Plain(p)) => BackendCredential::Password(p.clone()),
         Some(UserSecret::Md5(h)) => BackendCredential::Md5(h.clone()),
@@ -69,9 +75,6 @@ pub async fn authenticate(
                 Some(UserSecret::Md5(h)) => Some(md5_salted_response(h, salt)),
                 _ => None,
             };
-            if matches!(secret, Some(UserSecret::Scram(_))) {
-                tracing::warn!(user, "user has only a SCRAM verifier in the users file, which md5 cannot verify");
-            }
             match expected {
                 Some(e) if ct_eq(e.as_bytes(), answer.as_bytes()) => Ok(stored()),
                 _ => Err(AuthFailure::Reject(PgError::password_failed(user))),
