@@ -183,6 +183,42 @@ async fn switchover_under_load_loses_no_acknowledged_write_and_rejoins_the_old_p
     assert!(text.contains(&format!("pg{p} up primary")), "{text}");
 }
 
+/// A switchover whose promotion fails after the old primary was stopped (here
+/// `promote_command` fails) is rolled back: the candidate is still a standby, so the old
+/// primary is started again and unfenced, and the writes held meanwhile go to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_whose_promotion_fails_is_rolled_back() {
+    let _serial = SERIAL.lock().await;
+    let extra = "[failover]\npromote_command = \"exit 3\"\n".to_string();
+    let env = Env::start(Options { standbys: 1, data_dirs: true, extra, ..Options::default() }).await;
+    setup_table(&env).await;
+    wait_standbys_eligible(env.handle(), 1 << 20).await;
+    let mut load = Loop::new();
+    for s in 0..3 {
+        load.add(&env, s, "insert").await;
+    }
+    assert!(eventually(Duration::from_secs(10), || async { load.acked() >= 50 }).await, "writes flow before the switchover");
+
+    let e = op(&env, Op::Switchover(Some("pg1".into()))).await.expect_err("the promotion fails");
+    eprintln!("{e}");
+    assert!(e.contains("promotion failed after pg0 was fenced"), "{e}");
+    assert!(e.contains("rolled back: pg1 is still a standby and pg0 is the primary again"), "{e}");
+    assert_eq!(primary_of(&env), Some(0));
+    let view = env.handle().shared().view.borrow().clone();
+    assert!(!view.nodes[0].fenced && !view.writes_paused, "{view:?}");
+    assert!(block(|| env.cluster.is_in_recovery(1)).unwrap(), "pg1 is still a standby");
+    let at = load.acked();
+    assert!(eventually(Duration::from_secs(10), || async { load.acked() >= at + 50 }).await, "writes go on, on pg0");
+    let (acked, errors) = load.finish().await;
+    assert!(errors.is_empty(), "no writer saw an error: {errors:?}");
+    let stored: BTreeSet<i64> = env.direct(0).await.query("SELECT id FROM w", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let lost: Vec<_> = acked.iter().map(|(id, _)| *id).filter(|id| !stored.contains(id)).collect();
+    assert!(lost.is_empty(), "{} acknowledged ids missing on pg0, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
+    assert!(env.streams_from(1, 0).await, "pg1 streams from pg0 again");
+    let events = env.handle().shared().monitor.events.since(0, 1000);
+    assert!(events.iter().any(|e| e.event == "switchover_rolled_back" && e.node == "pg0"), "the event is recorded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_left_open_is_terminated_after_the_drain_timeout_and_its_session_goes_on() {
     let _serial = SERIAL.lock().await;

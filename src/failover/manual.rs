@@ -14,7 +14,8 @@
 //!    and writes resume on the old primary;
 //! 4. the old primary is fenced and stopped (`rejoin.stop_command`, or built in when
 //!    its `data_dir` is on this host), the candidate is promoted, and one view change makes it the primary and
-//!    ends the pause;
+//!    ends the pause; if the promotion fails while the candidate is still a standby,
+//!    the old primary is started again and unfenced ([`roll_back`]);
 //! 5. the other standbys are re-pointed and the old primary is rejoined as a standby of
 //!    the new one when pgvigil can (`rejoin.*_command` or its `data_dir`), else left
 //!    fenced for `rejoin`.
@@ -278,6 +279,46 @@ async fn switchover(monitor: &Monitor, settings: &Settings, state: &Failover, me
     Ok(outcome)
 }
 
+/// After a failed promotion in a switchover: when the candidate is certainly still a
+/// standby (it answers `pg_is_in_recovery()` with true), nothing was promoted, so the old
+/// primary is started again if it was stopped, and unfenced once it is up as the
+/// primary: writes resume there. Otherwise (the candidate does not answer, or it was
+/// promoted after all) the old primary stays fenced, since two primaries would be worse
+/// than none. Returns the error to report.
+async fn roll_back(monitor: &Monitor, settings: &Settings, old: usize, target: usize, stopped: bool, failed: String) -> String {
+    let old_name = &settings.backends[old].name;
+    let candidate = &settings.backends[target].name;
+    let in_recovery = match connect(settings, target).await {
+        Ok(c) => c.query_one("SELECT pg_is_in_recovery()", &[]).await.ok().map(|r| r.get::<_, bool>(0)),
+        Err(_) => None,
+    };
+    match in_recovery {
+        Some(true) => {}
+        Some(false) => return format!("{failed}; {candidate} is a primary now all the same: {old_name} stays fenced"),
+        None => return format!("{failed}; {old_name} stays fenced: {candidate} does not answer, so it may have been promoted"),
+    }
+    if stopped {
+        if let Err(e) = rejoin::start(settings, old, old).await {
+            return format!("{failed}; {candidate} is still a standby, but starting {old_name} again failed ({e:#}): it stays fenced");
+        }
+    }
+    edit_view(monitor, |next| next.nodes[old].fenced = false);
+    // Up as the primary again: the held statements go there.
+    let mut view = monitor.view.subscribe();
+    let back = tokio::time::timeout(settings.replay_timeout.max(Duration::from_secs(10)), view.wait_for(|v| v.primary() == Some(old))).await;
+    if !matches!(back, Ok(Ok(_))) {
+        return format!("{failed}; {old_name} was started again and unfenced, but is not seen up as the primary yet");
+    }
+    tracing::warn!(event = "switchover_rolled_back", node = %old_name, to = %candidate, "promotion failed, the candidate is still a standby: the old primary is the primary again");
+    monitor.events.record(
+        "switchover_rolled_back",
+        old_name,
+        "promotion failed, the candidate is still a standby: the old primary is the primary again",
+        json!({"to": candidate}),
+    );
+    format!("{failed}; rolled back: {candidate} is still a standby and {old_name} is the primary again")
+}
+
 /// Steps 2–4 of a switchover; true when the old primary was stopped. On `Err` the old
 /// primary still runs and is not fenced (the caller resumes writes on it), unless the
 /// error came after it was stopped.
@@ -324,7 +365,10 @@ async fn hand_over(monitor: &Monitor, settings: &Settings, old: usize, target: u
         }
     };
     drop(oc);
-    promote_node(settings, target, old).await.map_err(|e| format!("promotion failed after {} was fenced: {e:#}", settings.backends[old].name))?;
+    if let Err(e) = promote_node(settings, target, old).await {
+        let failed = format!("promotion failed after {} was fenced: {e:#}", settings.backends[old].name);
+        return Err(roll_back(monitor, settings, old, target, stopped, failed).await);
+    }
     edit_view(monitor, |next| {
         next.nodes[target].role = Role::Primary;
         next.nodes[target].last_change = std::time::SystemTime::now();

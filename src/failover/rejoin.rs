@@ -154,6 +154,14 @@ pub async fn stop(settings: &Settings, node: usize, primary: usize) -> anyhow::R
     NodeOps::new(settings, primary, node).stop(how).await
 }
 
+/// Starts node `node` as it is (`rejoin.start_command` or built in): an old primary
+/// that a failed switchover stopped comes back as the primary. `primary` fills the
+/// new-primary placeholders.
+pub async fn start(settings: &Settings, node: usize, primary: usize) -> anyhow::Result<()> {
+    let how = how(settings, node, Op::Start)?;
+    NodeOps::new(settings, primary, node).start(how).await
+}
+
 /// The operations of one rejoin.
 struct NodeOps<'a> {
     settings: &'a Settings,

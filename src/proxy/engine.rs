@@ -347,6 +347,19 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Stops using the connections to `nodes` (fenced, or fenced for a while: they may
+    /// have been stopped): nothing more goes to or comes from them.
+    fn drop_links_to(&mut self, nodes: &[usize], view: &ClusterView) {
+        for link in &mut self.links {
+            if nodes.contains(&link.node) && !link.dead {
+                tracing::info!(peer = %self.peer, node = %view.nodes[link.node].name, "dropping the connection to a fenced node");
+                link.dead = true;
+                // What it sends from now on is not passed on.
+                link.checkout.conn.buf.clear();
+            }
+        }
+    }
+
     fn client_mid_message(&self) -> bool {
         self.links.iter().any(|l| l.remaining > 0 && !l.swallowing)
     }
@@ -358,14 +371,8 @@ impl<'a> Engine<'a> {
         if std::mem::take(&mut self.view_dirty) {
             // Fenced since: nothing more goes to (or comes from) that node.
             let view = self.shared.view.borrow().clone();
-            for link in &mut self.links {
-                if view.nodes.get(link.node).is_some_and(|n| n.fenced) && !link.dead {
-                    tracing::info!(peer = %self.peer, node = %view.nodes[link.node].name, "dropping the connection to a fenced node");
-                    link.dead = true;
-                    // What it sends from now on is not passed on.
-                    link.checkout.conn.buf.clear();
-                }
-            }
+            let fenced: Vec<usize> = (0..view.nodes.len()).filter(|&i| view.nodes[i].fenced).collect();
+            self.drop_links_to(&fenced, &view);
             self.view = view;
         }
         let mut i = 0;
@@ -1309,11 +1316,22 @@ impl<'a> Engine<'a> {
     async fn hold_for_primary(&mut self, kind: &Kind, simple: bool) -> Result<Option<Step>, End> {
         if self.must_hold() {
             let mut rx = self.shared.view.clone();
-            let wait = tokio::time::timeout(self.shared.write_hold, rx.wait_for(|v| v.primary().is_some() && !v.writes_paused));
+            // A node fenced at any time during the wait may have been stopped and started
+            // again (a switchover rolled back): its connections are not used again.
+            let mut fenced_meanwhile = Vec::new();
+            let wait = tokio::time::timeout(
+                self.shared.write_hold,
+                rx.wait_for(|v| {
+                    fenced_meanwhile.extend((0..v.nodes.len()).filter(|&i| v.nodes[i].fenced));
+                    v.primary().is_some() && !v.writes_paused
+                }),
+            );
             tokio::select! {
                 _ = wait => {}
                 _ = self.terminate.as_mut() => {}
             }
+            let view = self.shared.view.borrow().clone();
+            self.drop_links_to(&fenced_meanwhile, &view);
             self.after_hold()?;
             // One borrow at a time: a second read borrow while the first is held can
             // deadlock with a writer waiting in between.
