@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::candidate::{choose, Choice};
-use super::{connect, edit_view, failover, promote_node, rejoin, remember, repoint, run_rejoin, standbys, streams_from, Failover, Memory, Op, Remembered, Settings, Status};
+use super::{connect, edit_view, failover, in_recovery, promote_node, rejoin, remember, repoint, run_rejoin, standbys, streams_from, Failover, Memory, Op, Remembered, Settings, Status};
 use crate::monitor::{ClusterView, Monitor, Role};
 use crate::tls::postgres::describe;
 
@@ -288,11 +288,7 @@ async fn switchover(monitor: &Monitor, settings: &Settings, state: &Failover, me
 async fn roll_back(monitor: &Monitor, settings: &Settings, old: usize, target: usize, stopped: bool, failed: String) -> String {
     let old_name = &settings.backends[old].name;
     let candidate = &settings.backends[target].name;
-    let in_recovery = match connect(settings, target).await {
-        Ok(c) => c.query_one("SELECT pg_is_in_recovery()", &[]).await.ok().map(|r| r.get::<_, bool>(0)),
-        Err(_) => None,
-    };
-    match in_recovery {
+    match in_recovery(settings, target).await {
         Some(true) => {}
         Some(false) => return format!("{failed}; {candidate} is a primary now all the same: {old_name} stays fenced"),
         None => return format!("{failed}; {old_name} stays fenced: {candidate} does not answer, so it may have been promoted"),

@@ -681,17 +681,19 @@ async fn promote(settings: &Settings, node: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether node `node` is in recovery (a standby); `None` when it does not answer.
+pub(crate) async fn in_recovery(settings: &Settings, node: usize) -> Option<bool> {
+    let c = connect(settings, node).await.ok()?;
+    c.query_one("SELECT pg_is_in_recovery()", &[]).await.ok().map(|row| row.get::<_, bool>(0))
+}
+
 /// Runs `failover.promote_command`, then waits until the candidate is out of recovery.
 async fn promote_by_command(settings: &Settings, node: usize, command: &str) -> anyhow::Result<()> {
     hooks::run("promote_command", command, settings.promote_timeout).await?;
     let deadline = Instant::now() + settings.promote_timeout;
     loop {
-        if let Ok(c) = connect(settings, node).await {
-            if let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await {
-                if !row.get::<_, bool>(0) {
-                    return Ok(());
-                }
-            }
+        if in_recovery(settings, node).await == Some(false) {
+            return Ok(());
         }
         if Instant::now() > deadline {
             anyhow::bail!("failover.promote_command succeeded but the standby is still in recovery after {:?}", settings.promote_timeout);

@@ -1322,7 +1322,11 @@ impl<'a> Engine<'a> {
             let wait = tokio::time::timeout(
                 self.shared.write_hold,
                 rx.wait_for(|v| {
-                    fenced_meanwhile.extend((0..v.nodes.len()).filter(|&i| v.nodes[i].fenced));
+                    for i in (0..v.nodes.len()).filter(|&i| v.nodes[i].fenced) {
+                        if !fenced_meanwhile.contains(&i) {
+                            fenced_meanwhile.push(i);
+                        }
+                    }
                     v.primary().is_some() && !v.writes_paused
                 }),
             );

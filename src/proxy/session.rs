@@ -145,17 +145,17 @@ async fn handshake(
     }
     let user = startup.param("user").unwrap_or_default();
     let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(user);
+    let who = Client { ip: peer.ip(), tls: client.is_tls(), user, database };
     // A Unix socket never carries TLS (as with PostgreSQL); its file permissions guard it.
     if settings.tls.as_ref().is_some_and(|t| t.mode == crate::config::TlsClientMode::Require) && !client.is_tls() && peer != Peer::Local {
         return Err(Some(
             PgError::fatal(
                 sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                format!("connection refused for host \"{peer}\", user \"{user}\", database \"{database}\", no encryption", peer = peer.ip().map_or("[local]".into(), |ip| ip.to_string())),
+                format!("connection refused for host \"{}\", user \"{user}\", database \"{database}\", no encryption", who.host()),
             )
             .with_hint("pgvigil accepts only TLS connections here (tls.client_mode = \"require\"): connect with sslmode=require"),
         ));
     }
-    let who = Client { ip: peer.ip(), tls: client.is_tls(), user, database };
     let (rule, method) = settings.client_auth(&who).map_err(Some)?;
     match authenticate(client, cbuf, user, method, &settings, &shared.mock_secret).await {
         Ok(credential) => Ok((startup, credential)),
