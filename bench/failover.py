@@ -1353,10 +1353,7 @@ def main():
         ap.error(f"unknown fault(s): {', '.join(bad) or '(none)'}; choose from {','.join(FAULTS)}")
     mode = "sync" if args.sync else "async"
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    pb.stop_on_signals()
 
     pgbin = pb.find_pg_bin()
     bins = {}

@@ -134,10 +134,7 @@ def main():
             raise BenchError(f"the open-file limit ({hard}) is below {need}: raise it (ulimit -Hn) or use --clients")
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    pb.stop_on_signals()
 
     pgbin = pb.find_pg_bin()
     results = {}

@@ -883,6 +883,17 @@ def scan_log(path):
 # --------------------------------------------------------------------------- main
 
 
+def stop_on_signals(*extra):
+    """Makes SIGTERM (and the `extra` signals) end a run as Ctrl-C does, with a clean
+    shutdown; SIGINT too when the script was started with it ignored (e.g. `cmd &` from
+    a script)."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    for sig in (signal.SIGTERM, *extra):
+        signal.signal(sig, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -927,12 +938,7 @@ def main():
     if n_standbys < 0:
         ap.error("--standbys must be 0 or more")
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-    # Also when started with SIGINT ignored (e.g. `cmd &` from a script): Ctrl-C/SIGINT
-    # must still lead to a clean shutdown.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_on_signals()
 
     pgbin = find_pg_bin()
     skipped = {}

@@ -24,7 +24,6 @@ See bench/README.md.  Python 3.11 standard library only (plus PostgreSQL, PgBoun
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -88,10 +87,7 @@ def main():
         ap.error(f"unknown target(s): {', '.join(bad)}")
     modes = [m for m in args.modes.split(",") if m]
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    pb.stop_on_signals()
 
     pgbin = pb.find_pg_bin()
     env = pb.Env(args.keep)

@@ -1281,11 +1281,7 @@ def main():
     if not shutil.which("ip") or not shutil.which("bridge"):
         raise BenchError("the ip and bridge commands (iproute2) are missing: apt-get install -y iproute2")
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    pb.stop_on_signals(signal.SIGHUP)
 
     ctx = Ctx()
     ctx.args = args
