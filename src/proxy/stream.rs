@@ -3,20 +3,16 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_util::either::Either;
 
 use crate::tls::stream::MaybeTls;
 
-/// The socket a client connected on.
-pub enum Socket {
-    Tcp(TcpStream),
-    /// `proxy.unix_socket_dir`.
-    Unix(UnixStream),
-}
+/// The socket a client connected on: TCP, or the Unix-domain socket of
+/// `proxy.unix_socket_dir`.
+pub type Socket = Either<TcpStream, UnixStream>;
 
 /// Who a client is, as logs and access rules see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,17 +45,17 @@ pub type ClientStream = MaybeTls<tokio_rustls::server::TlsStream<Socket>, Socket
 
 impl ClientStream {
     pub fn tcp(s: TcpStream) -> Self {
-        MaybeTls::Plain(Socket::Tcp(s))
+        MaybeTls::Plain(Either::Left(s))
     }
 
     pub fn unix(s: UnixStream) -> Self {
-        MaybeTls::Plain(Socket::Unix(s))
+        MaybeTls::Plain(Either::Right(s))
     }
 
     /// A plain TCP connection, on which TLS may be negotiated.
     pub fn plain_tcp(&self) -> Option<&TcpStream> {
         match self {
-            MaybeTls::Plain(Socket::Tcp(s)) => Some(s),
+            MaybeTls::Plain(Either::Left(s)) => Some(s),
             _ => None,
         }
     }
@@ -79,8 +75,8 @@ impl ClientStream {
     /// "ready", since its decrypted bytes may already be buffered.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            MaybeTls::Plain(Socket::Tcp(s)) => s.poll_read_ready(cx),
-            MaybeTls::Plain(Socket::Unix(s)) => s.poll_read_ready(cx),
+            MaybeTls::Plain(Either::Left(s)) => s.poll_read_ready(cx),
+            MaybeTls::Plain(Either::Right(s)) => s.poll_read_ready(cx),
             MaybeTls::Tls(_) => Poll::Ready(Ok(())),
             MaybeTls::Upgrading => Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "TLS handshake in progress"))),
         }
@@ -99,52 +95,6 @@ impl ClientStream {
         match self {
             MaybeTls::Tls(t) => t.get_ref().1.alpn_protocol(),
             _ => None,
-        }
-    }
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Socket::Tcp(s) => s.is_write_vectored(),
-            Socket::Unix(s) => s.is_write_vectored(),
         }
     }
 }
