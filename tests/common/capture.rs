@@ -80,8 +80,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static INIT: std::sync::Once = std::sync::Once::new();
     INIT.call_once(|| {
-        let level = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
-        let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).with_filter(tracing_subscriber::EnvFilter::new(level));
+        let text = crate::common::text_log();
         let capture = Capture.with_filter(tracing_subscriber::filter::Targets::new().with_target("pgvigil", tracing::Level::INFO));
         // common::init_logging, called later, then finds a subscriber and does nothing.
         let _ = tracing_subscriber::registry().with(text).with(capture).with(crate::common::leaks::layer()).try_init();

@@ -89,9 +89,17 @@ pub struct Env {
 /// the secrets watch ([`leaks`]). Once per process; later calls do nothing.
 pub fn init_logging() {
     use tracing_subscriber::prelude::*;
+    let _ = tracing_subscriber::registry().with(text_log()).with(leaks::layer()).try_init();
+}
+
+/// The tests' log on stderr, at `TEST_LOG` (default warn).
+pub fn text_log<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
     let level = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
-    let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).with_filter(tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::registry().with(text).with(leaks::layer()).try_init();
+    tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).with_filter(tracing_subscriber::EnvFilter::new(level))
 }
 
 /// Builds a cluster in a blocking thread.
